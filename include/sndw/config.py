@@ -1,0 +1,320 @@
+"""Source configs: one YAML file per data source, validated into one pydantic model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sndw.errors import ConfigError
+from sndw.naming import normalize_identifier, validate_source_name
+
+WriteMode = Literal["replace", "append", "merge", "partition"]
+SourceKind = Literal["http", "sql", "file"]
+FileFormat = Literal["csv", "json", "ndjson", "parquet"]
+
+DEFAULT_BATCH_ROWS = 100_000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- tables
+
+
+class TableBase(_Model):
+    name: str = Field(description="Table name in the lake and in task ids.")
+    target_table: str | None = Field(default=None, description="Warehouse table; default: name.")
+    write_mode: WriteMode = "replace"
+    primary_key: list[str] = Field(default_factory=list)
+    batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_source_name(value)
+
+    @model_validator(mode="after")
+    def _keys(self) -> TableBase:
+        if self.write_mode == "merge" and not self.primary_key:
+            raise ValueError("write_mode 'merge' needs primary_key: the columns that identify a row")
+        return self
+
+    @property
+    def target(self) -> str:
+        return normalize_identifier(self.target_table or self.name)
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [normalize_identifier(k) for k in self.primary_key]
+
+
+class SqlTable(TableBase):
+    table: str | None = Field(default=None, description="Source table, optionally schema-qualified.")
+    query: str | None = Field(default=None, description="SQL query (templated with Airflow macros).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SqlTable:
+        if bool(self.table) == bool(self.query):
+            raise ValueError("set exactly one of 'table' or 'query'")
+        return self
+
+
+class NoPagination(_Model):
+    type: Literal["none"] = "none"
+
+
+class PageNumberPagination(_Model):
+    type: Literal["page_number"]
+    page_param: str = "page"
+    start_page: int = 1
+    page_size_param: str | None = None
+    page_size: int | None = Field(default=None, ge=1)
+
+
+class OffsetPagination(_Model):
+    type: Literal["offset"]
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    limit: int = Field(default=100, ge=1)
+
+
+class NextLinkPagination(_Model):
+    type: Literal["next_link"]
+    next_path: str = Field(default="next", description="Dot path of the next page's URL in the body.")
+
+
+Pagination = Annotated[
+    NoPagination | PageNumberPagination | OffsetPagination | NextLinkPagination,
+    Field(discriminator="type"),
+]
+
+
+class HttpTable(TableBase):
+    endpoint: str = Field(description="Path relative to the connection's host, or a full URL.")
+    method: Literal["GET", "POST"] = "GET"
+    params: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    records_path: str | None = Field(default=None, description="Dot path to the records, e.g. data.items")
+    pagination: Pagination = Field(default_factory=NoPagination)
+    max_pages: int = Field(default=10_000, ge=1)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class CsvOptions(_Model):
+    delimiter: str = ","
+    quote_char: str | None = '"'
+    has_header: bool = True
+    encoding: str = "utf-8"
+    null_values: list[str] = Field(default_factory=lambda: [""])
+    skip_rows: int = Field(default=0, ge=0)
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, value: str) -> str:
+        if len(value) != 1:
+            raise ValueError("must be exactly one character")
+        return value
+
+
+class FileTable(TableBase):
+    path: str = Field(description="File path or glob; relative paths start at the config's base_path.")
+    format: FileFormat | None = Field(default=None, description="Default: from the file extension.")
+    records_path: str | None = Field(default=None, description="JSON files: dot path to the records.")
+    csv: CsvOptions = Field(default_factory=CsvOptions)
+
+    @property
+    def file_format(self) -> FileFormat:
+        if self.format:
+            return self.format
+        suffix = Path(self.path).suffix.lower().lstrip(".")
+        mapping: dict[str, FileFormat] = {
+            "csv": "csv", "tsv": "csv", "txt": "csv", "json": "json",
+            "ndjson": "ndjson", "jsonl": "ndjson", "parquet": "parquet", "pq": "parquet",
+        }
+        if suffix not in mapping:
+            raise ValueError(f"cannot tell the format of {self.path!r}: set 'format'")
+        return mapping[suffix]
+
+
+TABLE_MODELS: dict[str, type[TableBase]] = {"http": HttpTable, "sql": SqlTable, "file": FileTable}
+
+
+# -------------------------------------------------------------------------------------- sources
+
+
+class SourceBase(_Model):
+    name: str
+    description: str | None = None
+    owner: str = "data-eng"
+    tags: list[str] = Field(default_factory=list)
+    schedule: str | None = "@daily"
+    start_date: date
+    end_date: date | None = None
+    catchup: bool = False
+    max_active_runs: int = Field(default=1, ge=1)
+    retries: int = Field(default=2, ge=0)
+    retry_delay_seconds: int = Field(default=60, ge=0)
+    retry_exponential_backoff: bool = True
+    max_retry_delay_seconds: int = Field(default=3600, ge=0)
+    target_schema: str = "public"
+    dw_conn_id: str = "dw"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_source_name(value)
+
+    @field_validator("target_schema")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        return normalize_identifier(value)
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> SourceBase:
+        seen: set[str] = set()
+        for table in getattr(self, "tables", []):
+            if table.name in seen:
+                raise ValueError(f"table name {table.name!r} appears twice")
+            seen.add(table.name)
+        return self
+
+
+class HttpSource(SourceBase):
+    kind: Literal["http"]
+    conn_id: str
+    tables: list[HttpTable] = Field(min_length=1)
+
+
+class SqlSource(SourceBase):
+    kind: Literal["sql"]
+    conn_id: str
+    tables: list[SqlTable] = Field(min_length=1)
+
+
+class FileSource(SourceBase):
+    kind: Literal["file"]
+    base_path: str | None = Field(default=None, description="Folder that relative paths start from.")
+    tables: list[FileTable] = Field(min_length=1)
+
+
+SourceConfig = Annotated[HttpSource | SqlSource | FileSource, Field(discriminator="kind")]
+_SOURCE_ADAPTER: TypeAdapter[HttpSource | SqlSource | FileSource] = TypeAdapter(SourceConfig)
+
+
+# -------------------------------------------------------------------------------------- loading
+
+
+def _field_path(loc: tuple[Any, ...], data: Any) -> str:
+    """Turn pydantic's location into ``tables[1].write_mode``, skipping union-member tags."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            continue
+        if isinstance(node, dict) and item in node:
+            parts.append(f".{item}" if parts else str(item))
+            node = node[item]
+        elif item in ("http", "sql", "file", "page_number", "offset", "next_link", "none") or "[" in str(item):
+            continue  # the discriminator's branch name, not a field of the file
+        else:
+            parts.append(f".{item}" if parts else str(item))
+            node = None
+    return "".join(parts)
+
+
+def parse_source(data: Any, path: str) -> HttpSource | SqlSource | FileSource:
+    """Validate one source's raw mapping; errors name ``path`` and the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "the file must hold a mapping of keys (name, kind, tables, ...)")
+    data = dict(data)
+    data.setdefault("name", Path(path).stem)
+    try:
+        return _SOURCE_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _field_path(tuple(err["loc"]), data)
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling in the README's source-config reference)"
+        elif err["type"] == "union_tag_invalid":
+            message = f"must be one of http, sql, file; got {data.get('kind')!r}"
+            field = field or "kind"
+        elif err["type"] == "union_tag_not_found":
+            message = "missing key 'kind' (http, sql or file)" if not field else "missing key 'type'"
+            field = field or "kind"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more error{'s' if more > 1 else ''})"
+        raise ConfigError(path, field, message) from None
+
+
+def load_source_file(path: str | os.PathLike[str]) -> HttpSource | SqlSource | FileSource:
+    """Read and validate one YAML (or JSON) source config."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, where, f"not valid YAML: {problem}") from None
+    return parse_source(data, path)
+
+
+def config_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The source configs in ``folder``, in sorted order (hidden files and ``_`` files skipped)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.startswith((".", "_")) and p.is_file()
+    )
+
+
+def iter_sources(folder: str | os.PathLike[str]) -> Iterator[tuple[Path, HttpSource | SqlSource | FileSource | ConfigError]]:
+    """Each config file with its parsed source, or the ConfigError that explains why it is invalid."""
+    names: dict[str, Path] = {}
+    for path in config_files(folder):
+        try:
+            source = load_source_file(path)
+        except ConfigError as exc:
+            yield path, exc
+            continue
+        if source.name in names:
+            yield path, ConfigError(str(path), "name", f"source name {source.name!r} is already used by {names[source.name].name}")
+            continue
+        names[source.name] = path
+        yield path, source
+
+
+def table_spec(kind: str, spec: dict[str, Any], where: str = "table") -> TableBase:
+    """Validate one table's options for a source kind (used by operators composed by hand)."""
+    model = TABLE_MODELS.get(kind)
+    if model is None:
+        raise ConfigError(where, "kind", f"kind must be one of {', '.join(TABLE_MODELS)}; got {kind!r}")
+    try:
+        return model.model_validate(spec)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(where, _field_path(tuple(err["loc"]), spec), err["msg"].removeprefix("Value error, ")) from None

@@ -1,0 +1,236 @@
+"""The Parquet lake: one folder per date partition, written under a temporary name, swapped in whole."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sndw.naming import lake_partition_dir, unique_column_names
+
+log = logging.getLogger(__name__)
+
+PARQUET_COMPRESSION = "zstd"
+ROWS_PER_FILE = 1_000_000
+PART_GLOB = "part-*.parquet"
+
+
+@dataclass
+class Manifest:
+    """What an extract wrote: passed through XCom to the load, so it must stay JSON-serialisable."""
+
+    source: str
+    protocol: str
+    table: str
+    partition: str
+    paths: list[str] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+    columns: list[dict[str, str]] = field(default_factory=list)
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    @property
+    def partition_date(self) -> date:
+        return date.fromisoformat(self.partition)
+
+
+# ------------------------------------------------------------------------------- normalising
+
+
+def lake_type(data_type: pa.DataType) -> pa.DataType:
+    """The type a column is stored with in the lake (what the warehouse loader can encode)."""
+    if pa.types.is_timestamp(data_type):
+        # UTC with a zone, microseconds: PostgreSQL's precision; naive source times are taken as UTC.
+        return pa.timestamp("us", tz="UTC")
+    if pa.types.is_large_string(data_type) or pa.types.is_string_view(data_type):
+        return pa.string()
+    if pa.types.is_large_binary(data_type) or pa.types.is_binary_view(data_type):
+        return pa.binary()
+    if pa.types.is_dictionary(data_type):
+        return lake_type(data_type.value_type)
+    if pa.types.is_time(data_type):
+        return pa.time64("us")
+    if pa.types.is_duration(data_type):
+        return pa.duration("us")
+    if pa.types.is_date64(data_type):
+        return pa.date32()
+    if pa.types.is_float16(data_type):
+        return pa.float32()
+    if data_type in (pa.uint8(),):
+        return pa.int16()
+    if data_type in (pa.uint16(),):
+        return pa.int32()
+    if data_type in (pa.uint32(),):
+        return pa.int64()
+    if data_type == pa.uint64():
+        return pa.decimal128(20, 0)
+    return data_type
+
+
+def _cast_timestamp(array: pa.Array | pa.ChunkedArray, target: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    source = array.type
+    if source.tz is None:
+        array = pc.assume_timezone(array, "UTC") if source.unit == target.unit else pc.assume_timezone(
+            array.cast(pa.timestamp(source.unit)), "UTC")
+    # Sub-microsecond digits are dropped (PostgreSQL keeps microseconds).
+    return array.cast(target, safe=False)
+
+
+def normalize_batch(batch: pa.RecordBatch, names: list[str] | None = None) -> pa.RecordBatch:
+    """Normalised column names (see naming) and lake types (UTC timestamps, plain strings)."""
+    names = names or unique_column_names(batch.schema.names)
+    arrays = []
+    fields = []
+    for name, column, fld in zip(names, batch.columns, batch.schema, strict=True):
+        target = lake_type(column.type)
+        if target != column.type:
+            column = _cast_timestamp(column, target) if pa.types.is_timestamp(target) else column.cast(target)
+        arrays.append(column)
+        fields.append(pa.field(name, target, nullable=True, metadata=fld.metadata))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def schema_columns(schema: pa.Schema) -> list[dict[str, str]]:
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+class PartitionWriter:
+    """Writes one date partition of one table; ``commit()`` swaps it in, replacing older files.
+
+    Files go to a hidden temporary folder beside the partition. A new file starts every
+    ``rows_per_file`` rows and whenever the schema of the incoming batches changes (a new field
+    in an API's later page), so every file has one schema and the loader evolves the table.
+    """
+
+    def __init__(self, lake_root: str | Path, protocol: str, source: str, table: str, partition: date,
+                 *, run_id: str | None = None, rows_per_file: int = ROWS_PER_FILE) -> None:
+        self.final_dir = lake_partition_dir(lake_root, protocol, source, table, partition)
+        self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+        self.manifest = Manifest(source=source, protocol=protocol, table=table,
+                                 partition=partition.isoformat(), run_id=run_id)
+        self.rows_per_file = rows_per_file
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._file_rows = 0
+        self._files: list[Path] = []
+        self._names_cache: dict[tuple[str, ...], list[str]] = {}
+        self._last_schema: pa.Schema | None = None
+
+    def __enter__(self) -> PartitionWriter:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _names(self, schema: pa.Schema) -> list[str]:
+        key = tuple(schema.names)
+        if key not in self._names_cache:
+            self._names_cache[key] = unique_column_names(schema.names, context=self.manifest.table)
+        return self._names_cache[key]
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        for record_batch in _batches(batch):
+            record_batch = normalize_batch(record_batch, self._names(record_batch.schema))
+            self._last_schema = record_batch.schema
+            if record_batch.num_rows == 0:
+                continue
+            if self._writer is not None and (
+                not record_batch.schema.equals(self._schema) or self._file_rows >= self.rows_per_file
+            ):
+                self._close_file()
+            if self._writer is None:
+                self._open_file(record_batch.schema)
+            assert self._writer is not None
+            self._writer.write_batch(record_batch)
+            self._file_rows += record_batch.num_rows
+            self.manifest.rows += record_batch.num_rows
+
+    def _open_file(self, schema: pa.Schema) -> None:
+        path = self.tmp_dir / f"part-{len(self._files):05d}.parquet"
+        self._writer = pq.ParquetWriter(path, schema, compression=PARQUET_COMPRESSION)
+        self._schema = schema
+        self._file_rows = 0
+        self._files.append(path)
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def commit(self) -> Manifest:
+        """Close the files and move the partition into place, replacing what was there."""
+        if not self._files and self._last_schema is not None and len(self._last_schema):
+            # No rows, but the source told us its columns: keep them so the table can be created.
+            self._open_file(self._last_schema)
+        self._close_file()
+        schemas: list[pa.Schema] = []
+        for path in self._files:
+            schemas.append(pq.read_schema(path))
+        final_paths = [self.final_dir / p.name for p in self._files]
+        old_dir = self.final_dir.parent / f".{self.final_dir.name}.old-{uuid.uuid4().hex[:12]}"
+        if self.final_dir.exists():
+            self.final_dir.rename(old_dir)
+        self.tmp_dir.rename(self.final_dir)
+        shutil.rmtree(old_dir, ignore_errors=True)
+        self.manifest.paths = [str(p) for p in final_paths]
+        self.manifest.bytes = sum(p.stat().st_size for p in final_paths)
+        if schemas:
+            merged = pa.unify_schemas(schemas, promote_options="permissive")
+            self.manifest.columns = schema_columns(merged)
+        log.info("lake partition %s: %d rows in %d files (%d bytes)", self.final_dir,
+                 self.manifest.rows, len(final_paths), self.manifest.bytes)
+        return self.manifest
+
+    def abort(self) -> None:
+        self._close_file()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def _batches(data: pa.RecordBatch | pa.Table) -> Iterator[pa.RecordBatch]:
+    if isinstance(data, pa.Table):
+        yield from data.to_batches()
+    else:
+        yield data
+
+
+def write_partition(batches: Iterable[pa.RecordBatch | pa.Table], lake_root: str | Path, protocol: str,
+                    source: str, table: str, partition: date, *, run_id: str | None = None) -> Manifest:
+    """Write every batch into one partition and swap it in; on any error nothing is replaced."""
+    with PartitionWriter(lake_root, protocol, source, table, partition, run_id=run_id) as writer:
+        for batch in batches:
+            writer.write(batch)
+        return writer.commit()
+
+
+def partition_files(lake_root: str | Path, protocol: str, source: str, table: str, partition: date) -> list[Path]:
+    return sorted(lake_partition_dir(lake_root, protocol, source, table, partition).glob(PART_GLOB))
+
+
+def iter_file_batches(path: str | Path, batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
+    """Stream a Parquet file; ``pre_buffer=False`` keeps memory flat however large the file."""
+    parquet = pq.ParquetFile(path, pre_buffer=False)
+    try:
+        yield from parquet.iter_batches(batch_size=batch_rows)
+    finally:
+        parquet.close()

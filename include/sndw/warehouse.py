@@ -1,0 +1,561 @@
+"""Loading lake partitions into PostgreSQL: DDL from Arrow schemas, schema evolution, binary COPY.
+
+One load is one transaction: the table's DDL changes, the rows, and the audit row commit together
+or not at all. Loads into the same table are serialised with a transaction-level advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pgpq
+import polars as pl
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pgpq import encoders as pgpq_encoders
+from pgpq import schema as pgpq_schema
+from psycopg import sql
+
+from sndw.audit import AuditRecord, ensure_audit_table, insert_audit_row
+from sndw.errors import LoadError, PermanentError, SchemaConflictError
+from sndw.lake import Manifest, iter_file_batches
+from sndw.naming import (
+    LOADED_AT,
+    PARTITION_DATE,
+    RUN_ID,
+    SOURCE_FILE,
+    advisory_lock_key,
+    partition_child_table,
+    qualified,
+)
+
+log = logging.getLogger(__name__)
+
+NUL = "\x00"
+NUL_REPLACEMENT = "\ufffd"  # PostgreSQL text cannot hold NUL: it becomes U+FFFD, counted in the log
+COPY_CHUNK_BYTES = 8 << 20
+
+# ------------------------------------------------------------------------------ type mapping
+
+
+def pg_type_for(data_type: pa.DataType) -> str:
+    """The warehouse column type for a lake column type."""
+    t = data_type
+    if isinstance(t, pa.ExtensionType):
+        return "jsonb" if t.extension_name == "arrow.json" else pg_type_for(t.storage_type)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "text"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t):
+        return "numeric" if t == pa.uint64() else "bigint"
+    if pa.types.is_floating(t):
+        return "double precision"
+    if pa.types.is_decimal(t):
+        return "numeric"
+    if pa.types.is_date(t):
+        return "date"
+    if pa.types.is_timestamp(t):
+        return "timestamp with time zone"
+    if pa.types.is_time(t):
+        return "time without time zone"
+    if pa.types.is_duration(t):
+        return "interval"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return "bytea"
+    if pa.types.is_nested(t):  # list, large list, struct, map
+        return "jsonb"
+    return "text"
+
+
+def _base_pg_type(pg_type: str) -> str:
+    return pg_type.split("(", 1)[0].strip()
+
+
+# What incoming lake types each warehouse type accepts without change, and how to cast them so the
+# binary COPY sees the exact width PostgreSQL expects.
+_INT_TARGET = {"bigint": pa.int64(), "integer": pa.int32(), "smallint": pa.int16()}
+_FLOAT_TARGET = {"double precision": pa.float64(), "real": pa.float32()}
+_TEXT_TYPES = {"text", "character varying", "character", "name", "citext"}
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """How one lake column is written into an existing warehouse column."""
+
+    name: str
+    pg_type: str
+    arrow_type: pa.DataType  # what the batch is cast to before encoding
+    output: str  # "native", "jsonb" or "json-text" (nested values written as JSON)
+
+
+def _is_json_like(t: pa.DataType) -> bool:
+    if isinstance(t, pa.ExtensionType):
+        return t.extension_name == "arrow.json"
+    return pa.types.is_nested(t)
+
+
+def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType) -> ColumnPlan | str:
+    """The cast for ``incoming`` into a column of ``pg_type``, or the wider type the column needs.
+
+    Raises SchemaConflictError when the change cannot be made safely.
+    """
+    base = _base_pg_type(pg_type)
+    t = incoming
+    if pa.types.is_null(t):
+        return ColumnPlan(name, pg_type, pa.null(), "null")
+    if base in _TEXT_TYPES:
+        if _is_json_like(t):
+            return ColumnPlan(name, pg_type, pa.string(), "json-text")
+        return ColumnPlan(name, pg_type, pa.string(), "native")
+    if base in ("jsonb", "json"):
+        if _is_json_like(t):
+            return ColumnPlan(name, pg_type, pa.string(), "jsonb" if base == "jsonb" else "json-text")
+    elif base in _INT_TARGET:
+        if pa.types.is_integer(t) and t != pa.uint64():
+            return ColumnPlan(name, pg_type, _INT_TARGET[base], "native")
+        if pa.types.is_decimal(t) or t == pa.uint64():
+            return "numeric"  # BIGINT -> NUMERIC keeps every value exactly
+    elif base in _FLOAT_TARGET:
+        if pa.types.is_floating(t) or pa.types.is_integer(t):
+            return ColumnPlan(name, pg_type, _FLOAT_TARGET[base], "native")
+    elif base == "numeric":
+        if pa.types.is_decimal(t):
+            return ColumnPlan(name, pg_type, t, "native")
+        if pa.types.is_integer(t):
+            return ColumnPlan(name, pg_type, pa.decimal128(20, 0), "native")
+    elif base == "boolean":
+        if pa.types.is_boolean(t):
+            return ColumnPlan(name, pg_type, pa.bool_(), "native")
+    elif base == "date":
+        if pa.types.is_date(t):
+            return ColumnPlan(name, pg_type, pa.date32(), "native")
+    elif base in ("timestamp with time zone", "timestamp without time zone"):
+        if pa.types.is_timestamp(t):
+            return ColumnPlan(name, pg_type, pa.timestamp("us", tz="UTC"), "native")
+        if pa.types.is_date(t):
+            return ColumnPlan(name, pg_type, pa.timestamp("us", tz="UTC"), "native")
+    elif base == "time without time zone":
+        if pa.types.is_time(t):
+            return ColumnPlan(name, pg_type, pa.time64("us"), "native")
+    elif base == "interval":
+        if pa.types.is_duration(t):
+            return ColumnPlan(name, pg_type, pa.duration("us"), "native")
+    elif base == "bytea":
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+            return ColumnPlan(name, pg_type, pa.binary(), "native")
+    raise SchemaConflictError(table, name, pg_type, f"{incoming} ({pg_type_for(incoming)})")
+
+
+# ----------------------------------------------------------------------------- table DDL
+
+
+@dataclass
+class LoadSpec:
+    schema: str
+    table: str
+    write_mode: str = "replace"
+    primary_key: Sequence[str] = ()
+
+    @property
+    def qualified(self) -> str:
+        return qualified(self.schema, self.table)
+
+    def ident(self, table: str | None = None) -> sql.Composed:
+        return sql.SQL(".").join([sql.Identifier(self.schema), sql.Identifier(table or self.table)])
+
+
+@dataclass
+class LoadResult:
+    table: str
+    write_mode: str
+    rows_loaded: int
+    files: int
+    schema_changes: list[dict[str, Any]] = field(default_factory=list)
+    nul_replaced: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table, "write_mode": self.write_mode, "rows_loaded": self.rows_loaded,
+            "files": self.files, "schema_changes": self.schema_changes, "nul_replaced": self.nul_replaced,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def table_columns(cur: psycopg.Cursor[Any], schema: str, table: str) -> dict[str, str]:
+    """Existing columns and their types, in order; empty when the table does not exist."""
+    cur.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (schema, table),
+    )
+    return {name: pg_type for name, pg_type in cur.fetchall()}
+
+
+def _is_partitioned(cur: psycopg.Cursor[Any], schema: str, table: str) -> bool:
+    cur.execute(
+        """
+        SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s
+        """,
+        (schema, table),
+    )
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def _meta_columns_sql() -> list[sql.Composable]:
+    return [
+        sql.SQL("{} timestamp with time zone NOT NULL DEFAULT now()").format(sql.Identifier(LOADED_AT)),
+        sql.SQL("{} text").format(sql.Identifier(SOURCE_FILE)),
+        sql.SQL("{} date").format(sql.Identifier(PARTITION_DATE)),
+        sql.SQL("{} text").format(sql.Identifier(RUN_ID)),
+    ]
+
+
+def create_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) -> None:
+    columns: list[sql.Composable] = [
+        sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type_for(f.type))) for f in schema
+    ]
+    columns += _meta_columns_sql()
+    partition_clause = sql.SQL("")
+    if spec.write_mode == "partition":
+        columns[-2] = sql.SQL("{} date NOT NULL").format(sql.Identifier(PARTITION_DATE))
+        partition_clause = sql.SQL(" PARTITION BY LIST ({})").format(sql.Identifier(PARTITION_DATE))
+    statement = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}){}").format(
+        spec.ident(), sql.SQL(", ").join(columns), partition_clause)
+    log.info("creating %s (%d columns, mode %s)", spec.qualified, len(schema), spec.write_mode)
+    cur.execute(statement)
+
+
+def _ensure_key_index(cur: psycopg.Cursor[Any], spec: LoadSpec) -> None:
+    if not spec.primary_key:
+        return
+    name = f"{spec.table[:50]}__sndw_key"
+    cur.execute(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        sql.Identifier(name), spec.ident(), sql.SQL(", ").join(sql.Identifier(k) for k in spec.primary_key)))
+
+
+def evolve_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Create the table or bring it up to ``schema``: new columns added, safe widenings applied.
+
+    Returns the table's columns after the change and the list of changes made.
+    """
+    existing = table_columns(cur, spec.schema, spec.table)
+    changes: list[dict[str, Any]] = []
+    if not existing:
+        create_table(cur, spec, schema)
+        changes.append({"change": "create_table", "table": spec.qualified, "columns": len(schema)})
+        if spec.write_mode == "merge":
+            _ensure_key_index(cur, spec)
+        return table_columns(cur, spec.schema, spec.table), changes
+    if spec.write_mode == "partition" and not _is_partitioned(cur, spec.schema, spec.table):
+        raise PermanentError(
+            f"{spec.qualified} exists and is not partitioned, but write_mode is 'partition': "
+            "drop or rename the table so it can be created partitioned by _partition_date")
+    for f in schema:
+        if f.name not in existing:
+            pg_type = pg_type_for(f.type)
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                spec.ident(), sql.Identifier(f.name), sql.SQL(pg_type)))
+            log.warning("schema change: added column %s.%s %s", spec.qualified, f.name, pg_type)
+            changes.append({"change": "add_column", "column": f.name, "type": pg_type})
+            continue
+        planned = plan_column(spec.qualified, f.name, existing[f.name], f.type)
+        if isinstance(planned, str):
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                spec.ident(), sql.Identifier(f.name), sql.SQL(planned)))
+            log.warning("schema change: widened %s.%s from %s to %s", spec.qualified, f.name,
+                        existing[f.name], planned)
+            changes.append({"change": "widen_column", "column": f.name, "from": existing[f.name], "to": planned})
+    missing = [name for name in existing if name not in schema.names and not name.startswith("_")]
+    if missing:
+        log.info("%s: %d warehouse columns are not in this load and get NULL: %s",
+                 spec.qualified, len(missing), ", ".join(missing[:20]))
+    if spec.write_mode == "merge":
+        _ensure_key_index(cur, spec)
+    return table_columns(cur, spec.schema, spec.table), changes
+
+
+# ----------------------------------------------------------------------- encoding batches
+
+
+def _json_text(array: pa.Array) -> pa.Array:
+    """Nested values (lists, structs, maps) as JSON text, nulls kept."""
+    if isinstance(array.type, pa.ExtensionType):
+        return array.storage.cast(pa.string())
+    series = pl.Series("v", array)
+    if series.dtype == pl.Struct:
+        encoded = series.struct.json_encode()
+    else:
+        wrapped = pl.DataFrame({"v": series}).select(pl.struct("v").struct.json_encode())["v"]
+        encoded = wrapped.str.slice(5, wrapped.str.len_chars() - 6)  # strip the {"v": ... } wrapper
+    encoded = pl.select(pl.when(series.is_null()).then(None).otherwise(encoded)).to_series()
+    return encoded.to_arrow().cast(pa.string())
+
+
+def _replace_nul(array: pa.Array, escaped: bool) -> tuple[pa.Array, int]:
+    hits = pc.sum(pc.match_substring(array, NUL)).as_py() or 0
+    if hits:
+        array = pc.replace_substring(array, NUL, NUL_REPLACEMENT)
+    if escaped:  # jsonb also rejects the escaped form
+        more = pc.sum(pc.match_substring(array, "\\u0000")).as_py() or 0
+        if more:
+            array = pc.replace_substring(array, "\\u0000", "\\ufffd")
+            hits += more
+    return array, hits
+
+
+class BatchEncoder:
+    """Casts lake batches to the exact warehouse column types and encodes them as binary COPY."""
+
+    def __init__(self, plans: list[ColumnPlan], constants: dict[str, tuple[pa.DataType, Any]]) -> None:
+        self.plans = plans
+        self.constants = constants
+        fields = [pa.field(p.name, pa.string() if p.output in ("json-text", "jsonb") else p.arrow_type)
+                  for p in plans]
+        fields += [pa.field(name, typ) for name, (typ, _) in constants.items()]
+        self.schema = pa.schema(fields)
+        builders: dict[str, Any] = {}
+        for plan, fld in zip(plans, fields, strict=False):
+            if plan.output == "jsonb":
+                builders[fld.name] = pgpq_encoders.StringEncoderBuilder.new_with_output(fld, pgpq_schema.Jsonb())
+            elif plan.output == "null":
+                builders[fld.name] = pgpq_encoders.StringEncoderBuilder(pa.field(fld.name, pa.string()))
+            else:
+                builders[fld.name] = pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(fld)
+        for fld in fields[len(plans):]:
+            builders[fld.name] = pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(fld)
+        encode_schema = pa.schema([pa.field(f.name, pa.string()) if p.output == "null" else f
+                                   for f, p in zip(fields, plans, strict=False)] + fields[len(plans):])
+        self.encode_schema = encode_schema
+        self.encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(encode_schema, builders)
+        self.nul_replaced = 0
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.encode_schema.names)
+
+    def prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays = []
+        for plan in self.plans:
+            column = batch.column(plan.name)
+            if plan.output == "null":
+                column = pa.nulls(len(column), pa.string())
+            elif plan.output in ("json-text", "jsonb"):
+                column = _json_text(column) if _is_json_like(column.type) else column.cast(pa.string())
+                column, hits = _replace_nul(column, escaped=plan.output == "jsonb")
+                self.nul_replaced += hits
+            else:
+                if column.type != plan.arrow_type:
+                    column = column.cast(plan.arrow_type)
+                if pa.types.is_string(plan.arrow_type):
+                    column, hits = _replace_nul(column, escaped=False)
+                    self.nul_replaced += hits
+            arrays.append(column)
+        for _name, (typ, value) in self.constants.items():
+            arrays.append(pa.array([value] * batch.num_rows, type=typ))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.encode_schema)
+
+    def header(self) -> bytes:
+        return bytes(self.encoder.write_header())
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        return bytes(self.encoder.write_batch(self.prepare(batch)))
+
+    def finish(self) -> bytes:
+        return bytes(self.encoder.finish())
+
+
+def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, columns: dict[str, str],
+              table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000) -> tuple[int, int]:
+    """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements."""
+    file_schema = pq.read_schema(path)
+    plans: list[ColumnPlan] = []
+    for f in file_schema:
+        planned = plan_column(table, f.name, columns[f.name], f.type)
+        if isinstance(planned, str):  # evolve_table has already widened it; plan again
+            raise LoadError(f"{table}.{f.name} was not widened before the load")
+        plans.append(planned)
+    encoder = BatchEncoder(plans, constants)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        target, sql.SQL(", ").join(sql.Identifier(c) for c in encoder.column_names))
+    rows = 0
+    with cur.copy(statement) as copy:
+        copy.write(encoder.header())
+        for batch in iter_file_batches(path, batch_rows):
+            if batch.num_rows == 0:
+                continue
+            copy.write(encoder.encode(batch))
+            rows += batch.num_rows
+        copy.write(encoder.finish())
+    return rows, encoder.nul_replaced
+
+
+# ------------------------------------------------------------------------------------ loads
+
+
+def _check_files(paths: Sequence[str]) -> None:
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise PermanentError(f"lake files of this load are missing: {', '.join(missing[:5])}")
+
+
+def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSpec, *, partition: date,
+               run_id: str | None = None, audit: AuditRecord | None = None,
+               audit_schema: str = "public", batch_rows: int = 100_000) -> LoadResult:
+    """Load exactly ``paths`` into the warehouse in one transaction (with the audit row, if given)."""
+    started = time.perf_counter()
+    _check_files(paths)
+    if audit is not None:
+        ensure_audit_table(conn, audit_schema)
+    result = LoadResult(table=spec.qualified, write_mode=spec.write_mode, rows_loaded=0, files=len(paths))
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (advisory_lock_key(spec.schema, spec.table),))
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.schema)))
+            exists = bool(table_columns(cur, spec.schema, spec.table))
+            if not paths and not exists:
+                log.info("%s: nothing to load and no table yet", spec.qualified)
+            else:
+                if paths:
+                    for path in paths:  # evolve with each file's schema: types may differ across files
+                        _, changes = evolve_table(cur, spec, pq.read_schema(path))
+                        result.schema_changes.extend(changes)
+                columns = table_columns(cur, spec.schema, spec.table)
+                _WRITERS[spec.write_mode](cur, spec, paths, columns, partition, run_id, result, batch_rows)
+            if audit is not None:
+                audit.rows_loaded = result.rows_loaded
+                audit.parquet_files = len(paths)
+                audit.schema_changes = result.schema_changes
+                audit.finished_at = datetime.now(UTC)
+                insert_audit_row(cur, audit, audit_schema)
+    except psycopg.Error as exc:
+        raise LoadError(f"loading {spec.qualified} failed and was rolled back: {exc}") from exc
+    result.seconds = time.perf_counter() - started
+    if result.nul_replaced:
+        log.warning("%s: %d text values held NUL bytes, replaced by U+FFFD", spec.qualified, result.nul_replaced)
+    log.info("%s: %d rows loaded (%s) from %d files in %.2fs", spec.qualified, result.rows_loaded,
+             spec.write_mode, len(paths), result.seconds)
+    return result
+
+
+def load_manifest(conn: psycopg.Connection[Any], manifest: Manifest | dict[str, Any], spec: LoadSpec, *,
+                  audit: AuditRecord | None = None, audit_schema: str = "public") -> LoadResult:
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
+    return load_files(conn, m.paths, spec, partition=m.partition_date, run_id=m.run_id, audit=audit,
+                      audit_schema=audit_schema)
+
+
+def _constants(path: str, partition: date, run_id: str | None) -> dict[str, tuple[pa.DataType, Any]]:
+    return {
+        SOURCE_FILE: (pa.string(), path),
+        PARTITION_DATE: (pa.date32(), partition),
+        RUN_ID: (pa.string(), run_id),
+    }
+
+
+def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, paths: Sequence[str],
+              columns: dict[str, str], partition: date, run_id: str | None, result: LoadResult,
+              batch_rows: int) -> None:
+    for path in paths:
+        rows, nul = copy_file(cur, target, path, columns, spec.qualified, _constants(path, partition, run_id),
+                              batch_rows)
+        result.rows_loaded += rows
+        result.nul_replaced += nul
+
+
+def _append(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
+            partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
+    _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
+
+
+def _has_dependents(cur: psycopg.Cursor[Any], spec: LoadSpec) -> bool:
+    cur.execute(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+            WHERE d.refobjid = to_regclass(%s) AND r.ev_class <> d.refobjid)
+        """,
+        (spec.ident().as_string(cur.connection),),
+    )
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def _replace(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
+             partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
+    """Full refresh. The new rows go into a fresh copy of the table that is swapped in by rename,
+    so readers are blocked only for the swap; with views on the table, TRUNCATE + COPY instead
+    (still one transaction: readers wait, never see it empty)."""
+    if _has_dependents(cur, spec):
+        cur.execute(sql.SQL("TRUNCATE {}").format(spec.ident()))
+        _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
+        return
+    new_name = f"{spec.table[:45]}__sndw_new"
+    old_name = f"{spec.table[:45]}__sndw_old"
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.ident(new_name)))
+    cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(spec.ident(new_name), spec.ident()))
+    _copy_all(cur, spec.ident(new_name), spec, paths, columns, partition, run_id, result, batch_rows)
+    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(spec.ident(), sql.Identifier(old_name)))
+    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(spec.ident(new_name), sql.Identifier(spec.table)))
+    cur.execute(sql.SQL("DROP TABLE {}").format(spec.ident(old_name)))
+
+
+def _partition(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
+               partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
+    """Replace one date partition: TRUNCATE the child table of that date and COPY into it."""
+    child = partition_child_table(spec.table, partition)
+    cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES IN ({})").format(
+        spec.ident(child), spec.ident(), sql.Literal(partition)))
+    cur.execute(sql.SQL("TRUNCATE {}").format(spec.ident(child)))
+    _copy_all(cur, spec.ident(child), spec, paths, columns, partition, run_id, result, batch_rows)
+
+
+def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
+           partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
+    """Upsert on the primary key; within one load the last row of a key wins."""
+    staging = f"_sndw_stage_{spec.table[:40]}"
+    cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+        sql.Identifier(staging), spec.ident()))
+    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _sndw_row bigint GENERATED ALWAYS AS IDENTITY").format(
+        sql.Identifier(staging)))
+    _copy_all(cur, sql.Identifier(staging), spec, paths, columns, partition, run_id, result, batch_rows)
+    keys = [sql.Identifier(k) for k in spec.primary_key]
+    missing = [k for k in spec.primary_key if k not in columns]
+    if missing:
+        raise PermanentError(f"{spec.qualified}: primary key columns {missing} are not in the data")
+    cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+        sql.Identifier(staging), sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(k) for k in keys)))
+    row = cur.fetchone()
+    if row and row[0]:
+        raise PermanentError(f"{spec.qualified}: {row[0]} rows have a NULL primary key ({', '.join(spec.primary_key)})")
+    names = [c for c in columns if c != LOADED_AT]
+    cols = [sql.Identifier(c) for c in names]
+    updates = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+               for c in names if c not in spec.primary_key]
+    updates.append(sql.SQL("{} = now()").format(sql.Identifier(LOADED_AT)))
+    cur.execute(sql.SQL(
+        "INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({keys}) {cols} FROM {staging} "
+        "ORDER BY {keys}, _sndw_row DESC ON CONFLICT ({keys}) DO UPDATE SET {updates}").format(
+        target=spec.ident(), cols=sql.SQL(", ").join(cols), keys=sql.SQL(", ").join(keys),
+        staging=sql.Identifier(staging), updates=sql.SQL(", ").join(updates)))
+
+
+_WRITERS = {"append": _append, "replace": _replace, "partition": _partition, "merge": _merge}
+
