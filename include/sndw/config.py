@@ -169,7 +169,8 @@ class SourceBase(_Model):
     max_active_runs: int = Field(default=1, ge=1)
     retries: int = Field(default=2, ge=0)
     retry_delay_seconds: int = Field(default=60, ge=0)
-    retry_exponential_backoff: bool = True
+    retry_exponential_backoff: float = Field(
+        default=2.0, ge=0, description="Multiplier of the retry delay per attempt; 0 or false turns it off.")
     max_retry_delay_seconds: int = Field(default=3600, ge=0)
     target_schema: str = "public"
     dw_conn_id: str = "dw"
@@ -178,6 +179,13 @@ class SourceBase(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         return validate_source_name(value)
+
+    @field_validator("retry_exponential_backoff", mode="before")
+    @classmethod
+    def _backoff(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return 2.0 if value else 0.0
+        return value
 
     @field_validator("target_schema")
     @classmethod

@@ -34,8 +34,8 @@ def resolve_paths(pattern: str, base_path: str | None = None) -> list[Path]:
 def iter_file_batches(table: FileTable, base_path: str | None = None) -> Iterator[pa.RecordBatch]:
     paths = resolve_paths(table.path, base_path)
     if not paths:
-        log.warning("%s: no file matches %s", table.name, table.path)
-        return
+        where = os.path.join(base_path, table.path) if base_path and not os.path.isabs(table.path) else table.path
+        raise SourceDataError(f"{table.name}: no file matches {where}")
     reader = _READERS[table.file_format]
     for path in paths:
         log.info("%s: reading %s", table.name, path)
@@ -68,7 +68,6 @@ def _csv(path: Path, table: FileTable) -> Iterator[pa.RecordBatch]:
             has_header=options.has_header,
             skip_rows=options.skip_rows,
             null_values=options.null_values,
-            missing_utf8_is_empty_string=False,
             infer_schema_length=None,  # whole-file inference: a late odd value must not fail the read
             encoding="utf8",
             raise_if_empty=False,

@@ -1,0 +1,59 @@
+"""What a task reads from its Airflow context: the run's partition date and its identity."""
+
+from __future__ import annotations
+
+import os
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def partition_date(context: Any) -> date:
+    """The run's date partition: the start of its data interval, else its ``run_after``.
+
+    Runs triggered through the REST API (and ``dags trigger`` without a date) have no logical
+    date and no data interval in Airflow 3; their partition is the day they were due to run.
+    """
+    for key in ("data_interval_start", "logical_date"):
+        value = context.get(key)
+        if value is not None:
+            return _utc_date(value)
+    dag_run = context.get("dag_run")
+    run_after = getattr(dag_run, "run_after", None)
+    if run_after is not None:
+        return _utc_date(run_after)
+    return datetime.now(timezone.utc).date()
+
+
+def _utc_date(value: datetime) -> date:
+    if value.tzinfo is None:
+        return value.date()
+    return value.astimezone(timezone.utc).date()
+
+
+def lake_root() -> str:
+    """Where the lake lives: ``SNDW_LAKE_ROOT``, else ``lake/`` beside ``AIRFLOW_HOME``."""
+    configured = os.environ.get("SNDW_LAKE_ROOT")
+    if configured:
+        return configured
+    home = os.environ.get("AIRFLOW_HOME")
+    base = Path(home).parent if home else Path.home() / "sndw"
+    return str(base / "lake")
+
+
+def attempt(context: Any) -> dict[str, Any]:
+    ti = context.get("ti") or context.get("task_instance")
+    return {
+        "dag_id": getattr(ti, "dag_id", None),
+        "task_id": getattr(ti, "task_id", None),
+        "airflow_run_id": context.get("run_id") or getattr(ti, "run_id", None),
+        "try_number": getattr(ti, "try_number", None),
+    }
+
+
+def started_at(context: Any) -> datetime:
+    ti = context.get("ti") or context.get("task_instance")
+    start = getattr(ti, "start_date", None)
+    if isinstance(start, datetime):
+        return start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    return datetime.now(timezone.utc)

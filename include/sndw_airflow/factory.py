@@ -1,0 +1,126 @@
+"""The DAG factory: one DAG per source config; a broken config never hides the other sources."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
+from sndw.errors import ConfigError
+from sndw.naming import dag_id_for, extract_task_id, load_task_id, normalize_identifier
+from sndw_airflow.operators import ExtractToParquetOperator, ParquetToDwOperator
+
+log = logging.getLogger(__name__)
+
+INVALID_CONFIG_PREFIX = "invalid_config_"
+
+
+class ConfigErrorWarning(UserWarning):
+    """Raised as a warning at parse time so DagBag and the DAG processor log show it."""
+
+
+def _utc(day: Any) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os.PathLike[str] | None = None) -> DAG:
+    """The DAG of one source: per table, extract to the lake, then load into the warehouse."""
+    base_path = None
+    if isinstance(source, FileSource):
+        folder = Path(config_path).parent if config_path else Path.cwd()
+        base_path = os.path.expandvars(source.base_path) if source.base_path else str(folder)
+        if not os.path.isabs(base_path):
+            base_path = str(folder / base_path)
+    default_args = {
+        "owner": source.owner,
+        "retries": source.retries,
+        "retry_delay": timedelta(seconds=source.retry_delay_seconds),
+        "retry_exponential_backoff": source.retry_exponential_backoff,
+        "max_retry_delay": timedelta(seconds=source.max_retry_delay_seconds),
+    }
+    doc = source.description or f"{source.kind} source {source.name}"
+    if config_path:
+        doc += f"\n\nConfig: `{Path(config_path).name}`"
+    with DAG(
+        dag_id=dag_id_for(source.name),
+        description=source.description,
+        doc_md=doc,
+        schedule=source.schedule,
+        start_date=_utc(source.start_date),
+        end_date=_utc(source.end_date) if source.end_date else None,
+        catchup=source.catchup,
+        max_active_runs=source.max_active_runs,
+        tags=sorted({"sndw", source.kind, *source.tags}),
+        default_args=default_args,
+    ) as dag:
+        for table in source.tables:
+            extract = ExtractToParquetOperator(
+                task_id=extract_task_id(table.name),
+                source=source.name,
+                kind=source.kind,
+                table=table.model_dump(mode="json"),
+                conn_id=getattr(source, "conn_id", None),
+                base_path=base_path,
+                dw_conn_id=source.dw_conn_id,
+            )
+            load = ParquetToDwOperator(
+                task_id=load_task_id(table.name),
+                manifest=extract.output,
+                target_table=table.target,
+                target_schema=source.target_schema,
+                write_mode=table.write_mode,
+                primary_key=table.key_columns,
+                dw_conn_id=source.dw_conn_id,
+                source=source.name,
+                kind=source.kind,
+            )
+            extract >> load
+    return dag
+
+
+class ConfigErrorOperator(BaseOperator):
+    """Fails with the config error, so a triggered run of a broken source says what to fix."""
+
+    def __init__(self, *, message: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.message = message
+
+    def execute(self, context: Any) -> None:
+        raise AirflowFailException(self.message)
+
+
+def config_error_dag(path: Path, error: ConfigError) -> DAG:
+    """A placeholder DAG in place of an invalid config: visible in the UI with the error as its doc."""
+    with DAG(
+        dag_id=f"{INVALID_CONFIG_PREFIX}{normalize_identifier(path.stem)}",
+        description=f"INVALID CONFIG: {error}"[:500],
+        doc_md=f"## Invalid source config\n\n`{error}`\n\nFix the file; this DAG disappears when it parses.",
+        schedule=None,
+        start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+        catchup=False,
+        tags=["sndw", "config-error"],
+        default_args={"owner": "sndw", "retries": 0},
+    ) as dag:
+        ConfigErrorOperator(task_id="config_error", message=str(error))
+    return dag
+
+
+def build_dags(folder: str | os.PathLike[str]) -> dict[str, DAG]:
+    """Every source config in ``folder`` as a DAG; no database or network call happens here."""
+    dags: dict[str, DAG] = {}
+    for path, parsed in iter_sources(folder):
+        if isinstance(parsed, ConfigError):
+            log.error("invalid source config: %s", parsed)
+            warnings.warn(str(parsed), ConfigErrorWarning, stacklevel=2)
+            dag = config_error_dag(path, parsed)
+        else:
+            dag = build_dag(parsed, path)
+        dags[dag.dag_id] = dag
+    return dags

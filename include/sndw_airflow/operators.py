@@ -1,0 +1,222 @@
+"""ExtractToParquetOperator and ParquetToDwOperator: each resolves its hooks and calls one core function."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from sndw.audit import AuditRecord
+from sndw.config import FileTable, HttpTable, SqlTable, TableBase, table_spec
+from sndw.errors import ConfigError, PermanentError
+from sndw.lake import Manifest
+from sndw.naming import normalize_identifier, qualified
+from sndw_airflow.callbacks import audit_failure, audit_success
+from sndw_airflow.context import attempt, lake_root, partition_date, started_at
+
+
+def _add_partition_date(context: Any) -> None:
+    """``{{ partition_date }}`` in templates: the run's partition (works without a logical date)."""
+    context["partition_date"] = partition_date(context).isoformat()
+
+
+def _with_audit_callbacks(kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs.setdefault("on_success_callback", audit_success)
+    kwargs.setdefault("on_failure_callback", audit_failure)
+    kwargs.setdefault("on_retry_callback", audit_failure)
+    return kwargs
+
+
+class _DwMixin:
+    dw_conn_id: str
+
+    def dw_connection(self) -> Any:
+        """A psycopg 3 connection to the warehouse, through the provider's PostgresHook."""
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        return PostgresHook(postgres_conn_id=self.dw_conn_id).get_conn()
+
+
+class ExtractToParquetOperator(_DwMixin, BaseOperator):
+    """Extract one table or resource of a source into one date partition of the Parquet lake.
+
+    Returns the partition's manifest (lake paths, row count, columns) for the load task.
+
+    :param source: the source's name (the lake folder below the protocol)
+    :param kind: ``http``, ``sql`` or ``file``
+    :param table: the table's options, as in a source config's ``tables`` entry (templated)
+    :param conn_id: the Airflow connection of the source (http and sql)
+    :param base_path: folder that relative file paths start from (file sources)
+    :param lake_root: the lake's root folder; default ``SNDW_LAKE_ROOT`` (templated)
+    :param dw_conn_id: the warehouse connection, used for the audit row
+    """
+
+    template_fields: Sequence[str] = ("table", "lake_root")
+    template_fields_renderers = {"table": "json"}
+    ui_color = "#d9ecff"
+
+    def __init__(self, *, source: str, kind: str, table: dict[str, Any], conn_id: str | None = None,
+                 base_path: str | None = None, lake_root: str | None = None, dw_conn_id: str = "dw",
+                 **kwargs: Any) -> None:
+        super().__init__(**_with_audit_callbacks(kwargs))
+        self.source = source
+        self.kind = kind
+        self.table = table
+        self.conn_id = conn_id
+        self.base_path = base_path
+        self.lake_root = lake_root
+        self.dw_conn_id = dw_conn_id
+        self.sndw_result: dict[str, Any] | None = None
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        _add_partition_date(context)
+        super().render_template_fields(context, jinja_env)
+
+    def audit_fields(self) -> dict[str, str]:
+        name = self.table.get("name", self.task_id) if isinstance(self.table, dict) else self.task_id
+        return {"pipeline_name": self.dag_id, "source_name": self.source, "protocol": self.kind,
+                "target_table": f"lake:{self.kind}/{self.source}/{name}", "step": "extract"}
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from sndw.lake import write_partition
+
+        try:
+            spec = table_spec(self.kind, self.table, where=f"{self.dag_id}.{self.task_id}")
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        partition = partition_date(context)
+        root = self.lake_root or lake_root()
+        self.log.info("Extracting %s.%s (%s) into partition %s of %s", self.source, spec.name, self.kind,
+                      partition, root)
+        try:
+            manifest = write_partition(self._batches(spec), root, self.kind, self.source, spec.name,
+                                       partition, run_id=context.get("run_id"))
+        except PermanentError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        self.log.info("Wrote %d rows in %d files (%d bytes)", manifest.rows, len(manifest.paths), manifest.bytes)
+        self.sndw_result = {"rows_extracted": manifest.rows, "files": len(manifest.paths),
+                            "bytes": manifest.bytes, "paths": manifest.paths}
+        return manifest.to_dict()
+
+    def _batches(self, spec: TableBase) -> Iterator[Any]:
+        if isinstance(spec, SqlTable):
+            yield from self._sql_batches(spec)
+        elif isinstance(spec, HttpTable):
+            yield from self._http_batches(spec)
+        elif isinstance(spec, FileTable):
+            from sndw.extract.files import iter_file_batches
+
+            yield from iter_file_batches(spec, self.base_path)
+
+    def _sql_batches(self, spec: SqlTable) -> Iterator[Any]:
+        from airflow.sdk import BaseHook
+
+        from sndw.extract.sql import iter_query_batches, table_query
+
+        if not self.conn_id:
+            raise AirflowFailException(f"{self.task_id}: a sql source needs conn_id")
+        hook = BaseHook.get_connection(self.conn_id).get_hook()
+        conn = hook.get_conn()
+        try:
+            query = spec.query or table_query(spec.table or "")
+            yield from iter_query_batches(conn, query, spec.batch_rows)
+        finally:
+            conn.close()
+
+    def _http_batches(self, spec: HttpTable) -> Iterator[Any]:
+        from airflow.providers.http.hooks.http import HttpHook
+
+        from sndw.extract.http import iter_http_batches
+        from sndw_airflow.http import hook_fetch
+
+        if not self.conn_id:
+            raise AirflowFailException(f"{self.task_id}: an http source needs conn_id")
+        hook = HttpHook(method=spec.method, http_conn_id=self.conn_id)
+        yield from iter_http_batches(hook_fetch(hook, spec), spec)
+
+
+class ParquetToDwOperator(_DwMixin, BaseOperator):
+    """Load exactly the files of one lake manifest into a warehouse table, in one transaction.
+
+    :param manifest: the extract task's manifest, usually ``extract.output`` (templated)
+    :param target_table: the warehouse table (templated)
+    :param target_schema: its schema, created if missing (templated)
+    :param write_mode: ``replace``, ``append``, ``merge`` or ``partition``
+    :param primary_key: key columns, needed by ``merge``
+    :param dw_conn_id: the warehouse's Airflow connection
+    """
+
+    template_fields: Sequence[str] = ("manifest", "target_table", "target_schema")
+    ui_color = "#e3f4d7"
+
+    def __init__(self, *, manifest: Any, target_table: str, target_schema: str = "public",
+                 write_mode: str = "replace", primary_key: Sequence[str] = (), dw_conn_id: str = "dw",
+                 source: str | None = None, kind: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**_with_audit_callbacks(kwargs))
+        if write_mode not in ("replace", "append", "merge", "partition"):
+            raise ValueError(f"write_mode must be replace, append, merge or partition; got {write_mode!r}")
+        if write_mode == "merge" and not primary_key:
+            raise ValueError("write_mode 'merge' needs primary_key")
+        self.manifest = manifest
+        self.target_table = target_table
+        self.target_schema = target_schema
+        self.write_mode = write_mode
+        self.primary_key = list(primary_key)
+        self.dw_conn_id = dw_conn_id
+        self.source = source
+        self.kind = kind
+        self.sndw_result: dict[str, Any] | None = None
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        _add_partition_date(context)
+        super().render_template_fields(context, jinja_env)
+
+    def _manifest(self) -> Manifest | None:
+        if isinstance(self.manifest, Manifest):
+            return self.manifest
+        if isinstance(self.manifest, dict):
+            return Manifest.from_dict(self.manifest)
+        return None
+
+    def audit_fields(self) -> dict[str, str]:
+        manifest = self._manifest()
+        return {
+            "pipeline_name": self.dag_id,
+            "source_name": self.source or (manifest.source if manifest else "unknown"),
+            "protocol": self.kind or (manifest.protocol if manifest else "unknown"),
+            "target_table": qualified(normalize_identifier(self.target_schema),
+                                      normalize_identifier(self.target_table)),
+            "step": "load",
+        }
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from sndw.warehouse import LoadSpec, load_manifest
+
+        manifest = self._manifest()
+        if manifest is None:
+            raise AirflowFailException(f"{self.task_id}: manifest is not a lake manifest: {type(self.manifest).__name__}")
+        spec = LoadSpec(schema=normalize_identifier(self.target_schema),
+                        table=normalize_identifier(self.target_table), write_mode=self.write_mode,
+                        primary_key=[normalize_identifier(k) for k in self.primary_key])
+        fields = self.audit_fields()
+        audit = AuditRecord(
+            pipeline_name=fields["pipeline_name"], source_name=fields["source_name"],
+            protocol=fields["protocol"], target_table=fields["target_table"], status="success",
+            started_at=started_at(context), step="load", partition_date=partition_date(context),
+            rows_extracted=manifest.rows, bytes=manifest.bytes, lake_paths=manifest.paths,
+            **attempt(context),
+        )
+        self.log.info("Loading %d files (%d rows) of partition %s into %s (%s)", len(manifest.paths),
+                      manifest.rows, manifest.partition, spec.qualified, spec.write_mode)
+        conn = self.dw_connection()
+        try:
+            result = load_manifest(conn, manifest, spec, audit=audit)
+        except PermanentError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        finally:
+            conn.close()
+        self.sndw_result = {**result.to_dict(), "rows_extracted": manifest.rows, "bytes": manifest.bytes,
+                            "paths": manifest.paths}
+        return result.to_dict()
