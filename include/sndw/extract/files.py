@@ -71,6 +71,7 @@ def _csv(path: Path, table: FileTable) -> Iterator[pa.RecordBatch]:
             infer_schema_length=None,  # whole-file inference: a late odd value must not fail the read
             encoding="utf8",
             raise_if_empty=False,
+            try_parse_dates=True,
         )
         for chunk in frame.collect_batches(chunk_size=table.batch_rows):
             yield from chunk.to_arrow().to_batches()

@@ -1,0 +1,95 @@
+# sndw: a single-node data warehouse as an Airflow DAG package.
+# Every target sets itself up: .venv with the pinned install, the embedded Airflow, and a local
+# PostgreSQL warehouse when .env configures none. `make help` lists the targets.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
+ENV := . scripts/dev-env
+PYTEST_ARGS ?=
+
+.PHONY: help venv install-dev airflow-init demo test test-fast lint up down status dw-start dw-stop dw-psql \
+	infra-up infra-down infra-status lock validate clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(RUNTIME): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
+	@test -x $(BIN)/uv || $(BIN)/pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+$(DEV): $(RUNTIME) requirements-dev.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements-dev.lock
+	@touch $@
+
+venv: $(RUNTIME) ## Create .venv with the pinned runtime dependencies
+
+install-dev: $(DEV) ## Add the pinned test and lint tools
+
+airflow-init: $(RUNTIME) ## Prepare the embedded Airflow (metadata DB, JWT secret)
+	@scripts/airflow-init
+
+demo: $(RUNTIME) airflow-init ## Create sample sources, run every sample DAG, print what was loaded
+	@$(ENV) && python scripts/demo.py
+
+test: $(DEV) lint airflow-init ## Lint, then the whole test suite on a real PostgreSQL
+	@$(ENV) && python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(DEV) airflow-init ## The tests without the end-to-end Airflow runs
+	@$(ENV) && python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(DEV) ## ruff on everything, mypy on the library code
+	$(BIN)/ruff check .
+	$(BIN)/mypy include/sndw include/sndw_airflow
+
+validate: $(RUNTIME) ## Check every source config in dags/sources
+	@SNDW_NO_DW=1 $(ENV) && python -m sndw.cli validate dags/sources
+
+up: $(RUNTIME) airflow-init ## Start Airflow standalone (UI on localhost:8080) on the local warehouse
+	@$(ENV) && scripts/airflow-up
+
+down: ## Stop Airflow standalone and the local PostgreSQL
+	@scripts/airflow-down
+	@scripts/pg-local stop
+
+status: ## Show whether Airflow and the local PostgreSQL are running
+	@scripts/airflow-down --status || true
+	@scripts/pg-local status || true
+
+dw-start: ## Start the local PostgreSQL warehouse only
+	@scripts/pg-local start
+
+dw-stop: ## Stop the local PostgreSQL warehouse
+	@scripts/pg-local stop
+
+dw-psql: ## Open psql on the warehouse
+	@$(ENV) && psql "$$AIRFLOW_CONN_DW"
+
+infra-up: ## Docker: start the warehouse and Airflow 3.3 with docker compose
+	docker compose up -d --build
+
+infra-down: ## Docker: stop them
+	docker compose down
+
+infra-status: ## Docker: show them
+	docker compose ps
+
+lock: $(RUNTIME) ## Re-resolve requirements.lock and requirements-dev.lock from the top-level pins
+	$(BIN)/uv pip compile -q --python-version 3.11 requirements.txt -o requirements.lock
+	$(BIN)/uv pip compile -q --python-version 3.11 requirements-dev.txt -c requirements.lock -o requirements-dev.lock
+
+clean: ## Remove the venv, Airflow home, lake and the local PostgreSQL (asks nothing!)
+	-scripts/airflow-down
+	-scripts/pg-local destroy
+	rm -rf $(VENV) .airflow lake .local
