@@ -49,7 +49,7 @@ COPY_CHUNK_BYTES = 8 << 20
 def pg_type_for(data_type: pa.DataType) -> str:
     """The warehouse column type for a lake column type."""
     t = data_type
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return "jsonb" if t.extension_name == "arrow.json" else pg_type_for(t.storage_type)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "text"
@@ -98,7 +98,7 @@ class ColumnPlan:
 
 
 def _is_json_like(t: pa.DataType) -> bool:
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return t.extension_name == "arrow.json"
     return pa.types.is_nested(t)
 
@@ -297,7 +297,7 @@ def evolve_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) ->
 
 def _json_text(array: pa.Array) -> pa.Array:
     """Nested values (lists, structs, maps) as JSON text, nulls kept."""
-    if isinstance(array.type, pa.ExtensionType):
+    if isinstance(array.type, pa.BaseExtensionType):
         return array.storage.cast(pa.string())
     series = pl.Series("v", array)
     if series.dtype == pl.Struct:

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sndw.lake import Manifest, PartitionWriter, partition_files, write_partition
+
+DAY = dt.date(2024, 3, 1)
+
+
+def test_partition_layout_zstd_and_manifest(tmp_path: Path) -> None:
+    batch = pa.record_batch({"userId": [1, 2], "When": pa.array([dt.datetime(2024, 3, 1, 12)] * 2)})
+    manifest = write_partition([batch], tmp_path, "http", "api", "users", DAY, run_id="r1")
+    assert manifest.paths == [str(tmp_path / "http/api/users/2024-03-01/part-00000.parquet")]
+    assert manifest.rows == 2 and manifest.bytes > 0 and manifest.run_id == "r1"
+    assert [c["name"] for c in manifest.columns] == ["user_id", "when"]
+    meta = pq.ParquetFile(manifest.paths[0]).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    table = pq.read_table(manifest.paths[0])
+    assert table.schema.field("when").type == pa.timestamp("us", tz="UTC")  # naive source time taken as UTC
+    assert Manifest.from_dict(manifest.to_dict()) == manifest
+
+
+def test_rerun_replaces_the_partition_and_never_mixes_files(tmp_path: Path) -> None:
+    first = write_partition([pa.record_batch({"a": list(range(10))})] * 3, tmp_path, "sql", "s", "t", DAY)
+    assert first.rows == 30
+    second = write_partition([pa.record_batch({"a": [1]})], tmp_path, "sql", "s", "t", DAY)
+    files = partition_files(tmp_path, "sql", "s", "t", DAY)
+    assert [str(f) for f in files] == second.paths
+    assert sum(pq.read_metadata(f).num_rows for f in files) == 1
+    assert not [p for p in (tmp_path / "sql/s/t").iterdir() if p.name.startswith(".")]
+
+
+def test_failed_extract_leaves_the_old_partition(tmp_path: Path) -> None:
+    write_partition([pa.record_batch({"a": [1, 2]})], tmp_path, "sql", "s", "t", DAY)
+
+    def broken():
+        yield pa.record_batch({"a": [9]})
+        raise RuntimeError("source went away")
+
+    with pytest.raises(RuntimeError):
+        write_partition(broken(), tmp_path, "sql", "s", "t", DAY)
+    files = partition_files(tmp_path, "sql", "s", "t", DAY)
+    assert pq.read_table(files[0]).column("a").to_pylist() == [1, 2]
+    assert [p.name for p in (tmp_path / "sql/s/t").iterdir()] == ["2024-03-01"]
+
+
+def test_empty_extract_is_zero_rows_and_keeps_known_columns(tmp_path: Path) -> None:
+    empty = pa.record_batch({"id": pa.array([], pa.int64())})
+    manifest = write_partition([empty], tmp_path, "sql", "s", "t", DAY)
+    assert manifest.rows == 0 and len(manifest.paths) == 1
+    assert pq.read_schema(manifest.paths[0]).names == ["id"]
+    nothing = write_partition([], tmp_path, "http", "s", "t", DAY)
+    assert nothing.rows == 0 and nothing.paths == []
+
+
+def test_schema_change_between_batches_starts_a_new_file(tmp_path: Path) -> None:
+    batches = [pa.record_batch({"a": [1]}), pa.record_batch({"a": [2], "b": ["x"]})]
+    manifest = write_partition(batches, tmp_path, "http", "s", "t", DAY)
+    assert len(manifest.paths) == 2
+    assert [c["name"] for c in manifest.columns] == ["a", "b"]
+
+
+def test_rows_per_file_rolls_files(tmp_path: Path) -> None:
+    with PartitionWriter(tmp_path, "sql", "s", "t", DAY, rows_per_file=5) as writer:
+        for _ in range(4):
+            writer.write(pa.record_batch({"a": [1, 2, 3]}))
+        manifest = writer.commit()
+    # Batches are never split: a file is closed once it holds rows_per_file rows or more.
+    assert manifest.rows == 12 and len(manifest.paths) == 2
+    assert [pq.read_metadata(p).num_rows for p in manifest.paths] == [6, 6]
+
+
+def test_timezones_are_converted_to_utc(tmp_path: Path) -> None:
+    local = pa.array([dt.datetime(2024, 3, 1, 12, 0)], pa.timestamp("ns", tz="Europe/Lisbon"))
+    manifest = write_partition([pa.record_batch({"t": local})], tmp_path, "sql", "s", "t", DAY)
+    value = pq.read_table(manifest.paths[0]).column("t")[0].as_py()
+    assert value == dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
