@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.sdk import DAG
-
 from sndw_airflow.operators import ExtractToParquetOperator, ParquetToDwOperator
 
 with DAG(
     dag_id="example_manual_pipeline",
     description="Extract the demo API's users to the lake, then merge them into staging.api_users.",
     schedule=None,
-    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     tags=["sndw", "example"],
     default_args={"owner": "data-eng", "retries": 1},

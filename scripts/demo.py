@@ -14,7 +14,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
-
 from sndw.config import iter_sources
 from sndw.demo import files, manufacturing
 from sndw.naming import qualified

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,19 @@ TEST_PG_DIR = Path(os.environ.get("SNDW_TEST_PG_DIR", ROOT / ".local" / "pg-test
 TEMPLATE_DB = "sndw_test_template"
 TEST_DB_PREFIX = "sndw_t_"
 
-# Airflow reads these at import: the project's embedded Airflow, unless the caller set its own.
-os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
-os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
-os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+# The tests' own Airflow home and DAG folder, so test runs never show up in the project's UI.
+# Airflow reads these when it is first imported, which happens after this module.
+TEST_AIRFLOW_HOME = ROOT / ".local" / "airflow-test"
+TEST_DAGS = TEST_AIRFLOW_HOME / "dags"
+TEST_SOURCES = TEST_DAGS / "sources"
+TEST_SOURCES.mkdir(parents=True, exist_ok=True)
+for dag_file in ("sndw_sources.py", "example_manual_pipeline.py"):
+    (TEST_DAGS / dag_file).write_text((ROOT / "dags" / dag_file).read_text())
+os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", uuid.uuid4().hex * 2)
 
 
 def with_database(url: str, database: str) -> str:
@@ -83,3 +91,18 @@ def count(conn: psycopg.Connection, table: str) -> int:
         sql.Identifier(schema or "public"), sql.Identifier(name))).fetchone()
     assert row is not None
     return int(row[0])
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """The tests' Airflow metadata DB (SQLite), migrated once and kept between sessions."""
+    import airflow
+
+    stamp = TEST_AIRFLOW_HOME / f".migrated-{airflow.__version__}"
+    if not stamp.exists():
+        result = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True,
+                                text=True, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        stamp.touch()
+    return TEST_AIRFLOW_HOME

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from sndw.cli import main as cli_main
 from sndw.config import HttpSource, SqlSource, iter_sources, load_source_file, table_spec
 from sndw.errors import ConfigError

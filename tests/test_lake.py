@@ -6,7 +6,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from sndw.lake import Manifest, PartitionWriter, partition_files, write_partition
 
 DAY = dt.date(2024, 3, 1)
@@ -79,4 +78,4 @@ def test_timezones_are_converted_to_utc(tmp_path: Path) -> None:
     local = pa.array([dt.datetime(2024, 3, 1, 12, 0)], pa.timestamp("ns", tz="Europe/Lisbon"))
     manifest = write_partition([pa.record_batch({"t": local})], tmp_path, "sql", "s", "t", DAY)
     value = pq.read_table(manifest.paths[0]).column("t")[0].as_py()
-    assert value == dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+    assert value == dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC)

@@ -4,7 +4,6 @@ import logging
 from datetime import date
 
 import pytest
-
 from sndw.naming import lake_partition_dir, normalize_identifier, partition_child_table, unique_column_names
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import psycopg
 import pyarrow as pa
 import pytest
-
 from sndw.audit import AuditRecord
 from sndw.errors import LoadError, SchemaConflictError
 from sndw.lake import Manifest, write_partition
 from sndw.warehouse import LoadSpec, load_manifest, table_columns
+
 from tests.conftest import count
 
 DAY = dt.date(2024, 3, 1)
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def lake(tmp_path: Path, *batches: pa.RecordBatch, day: dt.date = DAY, table: str = "t") -> Manifest:

@@ -48,12 +48,12 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 
 _SECRET_PATTERNS = [
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
     # scheme://user:password@host -> scheme://user:***@host
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
     # password=..., token: ..., api_key="..."
     (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey|authorization)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s&,;]+)"),
      r"\1\2***"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
 ]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sndw.config import iter_sources
+from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
 from sndw.errors import ConfigError
 
 
@@ -32,7 +32,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _single(path: Path):  # type: ignore[no-untyped-def]
+def _single(path: Path) -> Iterator[tuple[Path, HttpSource | SqlSource | FileSource | ConfigError]]:
     from sndw.config import load_source_file
 
     try:

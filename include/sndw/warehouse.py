@@ -233,7 +233,7 @@ def create_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) ->
         sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type_for(f.type))) for f in schema
     ]
     columns += _meta_columns_sql()
-    partition_clause = sql.SQL("")
+    partition_clause: sql.Composable = sql.SQL("")
     if spec.write_mode == "partition":
         columns[-2] = sql.SQL("{} date NOT NULL").format(sql.Identifier(PARTITION_DATE))
         partition_clause = sql.SQL(" PARTITION BY LIST ({})").format(sql.Identifier(PARTITION_DATE))

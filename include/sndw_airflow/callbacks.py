@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sndw.audit import AuditRecord, write_audit_record
+
 from sndw_airflow.context import attempt, partition_date, started_at
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def _record(context: Any, status: str) -> AuditRecord | None:
         target_table=fields["target_table"],
         status=status,
         started_at=started_at(context),
-        finished_at=datetime.now(timezone.utc),
+        finished_at=datetime.now(UTC),
         rows_loaded=result.get("rows_loaded"),
         parquet_files=result.get("files"),
         error_message=None if status == "success" else (exception or "task failed (no exception was passed)"),

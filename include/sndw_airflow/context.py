@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,13 @@ def partition_date(context: Any) -> date:
     run_after = getattr(dag_run, "run_after", None)
     if run_after is not None:
         return _utc_date(run_after)
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def _utc_date(value: datetime) -> date:
     if value.tzinfo is None:
         return value.date()
-    return value.astimezone(timezone.utc).date()
+    return value.astimezone(UTC).date()
 
 
 def lake_root() -> str:
@@ -55,5 +55,5 @@ def started_at(context: Any) -> datetime:
     ti = context.get("ti") or context.get("task_instance")
     start = getattr(ti, "start_date", None)
     if isinstance(start, datetime):
-        return start if start.tzinfo else start.replace(tzinfo=timezone.utc)
-    return datetime.now(timezone.utc)
+        return start if start.tzinfo else start.replace(tzinfo=UTC)
+    return datetime.now(UTC)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
-
 from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
 from sndw.errors import ConfigError
 from sndw.naming import dag_id_for, extract_task_id, load_task_id, normalize_identifier
+
 from sndw_airflow.operators import ExtractToParquetOperator, ParquetToDwOperator
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class ConfigErrorWarning(UserWarning):
 
 
 def _utc(day: Any) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os.PathLike[str] | None = None) -> DAG:
@@ -103,7 +103,7 @@ def config_error_dag(path: Path, error: ConfigError) -> DAG:
         description=f"INVALID CONFIG: {error}"[:500],
         doc_md=f"## Invalid source config\n\n`{error}`\n\nFix the file; this DAG disappears when it parses.",
         schedule=None,
-        start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+        start_date=datetime(2024, 1, 1, tzinfo=UTC),
         catchup=False,
         tags=["sndw", "config-error"],
         default_args={"owner": "sndw", "retries": 0},

@@ -7,12 +7,12 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
-
 from sndw.audit import AuditRecord
 from sndw.config import FileTable, HttpTable, SqlTable, TableBase, table_spec
 from sndw.errors import ConfigError, PermanentError
 from sndw.lake import Manifest
 from sndw.naming import normalize_identifier, qualified
+
 from sndw_airflow.callbacks import audit_failure, audit_success
 from sndw_airflow.context import attempt, lake_root, partition_date, started_at
 
@@ -112,7 +112,6 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
 
     def _sql_batches(self, spec: SqlTable) -> Iterator[Any]:
         from airflow.sdk import BaseHook
-
         from sndw.extract.sql import iter_query_batches, table_query
 
         if not self.conn_id:
@@ -127,8 +126,8 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
 
     def _http_batches(self, spec: HttpTable) -> Iterator[Any]:
         from airflow.providers.http.hooks.http import HttpHook
-
         from sndw.extract.http import iter_http_batches
+
         from sndw_airflow.http import hook_fetch
 
         if not self.conn_id:

@@ -120,7 +120,7 @@ class DemoApi:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> DemoApi:
         self.thread.start()

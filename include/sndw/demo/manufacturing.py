@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,7 @@ TABLES = {
 
 
 def _rows(table: str, count: int, rng: random.Random) -> list[tuple[Any, ...]]:
-    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
     rows: list[tuple[Any, ...]] = []
     for i in range(1, count + 1):
         at = base + timedelta(minutes=37 * i)
