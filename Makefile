@@ -43,11 +43,12 @@ airflow-init: $(RUNTIME) ## Prepare the embedded Airflow (metadata DB, JWT secre
 demo: $(RUNTIME) airflow-init ## Create sample sources, run every sample DAG, print what was loaded
 	@$(ENV) && python scripts/demo.py
 
-test: $(DEV) lint airflow-init ## Lint, then the whole test suite on a real PostgreSQL
-	@$(ENV) && python -m pytest $(PYTEST_ARGS)
+# The tests start their own PostgreSQL (.local/pg-test) and Airflow home (.local/airflow-test).
+test: $(DEV) lint ## Lint, then the whole test suite on a real PostgreSQL
+	@SNDW_NO_DW=1 $(ENV) && python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(DEV) airflow-init ## The tests without the end-to-end Airflow runs
-	@$(ENV) && python -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: $(DEV) ## The tests without the end-to-end Airflow runs
+	@SNDW_NO_DW=1 $(ENV) && python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(DEV) ## ruff on everything, mypy on the library code
 	$(BIN)/ruff check .
