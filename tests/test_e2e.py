@@ -176,3 +176,21 @@ def test_the_hand_written_example_dag(env: dict[str, Any], monkeypatch: pytest.M
     assert set(states(dag_run).values()) == {"success"}, states(dag_run)
     with psycopg.connect(env["dw_url"]) as dw:
         assert count(dw, "staging.api_users") == 10
+
+
+def test_sqlite_source_through_an_airflow_connection(env: dict[str, Any], configs: list[Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    db = env["tmp"] / "shop.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT, qty INTEGER, price REAL)")
+        conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?)", [(i, f"item {i}", i % 4, i * 0.5) for i in range(1, 251)])
+    monkeypatch.setenv("AIRFLOW_CONN_E2E_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    config = {"name": "e2e_sqlite", "kind": "sql", "conn_id": "e2e_sqlite", "start_date": "2024-01-01",
+              "retries": 0, "tables": [{"name": "orders", "query": "SELECT * FROM orders WHERE qty > 0",
+                                        "write_mode": "merge", "primary_key": ["id"], "batch_rows": 100}]}
+    dag_run = run(config, configs)
+    assert set(states(dag_run).values()) == {"success"}, states(dag_run)
+    with psycopg.connect(env["dw_url"]) as dw:
+        assert dw.execute("SELECT count(*), sum(qty) FROM orders").fetchone() == (188, 375)

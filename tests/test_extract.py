@@ -9,17 +9,18 @@ import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pyarrow as pa
 import pytest
 from sndw.config import FileTable, HttpTable, table_spec
 from sndw.demo.api import DemoApi, todos, users
-from sndw.errors import SourceDataError
+from sndw.errors import ExtractError, SourceDataError
 from sndw.extract import flatten_record, records_to_batch
 from sndw.extract.files import iter_file_batches
 from sndw.extract.http import iter_http_batches
-from sndw.extract.sql import iter_query_batches, table_query
+from sndw.extract.sql import iter_postgres_batches, iter_query_batches, table_query
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -58,26 +59,52 @@ def test_records_to_batch_types_and_mixed_values() -> None:
 # ---------------------------------------------------------------------------------- sql
 
 
-def test_postgres_streams_batches_with_exact_types(source_db: str) -> None:
+@pytest.fixture
+def typed_source(source_db: str) -> str:
     with psycopg.connect(source_db) as conn:
         conn.execute("""CREATE TABLE t (id int PRIMARY KEY, amount numeric(8,2), big numeric, ok boolean,
-                        at timestamptz, naive timestamp, day date, doc jsonb, u uuid, note text)""")
-        conn.execute("""INSERT INTO t SELECT g, g * 1.25, 10::numeric ^ 30 + g, g % 2 = 0, '2024-01-01 10:00+02'::timestamptz,
-                        '2024-01-01 10:00', '2024-01-01'::date + g, jsonb_build_object('g', g),
-                        gen_random_uuid(), CASE WHEN g % 3 = 0 THEN NULL ELSE 'n' || g END
-                        FROM generate_series(1, 2500) g""")
-        conn.commit()
-        batches = list(iter_query_batches(conn, "SELECT * FROM t ORDER BY id", batch_rows=1000))
-    assert [b.num_rows for b in batches] == [1000, 1000, 500]
+                        at timestamptz, naive timestamp, day date, doc jsonb, u uuid, note text,
+                        took interval, rating text[])""")
+        conn.execute("""INSERT INTO t SELECT g, g * 1.25, 10::numeric ^ 30 + g, g % 2 = 0,
+                        '2024-01-01 10:00+02'::timestamptz, '2024-01-01 10:00', '2024-01-01'::date + g,
+                        jsonb_build_object('g', g), gen_random_uuid(),
+                        CASE WHEN g % 3 = 0 THEN NULL ELSE 'n' || g END, interval '1 day 2 hours',
+                        ARRAY['a', 'b'] FROM generate_series(1, 2500) g""")
+    return source_db
+
+
+def _pg_batches(url: str, path: str) -> list[pa.RecordBatch]:
+    query = "SELECT * FROM t ORDER BY id"
+    if path == "adbc":
+        return list(iter_postgres_batches(url, query, batch_bytes=64_000))
+    with psycopg.connect(url) as conn:
+        return list(iter_query_batches(conn, query, batch_rows=1000))
+
+
+@pytest.mark.parametrize("path", ["adbc", "dbapi"])
+def test_postgres_streams_batches_with_exact_types(typed_source: str, path: str) -> None:
+    batches = _pg_batches(typed_source, path)
+    assert len(batches) >= 3 and sum(b.num_rows for b in batches) == 2500
     schema = batches[0].schema
     assert schema.field("id").type == pa.int32() and schema.field("amount").type == pa.decimal128(8, 2)
     assert schema.field("at").type == pa.timestamp("us", tz="UTC") and schema.field("doc").type == pa.json_()
-    assert schema.field("u").type == pa.string()
+    assert schema.field("u").type == pa.string() and schema.field("took").type == pa.duration("us")
     first = batches[0].to_pylist()[0]
     assert first["amount"] == decimal.Decimal("1.25") and first["big"] == decimal.Decimal(10**30 + 1)
     assert first["at"] == dt.datetime(2024, 1, 1, 8, 0, tzinfo=dt.UTC)
     assert json.loads(first["doc"]) == {"g": 1} and uuid.UUID(first["u"])
-    assert all(b.schema == schema for b in batches)
+    assert first["took"] == dt.timedelta(days=1, hours=2)
+    assert first["rating"] in (["a", "b"], '["a", "b"]')
+    assert all(b.schema.field("amount").type == pa.decimal128(8, 2) for b in batches)
+
+
+def test_adbc_connection_errors_never_show_the_password(typed_source: str) -> None:
+    wrong = typed_source.rsplit("/", 1)[0] + "/no_such_database"
+    password = urlsplit(typed_source).password
+    assert password
+    with pytest.raises(ExtractError) as info:
+        list(iter_postgres_batches(wrong, "SELECT 1"))
+    assert password not in str(info.value) and "no_such_database" in str(info.value)
 
 
 def test_postgres_empty_result_keeps_its_columns(source_db: str) -> None:

@@ -52,7 +52,7 @@ _SECRET_PATTERNS = [
     # scheme://user:password@host -> scheme://user:***@host
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
     # password=..., token: ..., api_key="..."
-    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey|authorization)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s&,;]+)"),
+    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey|authorization)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s&,;\"]+)"),
      r"\1\2***"),
 ]
 

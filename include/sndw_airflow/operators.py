@@ -112,14 +112,25 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
 
     def _sql_batches(self, spec: SqlTable) -> Iterator[Any]:
         from airflow.sdk import BaseHook
-        from sndw.extract.sql import iter_query_batches, table_query
+        from sndw.extract.sql import iter_postgres_batches, iter_query_batches, table_query
 
         if not self.conn_id:
             raise AirflowFailException(f"{self.task_id}: a sql source needs conn_id")
-        hook = BaseHook.get_connection(self.conn_id).get_hook()
-        conn = hook.get_conn()
+        connection = BaseHook.get_connection(self.conn_id)
+        query = spec.query or table_query(spec.table or "")
+        if connection.conn_type in ("postgres", "postgresql"):
+            from psycopg.conninfo import make_conninfo
+
+            # Arrow-native streaming through ADBC (libpq), from the Airflow connection's fields.
+            extra = {k: v for k, v in connection.extra_dejson.items()
+                     if k in ("sslmode", "sslrootcert", "sslcert", "sslkey", "options", "connect_timeout")}
+            conninfo = make_conninfo(host=connection.host or "localhost", port=connection.port or 5432,
+                                     dbname=connection.schema or "", user=connection.login or "",
+                                     password=connection.password or "", **extra)
+            yield from iter_postgres_batches(conninfo, query)
+            return
+        conn = connection.get_hook().get_conn()
         try:
-            query = spec.query or table_query(spec.table or "")
             yield from iter_query_batches(conn, query, spec.batch_rows)
         finally:
             conn.close()
