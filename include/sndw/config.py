@@ -36,12 +36,28 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------------------- tables
 
 
+class Incremental(_Model):
+    """Incremental by watermark: only rows whose cursor is past the last loaded value are read.
+
+    The watermark lives in the warehouse table ``etl_state`` and advances in the same transaction
+    that loads the rows and writes the audit row.
+    """
+
+    cursor: str = Field(description="Column (sql) or record field (http) that only grows: a timestamp or an id.")
+    initial: str | int | None = Field(default=None, description="Start value when there is no watermark yet.")
+    lookback: float = Field(default=0, ge=0, description=(
+        "Re-read this much before the watermark, for late rows: seconds for a timestamp cursor, "
+        "units for a numeric one. Re-read rows are deduplicated on the primary key (merge)."))
+    param: str | None = Field(default=None, description="http: query parameter that carries the watermark.")
+
+
 class TableBase(_Model):
     name: str = Field(description="Table name in the lake and in task ids.")
     target_table: str | None = Field(default=None, description="Warehouse table; default: name.")
     write_mode: WriteMode = "replace"
     primary_key: list[str] = Field(default_factory=list)
     batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, ge=1)
+    incremental: Incremental | None = None
 
     @field_validator("name")
     @classmethod
@@ -52,6 +68,8 @@ class TableBase(_Model):
     def _keys(self) -> TableBase:
         if self.write_mode == "merge" and not self.primary_key:
             raise ValueError("write_mode 'merge' needs primary_key: the columns that identify a row")
+        if self.incremental and self.incremental.lookback and self.write_mode != "merge":
+            raise ValueError("incremental.lookback re-reads rows: it needs write_mode 'merge' to deduplicate them")
         return self
 
     @property
