@@ -14,7 +14,8 @@ DAY = dt.date(2024, 3, 1)
 def test_partition_layout_zstd_and_manifest(tmp_path: Path) -> None:
     batch = pa.record_batch({"userId": [1, 2], "When": pa.array([dt.datetime(2024, 3, 1, 12)] * 2)})
     manifest = write_partition([batch], tmp_path, "http", "api", "users", DAY, run_id="r1")
-    assert manifest.paths == [str(tmp_path / "http/api/users/2024-03-01/part-00000.parquet")]
+    name = f"part-00000-{manifest.manifest_id[:12]}.parquet"
+    assert manifest.paths == [str(tmp_path / "http/api/users/2024-03-01" / name)]
     assert manifest.rows == 2 and manifest.bytes > 0 and manifest.run_id == "r1"
     assert [c["name"] for c in manifest.columns] == ["user_id", "when"]
     meta = pq.ParquetFile(manifest.paths[0]).metadata

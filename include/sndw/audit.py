@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     bytes          BIGINT,
     lake_paths     JSONB,
     schema_changes JSONB,
-    attempt_key    TEXT UNIQUE
+    attempt_key    TEXT UNIQUE,
+    manifest_id    TEXT
 )
 """
 
@@ -95,6 +96,7 @@ class AuditRecord:
     bytes: int | None = None
     lake_paths: list[str] | None = None
     schema_changes: list[dict[str, Any]] | None = None
+    manifest_id: str | None = None
 
     @property
     def attempt_key(self) -> str | None:
@@ -113,6 +115,8 @@ def ensure_audit_table(conn: psycopg.Connection[Any], schema: str = "public") ->
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:audit-ddl'))")
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         cur.execute(sql.SQL(AUDIT_DDL).format(table=audit_table(schema)))
+        # Tables made by an earlier version get the columns added since.
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS manifest_id TEXT").format(audit_table(schema)))
 
 
 def insert_audit_row(cur: psycopg.Cursor[Any], record: AuditRecord, schema: str = "public") -> bool:
@@ -144,6 +148,7 @@ def insert_audit_row(cur: psycopg.Cursor[Any], record: AuditRecord, schema: str 
         "lake_paths": json.dumps(record.lake_paths) if record.lake_paths is not None else None,
         "schema_changes": json.dumps(record.schema_changes) if record.schema_changes is not None else None,
         "attempt_key": record.attempt_key,
+        "manifest_id": record.manifest_id,
     }
     query = sql.SQL("INSERT INTO {table} ({cols}) VALUES ({vals}) ON CONFLICT (attempt_key) DO NOTHING").format(
         table=audit_table(schema),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -37,6 +37,10 @@ class Manifest:
     bytes: int = 0
     columns: list[dict[str, str]] = field(default_factory=list)
     run_id: str | None = None
+    manifest_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Incremental tables: the watermark this extract started from and the one its load commits.
+    previous_watermark: dict[str, Any] | None = None
+    watermark: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +126,8 @@ class PartitionWriter:
     """
 
     def __init__(self, lake_root: str | Path, protocol: str, source: str, table: str, partition: date,
-                 *, run_id: str | None = None, rows_per_file: int = ROWS_PER_FILE) -> None:
+                 *, run_id: str | None = None, rows_per_file: int = ROWS_PER_FILE,
+                 on_batch: Callable[[pa.RecordBatch], None] | None = None) -> None:
         self.final_dir = lake_partition_dir(lake_root, protocol, source, table, partition)
         self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
         self.manifest = Manifest(source=source, protocol=protocol, table=table,
@@ -134,6 +139,7 @@ class PartitionWriter:
         self._files: list[Path] = []
         self._names_cache: dict[tuple[str, ...], list[str]] = {}
         self._last_schema: pa.Schema | None = None
+        self._on_batch = on_batch
 
     def __enter__(self) -> PartitionWriter:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +161,8 @@ class PartitionWriter:
             self._last_schema = record_batch.schema
             if record_batch.num_rows == 0:
                 continue
+            if self._on_batch is not None:
+                self._on_batch(record_batch)
             if self._writer is not None and (
                 not record_batch.schema.equals(self._schema) or self._file_rows >= self.rows_per_file
             ):
@@ -167,7 +175,8 @@ class PartitionWriter:
             self.manifest.rows += record_batch.num_rows
 
     def _open_file(self, schema: pa.Schema) -> None:
-        path = self.tmp_dir / f"part-{len(self._files):05d}.parquet"
+        # File names carry the extract's id: a manifest never names another extract's files.
+        path = self.tmp_dir / f"part-{len(self._files):05d}-{self.manifest.manifest_id[:12]}.parquet"
         self._writer = pq.ParquetWriter(path, schema, compression=PARQUET_COMPRESSION)
         self._schema = schema
         self._file_rows = 0
@@ -215,9 +224,10 @@ def _batches(data: pa.RecordBatch | pa.Table) -> Iterator[pa.RecordBatch]:
 
 
 def write_partition(batches: Iterable[pa.RecordBatch | pa.Table], lake_root: str | Path, protocol: str,
-                    source: str, table: str, partition: date, *, run_id: str | None = None) -> Manifest:
+                    source: str, table: str, partition: date, *, run_id: str | None = None,
+                    on_batch: Callable[[pa.RecordBatch], None] | None = None) -> Manifest:
     """Write every batch into one partition and swap it in; on any error nothing is replaced."""
-    with PartitionWriter(lake_root, protocol, source, table, partition, run_id=run_id) as writer:
+    with PartitionWriter(lake_root, protocol, source, table, partition, run_id=run_id, on_batch=on_batch) as writer:
         for batch in batches:
             writer.write(batch)
         return writer.commit()

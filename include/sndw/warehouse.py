@@ -24,7 +24,7 @@ from pgpq import encoders as pgpq_encoders
 from pgpq import schema as pgpq_schema
 from psycopg import sql
 
-from sndw.audit import AuditRecord, ensure_audit_table, insert_audit_row
+from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
 from sndw.errors import LoadError, PermanentError, SchemaConflictError
 from sndw.lake import Manifest, iter_file_batches
 from sndw.naming import (
@@ -36,6 +36,7 @@ from sndw.naming import (
     partition_child_table,
     qualified,
 )
+from sndw.state import Watermark, save_watermark
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +183,13 @@ class LoadResult:
     schema_changes: list[dict[str, Any]] = field(default_factory=list)
     nul_replaced: int = 0
     seconds: float = 0.0
+    skipped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "table": self.table, "write_mode": self.write_mode, "rows_loaded": self.rows_loaded,
             "files": self.files, "schema_changes": self.schema_changes, "nul_replaced": self.nul_replaced,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "skipped": self.skipped,
         }
 
 
@@ -413,13 +415,21 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
 def _check_files(paths: Sequence[str]) -> None:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        raise PermanentError(f"lake files of this load are missing: {', '.join(missing[:5])}")
+        raise PermanentError(
+            f"lake files of this load are missing (the partition was replaced by a newer extract, or "
+            f"deleted): {', '.join(missing[:5])}; run the extract again")
 
 
 def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSpec, *, partition: date,
                run_id: str | None = None, audit: AuditRecord | None = None,
-               audit_schema: str = "public", batch_rows: int = 100_000) -> LoadResult:
-    """Load exactly ``paths`` into the warehouse in one transaction (with the audit row, if given)."""
+               audit_schema: str = "public", batch_rows: int = 100_000,
+               watermark: Watermark | None = None, state_key: tuple[str, str] | None = None) -> LoadResult:
+    """Load exactly ``paths`` into the warehouse in one transaction.
+
+    The same transaction writes the audit row (if given) and advances the watermark of
+    ``state_key`` (pipeline, table) to ``watermark`` (incremental tables). A manifest whose load
+    already committed (a retry after a crash just past the commit) is not loaded twice.
+    """
     started = time.perf_counter()
     _check_files(paths)
     if audit is not None:
@@ -428,6 +438,11 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (advisory_lock_key(spec.schema, spec.table),))
+            if audit is not None and audit.manifest_id and _already_loaded(cur, audit, audit_schema):
+                log.warning("%s: manifest %s is already loaded (a retry after its commit): nothing to do",
+                            spec.qualified, audit.manifest_id)
+                result.skipped = True
+                return result
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.schema)))
             exists = bool(table_columns(cur, spec.schema, spec.table))
             if not paths and not exists:
@@ -439,6 +454,8 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                         result.schema_changes.extend(changes)
                 columns = table_columns(cur, spec.schema, spec.table)
                 _WRITERS[spec.write_mode](cur, spec, paths, columns, partition, run_id, result, batch_rows)
+            if watermark is not None and state_key is not None:
+                save_watermark(cur, state_key[0], state_key[1], watermark, run_id, audit_schema)
             if audit is not None:
                 audit.rows_loaded = result.rows_loaded
                 audit.parquet_files = len(paths)
@@ -455,11 +472,23 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
     return result
 
 
+def _already_loaded(cur: psycopg.Cursor[Any], audit: AuditRecord, audit_schema: str) -> bool:
+    cur.execute(sql.SQL("SELECT 1 FROM {} WHERE manifest_id = %s AND target_table = %s AND step = 'load' "
+                        "AND status = 'success' LIMIT 1").format(audit_table(audit_schema)),
+                (audit.manifest_id, audit.target_table))
+    return cur.fetchone() is not None
+
+
 def load_manifest(conn: psycopg.Connection[Any], manifest: Manifest | dict[str, Any], spec: LoadSpec, *,
-                  audit: AuditRecord | None = None, audit_schema: str = "public") -> LoadResult:
+                  audit: AuditRecord | None = None, audit_schema: str = "public",
+                  state_key: tuple[str, str] | None = None) -> LoadResult:
+    """Load one extract's manifest: its files, and its watermark when the table is incremental."""
     m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
+    if audit is not None:
+        audit.manifest_id = m.manifest_id
     return load_files(conn, m.paths, spec, partition=m.partition_date, run_id=m.run_id, audit=audit,
-                      audit_schema=audit_schema)
+                      audit_schema=audit_schema, watermark=Watermark.from_dict(m.watermark),
+                      state_key=state_key)
 
 
 def _constants(path: str, partition: date, run_id: str | None) -> dict[str, tuple[pa.DataType, Any]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
+
+from sndw.settings import lake_root
+
+__all__ = ["attempt", "lake_root", "partition_date", "started_at"]
 
 
 def partition_date(context: Any) -> date:
@@ -29,16 +31,6 @@ def _utc_date(value: datetime) -> date:
     if value.tzinfo is None:
         return value.date()
     return value.astimezone(UTC).date()
-
-
-def lake_root() -> str:
-    """Where the lake lives: ``SNDW_LAKE_ROOT``, else ``lake/`` beside ``AIRFLOW_HOME``."""
-    configured = os.environ.get("SNDW_LAKE_ROOT")
-    if configured:
-        return configured
-    home = os.environ.get("AIRFLOW_HOME")
-    base = Path(home).parent if home else Path.home() / "sndw"
-    return str(base / "lake")
 
 
 def attempt(context: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, BaseOperator
+from airflow.sdk import DAG, BaseOperator, Param
 from airflow.sdk.exceptions import AirflowFailException
 from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
 from sndw.errors import ConfigError
@@ -45,6 +45,14 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
         "retry_exponential_backoff": source.retry_exponential_backoff,
         "max_retry_delay": timedelta(seconds=source.max_retry_delay_seconds),
     }
+    params: dict[str, Param] = {}
+    if any(t.incremental for t in source.tables):
+        params = {
+            "reset_watermark": Param(False, type="boolean",
+                                     description="Read incremental tables from the start (a re-sync)."),
+            "watermark_from": Param(None, type=["null", "string"],
+                                    description="Read incremental tables from this cursor value instead."),
+        }
     doc = source.description or f"{source.kind} source {source.name}"
     if config_path:
         doc += f"\n\nConfig: `{Path(config_path).name}`"
@@ -59,6 +67,7 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
         max_active_runs=source.max_active_runs,
         tags=sorted({"sndw", source.kind, *source.tags}),
         default_args=default_args,
+        params=params,
     ) as dag:
         for table in source.tables:
             extract = ExtractToParquetOperator(

@@ -22,6 +22,18 @@ def _add_partition_date(context: Any) -> None:
     context["partition_date"] = partition_date(context).isoformat()
 
 
+def _guess_value_type(text: str) -> str:
+    from sndw.state import parse_value
+
+    for value_type in ("number", "timestamp"):
+        try:
+            parse_value(text, value_type)
+            return value_type
+        except (ValueError, ArithmeticError):
+            continue
+    return "text"
+
+
 def _with_audit_callbacks(kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs.setdefault("on_success_callback", audit_success)
     kwargs.setdefault("on_failure_callback", audit_failure)
@@ -90,19 +102,55 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
         root = self.lake_root or lake_root()
         self.log.info("Extracting %s.%s (%s) into partition %s of %s", self.source, spec.name, self.kind,
                       partition, root)
+        previous, low, tracker = self._incremental_start(spec, context)
         try:
-            manifest = write_partition(self._batches(spec), root, self.kind, self.source, spec.name,
-                                       partition, run_id=context.get("run_id"))
+            manifest = write_partition(self._batches(spec, low), root, self.kind, self.source, spec.name,
+                                       partition, run_id=context.get("run_id"),
+                                       on_batch=tracker.update if tracker else None)
         except PermanentError as exc:
             raise AirflowFailException(str(exc)) from exc
+        if tracker is not None:
+            new = tracker.watermark(previous)
+            manifest.previous_watermark = previous.to_dict() if previous else None
+            manifest.watermark = new.to_dict() if new else None
+            self.log.info("Watermark of %s: %s -> %s", spec.name, previous.value if previous else None,
+                          new.value if new else None)
         self.log.info("Wrote %d rows in %d files (%d bytes)", manifest.rows, len(manifest.paths), manifest.bytes)
         self.sndw_result = {"rows_extracted": manifest.rows, "files": len(manifest.paths),
                             "bytes": manifest.bytes, "paths": manifest.paths}
         return manifest.to_dict()
 
-    def _batches(self, spec: TableBase) -> Iterator[Any]:
+    def _incremental_start(self, spec: TableBase, context: Any) -> tuple[Any, Any, Any]:
+        """The watermark to start from (state, or the run's params), the lower bound, a max tracker."""
+        from sndw.naming import normalize_identifier
+        from sndw.state import MaxTracker, Watermark, get_watermark, lower_bound
+
+        inc = spec.incremental
+        if inc is None:
+            return None, None, None
+        params = context.get("params") or {}
+        cursor = normalize_identifier(inc.cursor)
+        previous: Watermark | None = None
+        if params.get("watermark_from"):
+            text = str(params["watermark_from"])
+            previous = Watermark(cursor, text, _guess_value_type(text))
+            self.log.info("Starting %s from watermark_from=%s (run param)", spec.name, text)
+        elif params.get("reset_watermark"):
+            self.log.info("reset_watermark: %s is read from the start", spec.name)
+        else:
+            conn = self.dw_connection()
+            try:
+                previous = get_watermark(conn, self.dag_id, spec.name)
+            finally:
+                conn.close()
+        if previous is None and inc.initial is not None:
+            start = Watermark(cursor, str(inc.initial), _guess_value_type(str(inc.initial)))
+            return None, lower_bound(start, 0), MaxTracker(cursor)
+        return previous, lower_bound(previous, inc.lookback), MaxTracker(cursor)
+
+    def _batches(self, spec: TableBase, low: Any = None) -> Iterator[Any]:
         if isinstance(spec, SqlTable):
-            yield from self._sql_batches(spec)
+            yield from self._sql_batches(spec, low)
         elif isinstance(spec, HttpTable):
             yield from self._http_batches(spec)
         elif isinstance(spec, FileTable):
@@ -110,15 +158,18 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
 
             yield from iter_file_batches(spec, self.base_path)
 
-    def _sql_batches(self, spec: SqlTable) -> Iterator[Any]:
+    def _sql_batches(self, spec: SqlTable, low: Any = None) -> Iterator[Any]:
         from airflow.sdk import BaseHook
-        from sndw.extract.sql import iter_postgres_batches, iter_query_batches, table_query
+        from sndw.extract.sql import incremental_query, iter_postgres_batches, iter_query_batches, table_query
 
         if not self.conn_id:
             raise AirflowFailException(f"{self.task_id}: a sql source needs conn_id")
         connection = BaseHook.get_connection(self.conn_id)
         query = spec.query or table_query(spec.table or "")
-        if connection.conn_type in ("postgres", "postgresql"):
+        postgres = connection.conn_type in ("postgres", "postgresql")
+        if spec.incremental is not None:
+            query = incremental_query(query, spec.incremental.cursor, low, "postgres" if postgres else "other")
+        if postgres:
             from psycopg.conninfo import make_conninfo
 
             # Arrow-native streaming through ADBC (libpq), from the Airflow connection's fields.
@@ -222,7 +273,8 @@ class ParquetToDwOperator(_DwMixin, BaseOperator):
                       manifest.rows, manifest.partition, spec.qualified, spec.write_mode)
         conn = self.dw_connection()
         try:
-            result = load_manifest(conn, manifest, spec, audit=audit)
+            state_key = (self.dag_id, manifest.table) if manifest.watermark else None
+            result = load_manifest(conn, manifest, spec, audit=audit, state_key=state_key)
         except PermanentError as exc:
             raise AirflowFailException(str(exc)) from exc
         finally:

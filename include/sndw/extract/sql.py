@@ -38,6 +38,24 @@ def table_query(table: str) -> str:
     return f"SELECT * FROM {quoted}"  # noqa: S608 - identifier checked and quoted above
 
 
+def incremental_query(query: str, cursor: str, low: Any, dialect: str = "postgres") -> str:
+    """``query`` restricted to rows whose ``cursor`` is past ``low`` (the watermark minus lookback)."""
+    if low is None:
+        return query
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_$]*$", cursor):
+        raise ValueError(f"incremental cursor {cursor!r} must be a plain column name")
+    if dialect == "postgres":
+        from psycopg import sql as pgsql
+
+        literal = pgsql.Literal(low).as_string(None)  # typed: '...'::timestamptz, numbers bare
+    elif isinstance(low, (int, decimal.Decimal)):
+        literal = str(low)
+    else:
+        text = low.isoformat(sep=" ") if hasattr(low, "isoformat") else str(low)
+        literal = "'" + text.replace("'", "''") + "'"
+    return f'SELECT * FROM ({query}) AS sndw_src WHERE "{cursor}" > {literal}'  # noqa: S608 - checked above
+
+
 def _column_type(description: Any) -> pa.DataType | None:
     type_code = description[1]
     if isinstance(type_code, int) and type_code in PG_OID_TYPES:
