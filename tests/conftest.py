@@ -7,11 +7,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+import yaml
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +36,9 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", uuid.uuid4().hex * 2)
+
+
+DAY = datetime(2024, 1, 2, tzinfo=UTC)
 
 
 def with_database(url: str, database: str) -> str:
@@ -106,3 +112,39 @@ def airflow_db() -> Path:
             pytest.fail(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         stamp.touch()
     return TEST_AIRFLOW_HOME
+
+
+# ------------------------------------------------------------------ end-to-end runs through Airflow
+
+
+@pytest.fixture
+def env(airflow_db: Path, dw_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("AIRFLOW_CONN_DW", dw_url)
+    monkeypatch.setenv("SNDW_LAKE_ROOT", str(tmp_path / "lake"))
+    return {"dw_url": dw_url, "lake": tmp_path / "lake", "tmp": tmp_path}
+
+
+@pytest.fixture
+def configs() -> Iterator[list[Path]]:
+    written: list[Path] = []
+    yield written
+    for path in written:
+        path.unlink(missing_ok=True)
+
+
+def run(config: dict[str, Any], configs: list[Path], logical_date: datetime | None = DAY) -> Any:
+    """Write the config into the tests' DAG folder (dag.test() syncs that folder), then run it."""
+    from sndw.config import parse_source
+    from sndw_airflow.factory import build_dag
+
+    path = TEST_SOURCES / f"{config['name']}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    configs.append(path)
+    dag = build_dag(parse_source(config, str(path)), path)
+    return dag.test(logical_date=logical_date)
+
+
+def states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+

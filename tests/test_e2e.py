@@ -4,52 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import yaml
-from sndw.config import parse_source
 from sndw.demo import files as demo_files
 from sndw.demo import manufacturing
 from sndw.demo.api import DemoApi, default_routes
 
-from tests.conftest import TEST_SOURCES, count
+from tests.conftest import DAY, count, run, states
 
 pytestmark = pytest.mark.slow
-DAY = dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def env(airflow_db: Path, dw_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setenv("AIRFLOW_CONN_DW", dw_url)
-    monkeypatch.setenv("SNDW_LAKE_ROOT", str(tmp_path / "lake"))
-    return {"dw_url": dw_url, "lake": tmp_path / "lake", "tmp": tmp_path}
-
-
-@pytest.fixture
-def configs() -> Iterator[list[Path]]:
-    written: list[Path] = []
-    yield written
-    for path in written:
-        path.unlink(missing_ok=True)
-
-
-def run(config: dict[str, Any], configs: list[Path], logical_date: dt.datetime | None = DAY) -> Any:
-    """Write the config into the tests' DAG folder (dag.test() syncs that folder), then run it."""
-    from sndw_airflow.factory import build_dag
-
-    path = TEST_SOURCES / f"{config['name']}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    configs.append(path)
-    dag = build_dag(parse_source(config, str(path)), path)
-    return dag.test(logical_date=logical_date)
-
-
-def states(dag_run: Any) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
 
 
 def audit(conn: psycopg.Connection, pipeline: str) -> list[tuple]:

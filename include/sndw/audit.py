@@ -48,6 +48,24 @@ CREATE TABLE IF NOT EXISTS {table} (
 )
 """
 
+# What the health API and the gaps report read: per table and date partition, the latest outcome.
+STATUS_VIEW = "etl_partition_status"
+STATUS_VIEW_SQL = """
+CREATE VIEW {view} AS
+SELECT pipeline_name, target_table, partition_date,
+       count(*) AS attempts,
+       count(*) FILTER (WHERE status = 'failure') AS failures,
+       bool_or(status = 'success') AS loaded,
+       (array_agg(status ORDER BY id DESC))[1] AS last_status,
+       max(finished_at) AS last_attempt_at,
+       (array_agg(rows_extracted ORDER BY id DESC) FILTER (WHERE status = 'success'))[1] AS rows_extracted,
+       (array_agg(rows_loaded ORDER BY id DESC) FILTER (WHERE status = 'success'))[1] AS rows_loaded,
+       (array_agg(error_message ORDER BY id DESC) FILTER (WHERE status = 'failure'))[1] AS last_error
+FROM {table}
+WHERE step IN ('load', 'replay') AND partition_date IS NOT NULL
+GROUP BY pipeline_name, target_table, partition_date
+"""
+
 _SECRET_PATTERNS = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
     # scheme://user:password@host -> scheme://user:***@host
@@ -115,8 +133,17 @@ def ensure_audit_table(conn: psycopg.Connection[Any], schema: str = "public") ->
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:audit-ddl'))")
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         cur.execute(sql.SQL(AUDIT_DDL).format(table=audit_table(schema)))
-        # Tables made by an earlier version get the columns added since.
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS manifest_id TEXT").format(audit_table(schema)))
+        # Tables made by an earlier version get the columns added since (ALTER only when missing:
+        # it locks the table).
+        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                    "AND column_name = 'manifest_id'", (schema, AUDIT_TABLE))
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN manifest_id TEXT").format(audit_table(schema)))
+        cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{STATUS_VIEW}"',))
+        row = cur.fetchone()
+        if row is None or row[0] is None:
+            cur.execute(sql.SQL(STATUS_VIEW_SQL).format(
+                view=sql.Identifier(schema, STATUS_VIEW), table=audit_table(schema)))
 
 
 def insert_audit_row(cur: psycopg.Cursor[Any], record: AuditRecord, schema: str = "public") -> bool:

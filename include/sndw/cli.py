@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
-from sndw.errors import ConfigError
+from sndw.errors import ConfigError, SndwError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -41,18 +43,125 @@ def _single(path: Path) -> Iterator[tuple[Path, HttpSource | SqlSource | FileSou
         yield path, exc
 
 
+def _dw() -> Any:
+    import psycopg
+
+    from sndw.settings import dw_url
+
+    return psycopg.connect(dw_url())
+
+
+def _source(path: str) -> HttpSource | SqlSource | FileSource:
+    from sndw.config import load_source_file
+
+    return load_source_file(path)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from sndw.state import list_watermarks, set_watermark
+
+    with _dw() as conn:
+        if args.action == "list":
+            rows = list_watermarks(conn)
+            for pipeline, table, cursor, value, value_type, updated, run_id in rows:
+                print(f"{pipeline}.{table}: {cursor} = {value} ({value_type}, {updated:%Y-%m-%d %H:%M:%S} UTC, {run_id})")
+            if not rows:
+                print("no watermarks yet")
+        elif args.action == "reset":
+            set_watermark(conn, args.pipeline, args.table, args.cursor or "", None, "text")
+            print(f"{args.pipeline}.{args.table}: watermark removed; the next run reads from the start")
+        else:
+            if not (args.cursor and args.value):
+                print("state set needs --cursor and --value", file=sys.stderr)
+                return 2
+            set_watermark(conn, args.pipeline, args.table, args.cursor, args.value, args.type)
+            print(f"{args.pipeline}.{args.table}: {args.cursor} = {args.value}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from sndw.replay import find_table, replay_table
+    from sndw.settings import lake_root
+
+    source = _source(args.config)
+    tables = [find_table(source, args.table)] if args.table else list(source.tables)
+    with _dw() as conn:
+        for table in tables:
+            results = replay_table(conn, source, table, args.lake or lake_root(), args.date_from, args.date_to)
+            rows = sum(r.rows_loaded for r in results)
+            print(f"{source.name}.{table.name}: {len(results)} partitions, {rows} rows replayed into "
+                  f"{source.target_schema}.{table.target}")
+    return 0
+
+
+def cmd_gaps(args: argparse.Namespace) -> int:
+    import json
+
+    from sndw.reconcile import format_report, reconcile
+    from sndw.settings import lake_root
+
+    source = _source(args.config)
+    with _dw() as conn:
+        report = reconcile(conn, source, args.lake or lake_root(), args.date_from, args.date_to)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in report], indent=2))
+    else:
+        print(format_report(report))
+    bad = [r for r in report if r.status in ("missing", "failed") or r.counts_agree is False]
+    return 1 if bad and args.strict else 0
+
+
+def _date(text: str) -> date:
+    return date.fromisoformat(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sndw", description="Single-node data warehouse tools")
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="check source configs; exit 1 if any is invalid")
     validate.add_argument("paths", nargs="*", default=["dags/sources"], help="config files or folders")
     validate.set_defaults(func=cmd_validate)
+
+    state = sub.add_parser("state", help="show, set or reset the watermarks of incremental tables")
+    state.add_argument("action", choices=["list", "set", "reset"])
+    state.add_argument("--pipeline", help="source name (the DAG id)")
+    state.add_argument("--table", help="table name in the source config")
+    state.add_argument("--cursor", help="cursor column (set)")
+    state.add_argument("--value", help="new watermark (set): ISO-8601 timestamp or number")
+    state.add_argument("--type", default="timestamp", choices=["timestamp", "number", "text"])
+    state.set_defaults(func=cmd_state)
+
+    replay = sub.add_parser("replay", help="rebuild warehouse tables from the lake, without the source")
+    replay.add_argument("config", help="the source's config file")
+    replay.add_argument("--table", help="one table (default: all of the source's tables)")
+    replay.add_argument("--from", dest="date_from", type=_date, help="first partition date (YYYY-MM-DD)")
+    replay.add_argument("--to", dest="date_to", type=_date, help="last partition date")
+    replay.add_argument("--lake", help="lake root (default: SNDW_LAKE_ROOT)")
+    replay.set_defaults(func=cmd_replay)
+
+    gaps = sub.add_parser("gaps", help="per table and date: loaded, missing or failed partitions, row counts")
+    gaps.add_argument("config", help="the source's config file")
+    gaps.add_argument("--from", dest="date_from", type=_date)
+    gaps.add_argument("--to", dest="date_to", type=_date)
+    gaps.add_argument("--lake", help="lake root (default: SNDW_LAKE_ROOT)")
+    gaps.add_argument("--json", action="store_true", help="print JSON")
+    gaps.add_argument("--strict", action="store_true", help="exit 1 when a partition is missing or failed")
+    gaps.set_defaults(func=cmd_gaps)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "state" and args.action != "list" and not (args.pipeline and args.table):
+        parser.error("state set/reset need --pipeline and --table")
+    try:
+        return int(args.func(args))
+    except SndwError as exc:
+        from sndw.audit import redact
+
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -96,7 +97,13 @@ class NoPagination(_Model):
     type: Literal["none"] = "none"
 
 
-class PageNumberPagination(_Model):
+class _Paged(_Model):
+    total_path: str | None = Field(default=None, description=(
+        "Dot path of the total record count in the body (e.g. meta.total): stop once that many "
+        "records have been read."))
+
+
+class PageNumberPagination(_Paged):
     type: Literal["page_number"]
     page_param: str = "page"
     start_page: int = 1
@@ -104,22 +111,58 @@ class PageNumberPagination(_Model):
     page_size: int | None = Field(default=None, ge=1)
 
 
-class OffsetPagination(_Model):
+class OffsetPagination(_Paged):
     type: Literal["offset"]
     offset_param: str = "offset"
     limit_param: str = "limit"
     limit: int = Field(default=100, ge=1)
 
 
-class NextLinkPagination(_Model):
+class NextLinkPagination(_Paged):
     type: Literal["next_link"]
     next_path: str = Field(default="next", description="Dot path of the next page's URL in the body.")
 
 
+class CursorPagination(_Paged):
+    type: Literal["cursor"]
+    cursor_path: str = Field(default="next_cursor", description="Dot path of the next page's cursor in the body.")
+    cursor_param: str = Field(default="cursor", description="Query parameter that sends the cursor back.")
+
+
+class LinkHeaderPagination(_Paged):
+    type: Literal["link_header"]
+    rel: str = Field(default="next", description="Relation of the next page in the RFC 8288 Link header.")
+
+
+PAGINATION_TYPES = ("none", "page_number", "offset", "next_link", "cursor", "link_header")
+
 Pagination = Annotated[
-    NoPagination | PageNumberPagination | OffsetPagination | NextLinkPagination,
+    NoPagination | PageNumberPagination | OffsetPagination | NextLinkPagination | CursorPagination
+    | LinkHeaderPagination,
     Field(discriminator="type"),
 ]
+
+HttpAuth = Literal["none", "basic", "bearer", "api_key_header", "api_key_query"]
+ColumnType = Literal["text", "bigint", "double", "boolean", "json"]
+# Link columns of an unnested child table (they normalise to themselves: no leading underscore).
+CHILD_PARENT_PREFIX = "parent__"
+CHILD_INDEX_COLUMN = "parent__index"
+
+
+@dataclass(frozen=True)
+class ChildTable:
+    """A list field of an http table unnested into a table of its own, linked to the parent row."""
+
+    path: str  # dot path of the list in the parent record
+    name: str  # lake table and task name: <parent>__<path>
+    target: str  # warehouse table: <parent target>__<path>
+    write_mode: WriteMode
+    key_columns: list[str]  # merge key: the parent's key columns (parent__<key>) and parent__index
+    parent_key: list[str]  # the parent's primary_key, as configured
+
+    @property
+    def xcom_key(self) -> str:
+        return f"manifest__{self.name}"
 
 
 class HttpTable(TableBase):
@@ -131,6 +174,44 @@ class HttpTable(TableBase):
     pagination: Pagination = Field(default_factory=NoPagination)
     max_pages: int = Field(default=10_000, ge=1)
     timeout_seconds: float = Field(default=60.0, gt=0)
+    auth: HttpAuth | None = Field(default=None, description=(
+        "How the connection's credentials are sent; default: basic when the connection has a login, else none."))
+    retries: int = Field(default=5, ge=0, description="Retries of one request (429, 5xx, timeouts, resets).")
+    backoff_seconds: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry, with jitter.")
+    max_backoff_seconds: float = Field(default=60.0, ge=0, description="Cap of one retry delay (and of Retry-After).")
+    requests_per_second: float | None = Field(default=None, gt=0, description="Rate limit of this table's requests.")
+    max_depth: int = Field(default=10, ge=1, description=(
+        "Most levels in a flattened column name; deeper objects are kept whole as JSON. 1: no flattening."))
+    unnest: list[str] = Field(default_factory=list, description="Dot paths of lists that become child tables.")
+    on_type_change: Literal["fail", "variant"] = Field(default="fail", description=(
+        "A field whose values stop fitting its column's type on a later page: fail the extract, or put "
+        "those values into a variant column <field>__v_<type>."))
+    column_types: dict[str, ColumnType] = Field(default_factory=dict, description=(
+        "Fixed types of (flattened) fields, e.g. {zip: text}; values that do not fit count as a type change."))
+
+    @model_validator(mode="after")
+    def _http_keys(self) -> HttpTable:
+        if self.unnest and not self.primary_key:
+            raise ValueError("unnest links child rows to their parent row: it needs primary_key")
+        names = [c.name for c in self.child_tables]
+        if len(set(names)) != len(names):
+            raise ValueError("unnest names the same list twice")
+        for child in self.child_tables:
+            if len(child.name) > 63 or len(child.target.encode()) > 63:
+                raise ValueError(f"unnest {child.path!r}: the child table name {child.name!r} is longer than 63")
+        return self
+
+    @property
+    def child_tables(self) -> list[ChildTable]:
+        children = []
+        for path in self.unnest:
+            suffix = normalize_identifier(path.replace(".", "__"))
+            keys = [f"{CHILD_PARENT_PREFIX}{k}" for k in self.key_columns] + [CHILD_INDEX_COLUMN]
+            children.append(ChildTable(
+                path=path, name=f"{self.name}__{suffix}", target=f"{self.target}__{suffix}",
+                write_mode=self.write_mode, key_columns=keys if self.write_mode == "merge" else [],
+                parent_key=list(self.primary_key)))
+        return children
 
 
 class CsvOptions(_Model):
@@ -220,10 +301,28 @@ class SourceBase(_Model):
         return self
 
 
+# Keys an http source may set for all its tables (a table's own value wins).
+HTTP_SOURCE_DEFAULTS = ("auth", "requests_per_second")
+
+
 class HttpSource(SourceBase):
     kind: Literal["http"]
     conn_id: str
+    auth: HttpAuth | None = Field(default=None, description="Default auth of the tables.")
+    requests_per_second: float | None = Field(default=None, gt=0, description=(
+        "Default rate limit of each table's extract (each task has its own limiter)."))
     tables: list[HttpTable] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: Any) -> Any:
+        """Tables inherit the source's auth and rate limit, so each table's task sees them."""
+        if not isinstance(data, dict) or not isinstance(data.get("tables"), list):
+            return data
+        defaults = {k: data[k] for k in HTTP_SOURCE_DEFAULTS if data.get(k) is not None}
+        if defaults:
+            data = {**data, "tables": [{**defaults, **t} if isinstance(t, dict) else t for t in data["tables"]]}
+        return data
 
 
 class SqlSource(SourceBase):
@@ -249,7 +348,12 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
     """Turn pydantic's location into ``tables[1].write_mode``, skipping union-member tags."""
     parts: list[str] = []
     node = data
-    for item in loc:
+    previous: Any = None
+    for position, item in enumerate(loc):
+        tag = (position == 0 and item in ("http", "sql", "file")) or (previous == "pagination" and item in PAGINATION_TYPES)
+        previous = item
+        if tag:
+            continue  # the discriminator's branch name, not a field of the file
         if isinstance(item, int):
             parts.append(f"[{item}]")
             node = node[item] if isinstance(node, list) and item < len(node) else None
@@ -257,8 +361,8 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
         if isinstance(node, dict) and item in node:
             parts.append(f".{item}" if parts else str(item))
             node = node[item]
-        elif item in ("http", "sql", "file", "page_number", "offset", "next_link", "none") or "[" in str(item):
-            continue  # the discriminator's branch name, not a field of the file
+        elif "[" in str(item):
+            continue  # a union member's tag, not a field of the file
         else:
             parts.append(f".{item}" if parts else str(item))
             node = None
@@ -279,6 +383,8 @@ def parse_source(data: Any, path: str) -> HttpSource | SqlSource | FileSource:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key (check its spelling in the README's source-config reference)"
+        elif err["type"] == "union_tag_invalid" and field.endswith("pagination"):
+            message = f"type must be one of {', '.join(PAGINATION_TYPES)}; got {(err.get('input') or {}).get('type') if isinstance(err.get('input'), dict) else err.get('input')!r}"
         elif err["type"] == "union_tag_invalid":
             message = f"must be one of http, sql, file; got {data.get('kind')!r}"
             field = field or "kind"

@@ -15,13 +15,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sndw.naming import lake_partition_dir, unique_column_names
+from sndw.naming import lake_partition_dir, lake_table_dir, unique_column_names
 
 log = logging.getLogger(__name__)
 
 PARQUET_COMPRESSION = "zstd"
 ROWS_PER_FILE = 1_000_000
 PART_GLOB = "part-*.parquet"
+RUN_ID_KEY = b"sndw.run_id"
+MANIFEST_ID_KEY = b"sndw.manifest_id"
 
 
 @dataclass
@@ -164,7 +166,8 @@ class PartitionWriter:
             if self._on_batch is not None:
                 self._on_batch(record_batch)
             if self._writer is not None and (
-                not record_batch.schema.equals(self._schema) or self._file_rows >= self.rows_per_file
+                not record_batch.schema.equals(self._schema, check_metadata=False)
+                or self._file_rows >= self.rows_per_file
             ):
                 self._close_file()
             if self._writer is None:
@@ -177,7 +180,10 @@ class PartitionWriter:
     def _open_file(self, schema: pa.Schema) -> None:
         # File names carry the extract's id: a manifest never names another extract's files.
         path = self.tmp_dir / f"part-{len(self._files):05d}-{self.manifest.manifest_id[:12]}.parquet"
-        self._writer = pq.ParquetWriter(path, schema, compression=PARQUET_COMPRESSION)
+        # Who wrote the file travels with it, so a replay from the lake restores _run_id exactly.
+        metadata = {**(schema.metadata or {}), RUN_ID_KEY: (self.manifest.run_id or "").encode(),
+                    MANIFEST_ID_KEY: self.manifest.manifest_id.encode()}
+        self._writer = pq.ParquetWriter(path, schema.with_metadata(metadata), compression=PARQUET_COMPRESSION)
         self._schema = schema
         self._file_rows = 0
         self._files.append(path)
@@ -244,3 +250,25 @@ def iter_file_batches(path: str | Path, batch_rows: int = 100_000) -> Iterator[p
         yield from parquet.iter_batches(batch_size=batch_rows)
     finally:
         parquet.close()
+
+
+def partition_dates(lake_root: str | Path, protocol: str, source: str, table: str) -> list[date]:
+    """The date partitions a table has in the lake, oldest first (temporary folders skipped)."""
+    folder = lake_table_dir(lake_root, protocol, source, table)
+    dates = []
+    for child in folder.iterdir() if folder.is_dir() else []:
+        try:
+            dates.append(date.fromisoformat(child.name))
+        except ValueError:
+            continue
+    return sorted(dates)
+
+
+def file_run_id(path: str | Path) -> str | None:
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(RUN_ID_KEY)
+    return value.decode() if value else None
+
+
+def partition_rows(paths: Iterable[str | Path]) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in paths)

@@ -514,6 +514,14 @@ def _append(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colu
     _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
 
 
+def _append_partition(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
+                      partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
+    """Replay of an append table: the date's rows are replaced, the other dates are kept."""
+    cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(spec.ident(), sql.Identifier(PARTITION_DATE)),
+                (partition,))
+    _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
+
+
 def _has_dependents(cur: psycopg.Cursor[Any], spec: LoadSpec) -> bool:
     cur.execute(
         """
@@ -586,5 +594,6 @@ def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colum
         staging=sql.Identifier(staging), updates=sql.SQL(", ").join(updates)))
 
 
-_WRITERS = {"append": _append, "replace": _replace, "partition": _partition, "merge": _merge}
+_WRITERS = {"append": _append, "replace": _replace, "partition": _partition, "merge": _merge,
+            "append_partition": _append_partition}
 
