@@ -61,7 +61,8 @@ def expected_dates(source: Source, date_from: date, date_to: date) -> list[date]
     return dates
 
 
-def _audit_by_partition(conn: psycopg.Connection[Any], source: Source, target: str) -> dict[date, dict[str, Any]]:
+def _audit_by_partition(conn: psycopg.Connection[Any], source: Source, target: str,
+                        lake_target: str) -> dict[date, dict[str, Any]]:
     rows = conn.execute(
         sql.SQL("""
             SELECT partition_date,
@@ -71,11 +72,11 @@ def _audit_by_partition(conn: psycopg.Connection[Any], source: Source, target: s
                    (array_agg(rows_loaded ORDER BY id DESC) FILTER (WHERE step IN ('load', 'replay') AND status = 'success'))[1],
                    (array_agg(status ORDER BY id DESC))[1] AS last_status,
                    (array_agg(error_message ORDER BY id DESC) FILTER (WHERE status = 'failure'))[1]
-            FROM {} WHERE pipeline_name = %s AND (target_table = %s OR target_table LIKE %s)
+            FROM {} WHERE pipeline_name = %s AND target_table IN (%s, %s)
               AND partition_date IS NOT NULL
             GROUP BY partition_date
         """).format(sql.Identifier(AUDIT_TABLE)),
-        (source.name, target, f"lake:{source.kind}/{source.name}/%"),
+        (source.name, target, lake_target),
     ).fetchall()
     return {r[0]: {"attempts": r[1], "loaded": r[2], "rows_extracted": r[3], "rows_loaded": r[4],
                    "last_status": r[5], "last_error": r[6]} for r in rows}
@@ -100,7 +101,8 @@ def reconcile(conn: psycopg.Connection[Any], source: Source, lake_root: str | Pa
     report: list[PartitionStatus] = []
     for table in source.tables:
         target = qualified(source.target_schema, table.target)
-        audit = _audit_by_partition(conn, source, target) if has_audit and has_audit[0] else {}
+        lake_target = f"lake:{source.kind}/{source.name}/{table.name}"
+        audit = _audit_by_partition(conn, source, target, lake_target) if has_audit and has_audit[0] else {}
         # Per-date warehouse counts mean something where rows stay with their partition.
         in_dw = (_warehouse_counts(conn, source.target_schema, table.target)
                  if table.write_mode in ("partition", "append") else {})

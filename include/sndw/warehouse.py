@@ -473,7 +473,7 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
 
 
 def _already_loaded(cur: psycopg.Cursor[Any], audit: AuditRecord, audit_schema: str) -> bool:
-    cur.execute(sql.SQL("SELECT 1 FROM {} WHERE manifest_id = %s AND target_table = %s AND step = 'load' "
+    cur.execute(sql.SQL("SELECT 1 FROM {} WHERE manifest_id = %s AND target_table = %s "
                         "AND status = 'success' LIMIT 1").format(audit_table(audit_schema)),
                 (audit.manifest_id, audit.target_table))
     return cur.fetchone() is not None

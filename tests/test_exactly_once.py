@@ -1,0 +1,220 @@
+"""Exactly one copy of a partition, whatever happens: crashes, retries, concurrent loads, backfills,
+replays. Faults are real: a killed process, a server that fails mid-extract, two threads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from sndw.audit import AuditRecord, ensure_audit_table, insert_audit_row
+from sndw.cli import main as cli_main
+from sndw.demo import manufacturing
+from sndw.demo.api import DemoApi, default_routes, todos
+from sndw.lake import write_partition
+from sndw.warehouse import LoadSpec, load_manifest
+from tests.conftest import DAY, TEST_SOURCES, run, states
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITION = dt.date(2024, 3, 1)
+
+
+def big_manifest(tmp_path: Path, rows: int = 200_000, day: dt.date = PARTITION) -> Any:
+    batch = pa.record_batch({"id": pa.array(range(rows), pa.int64()), "v": pa.array(["x" * 20] * rows)})
+    return write_partition([batch], tmp_path / "lake", "sql", "src", "t", day, run_id=f"run-{day}")
+
+
+def test_killed_between_copy_and_commit_leaves_nothing_and_the_retry_loads_once(
+        tmp_path: Path, dw_url: str) -> None:
+    manifest = big_manifest(tmp_path)
+    key = {"dag_id": "d", "task_id": "load_t", "airflow_run_id": "r1", "try_number": 1}
+    with psycopg.connect(dw_url) as blocker:
+        ensure_audit_table(blocker)
+        # Hold the audit row of this attempt in an open transaction: the loader's COPY runs to the
+        # end, then its own audit insert (the last statement before COMMIT) has to wait here.
+        with blocker.cursor() as cur:
+            insert_audit_row(cur, AuditRecord("p", "s", "sql", "public.t", "failure", dt.datetime.now(dt.UTC), **key))
+        script = textwrap.dedent(f"""
+            import datetime as dt, json, psycopg
+            from sndw.audit import AuditRecord
+            from sndw.lake import Manifest
+            from sndw.warehouse import LoadSpec, load_manifest
+            manifest = Manifest.from_dict({manifest.to_dict()!r})
+            audit = AuditRecord("p", "s", "sql", "public.t", "success", dt.datetime.now(dt.UTC), **{key!r})
+            with psycopg.connect({dw_url!r}) as conn:
+                load_manifest(conn, manifest, LoadSpec("public", "t", "partition"), audit=audit)
+        """)
+        loader = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+        # Polled from its own connection: inside a transaction pg_stat_activity is a frozen snapshot.
+        watcher = psycopg.connect(dw_url, autocommit=True)
+        try:
+            deadline = time.monotonic() + 60
+            waiting = None
+            while time.monotonic() < deadline and waiting is None:
+                waiting = watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'INSERT INTO%%etl_audit_log%%' AND pid <> pg_backend_pid()").fetchone()
+                assert loader.poll() is None, "the loader ended before reaching its commit"
+                time.sleep(0.05)
+            assert waiting is not None, "the loader never reached its audit insert"
+            loader.send_signal(signal.SIGKILL)
+            loader.wait(timeout=10)
+        finally:
+            watcher.close()
+            if loader.poll() is None:
+                loader.kill()
+        blocker.rollback()
+    with psycopg.connect(dw_url) as dw:
+        for _ in range(100):  # the server notices the dead client and rolls its transaction back
+            if not dw.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (waiting[0],)).fetchone():
+                break
+            time.sleep(0.05)
+        assert dw.execute("SELECT to_regclass('public.t')").fetchone() == (None,)
+        assert dw.execute("SELECT count(*) FROM etl_audit_log").fetchone() == (0,)
+        for attempt in (2, 3):  # the retry, then a second retry of a load that already committed
+            audit = AuditRecord("p", "s", "sql", "public.t", "success", dt.datetime.now(dt.UTC),
+                                **{**key, "try_number": attempt})
+            load_manifest(dw, manifest, LoadSpec("public", "t", "partition"), audit=audit)
+        assert dw.execute("SELECT count(*), count(DISTINCT id) FROM t").fetchone() == (200_000, 200_000)
+
+
+def test_an_append_load_retried_after_its_commit_is_not_loaded_twice(tmp_path: Path, dw: psycopg.Connection) -> None:
+    manifest = big_manifest(tmp_path, rows=1000)
+    for attempt in (1, 2):
+        audit = AuditRecord("p", "s", "sql", "public.t", "success", dt.datetime.now(dt.UTC), dag_id="d",
+                            task_id="load_t", airflow_run_id="r", try_number=attempt)
+        result = load_manifest(dw, manifest, LoadSpec("public", "t", "append"), audit=audit)
+    assert result.skipped is True
+    assert dw.execute("SELECT count(*) FROM t").fetchone() == (1000,)
+
+
+@pytest.mark.parametrize("mode", ["partition", "append"])
+def test_two_loads_of_one_partition_at_once(tmp_path: Path, dw_url: str, mode: str) -> None:
+    first = big_manifest(tmp_path / "a", rows=50_000)
+    second = first if mode == "append" else big_manifest(tmp_path / "b", rows=50_000)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def load(manifest: Any, attempt: int) -> None:
+        try:
+            with psycopg.connect(dw_url) as conn:
+                audit = AuditRecord("p", "s", "sql", "public.t", "success", dt.datetime.now(dt.UTC), dag_id="d",
+                                    task_id="load_t", airflow_run_id=f"run-{attempt}", try_number=1)
+                barrier.wait()
+                load_manifest(conn, manifest, LoadSpec("public", "t", mode), audit=audit)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(m, i)) for i, m in enumerate((first, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT count(*), count(DISTINCT id) FROM t").fetchone() == (50_000, 50_000)
+
+
+@pytest.mark.slow
+def test_an_extract_that_fails_after_some_batches_is_retried_to_one_copy(
+        env: dict[str, Any], configs: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    routes = default_routes()
+    offset_route = routes["/todos-offset"]
+
+    def flaky(query: dict[str, list[str]], base: str) -> tuple[int, Any]:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the 4th request fails once: 3 batches were written before it
+            return 500, {"error": "upstream hiccup"}
+        return offset_route(query, base)
+
+    routes["/flaky"] = flaky
+    with DemoApi(routes=routes) as api:
+        monkeypatch.setenv("AIRFLOW_CONN_E2E_FLAKY", api.url)
+        config = {"name": "e2e_flaky", "kind": "http", "conn_id": "e2e_flaky", "start_date": "2024-01-01",
+                  "retries": 1, "retry_delay_seconds": 0, "retry_exponential_backoff": 0,
+                  "tables": [{"name": "todos", "endpoint": "/flaky", "batch_rows": 25, "write_mode": "partition",
+                              "pagination": {"type": "offset", "limit": 25}}]}
+        dag_run = run(config, configs)
+    assert set(states(dag_run).values()) == {"success"}, states(dag_run)
+    with psycopg.connect(env["dw_url"]) as dw:
+        assert dw.execute("SELECT count(*), count(DISTINCT id) FROM todos").fetchone() == (len(todos()), len(todos()))
+        attempts = dw.execute("SELECT try_number, status FROM etl_audit_log WHERE step = 'extract' ORDER BY id").fetchall()
+        assert attempts == [(1, "failure"), (2, "success")]
+    files = list((env["lake"] / "http" / "e2e_flaky" / "todos" / "2024-01-02").iterdir())
+    assert len(files) == 1 and not [p for p in files[0].parent.parent.iterdir() if p.name.startswith(".")]
+
+
+MFG = {
+    "name": "e2e_backfill", "kind": "sql", "conn_id": "e2e_backfill", "target_schema": "raw", "retries": 0,
+    "start_date": "2024-01-01", "schedule": "@daily",
+    "tables": [
+        {"name": "refills", "table": "refills", "write_mode": "replace"},
+        {"name": "bodies", "table": "bodies", "write_mode": "merge", "primary_key": ["id"]},
+        {"name": "springs", "write_mode": "partition", "query":
+         "SELECT * FROM springs WHERE produced_at >= DATE '{{ partition_date }}' "
+         "AND produced_at < DATE '{{ partition_date }}' + 1"},
+    ],
+}
+SNAPSHOT = "SELECT * FROM raw.{} ORDER BY 1"
+
+
+def snapshot(conn: psycopg.Connection, table: str) -> list[tuple[Any, ...]]:
+    cur = conn.execute(SNAPSHOT.format(table))
+    names = [d.name for d in cur.description or []]
+    keep = [i for i, n in enumerate(names) if n != "_loaded_at"]
+    return [tuple(row[i] for i in keep) for row in cur.fetchall()]
+
+
+@pytest.mark.slow
+def test_backfill_three_dates_twice_then_replay_from_the_lake(
+        env: dict[str, Any], source_db: str, configs: list[Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with psycopg.connect(source_db) as conn:
+        manufacturing.create(conn, rows_per_table=200)
+        per_day = dict(conn.execute("SELECT produced_at::date, count(*) FROM springs GROUP BY 1").fetchall())
+    monkeypatch.setenv("AIRFLOW_CONN_E2E_BACKFILL", source_db)
+    dates = [DAY + dt.timedelta(days=i) for i in range(3)]
+    for _ in range(2):
+        for day in dates:
+            assert set(states(run(MFG, configs, day)).values()) == {"success"}
+    with psycopg.connect(env["dw_url"]) as dw:
+        counts = dict(dw.execute("SELECT _partition_date, count(*) FROM raw.springs GROUP BY 1").fetchall())
+        assert counts == {d.date(): per_day[d.date()] for d in dates}
+        assert dw.execute("SELECT count(*), count(DISTINCT id) FROM raw.bodies").fetchone() == (200, 200)
+        original = {t: snapshot(dw, t) for t in ("springs", "bodies", "refills")}
+    config_path = str(TEST_SOURCES / "e2e_backfill.yaml")
+
+    # Gaps: Jan 1 was never run; Jan 2-4 are loaded and their counts agree from source to warehouse.
+    assert cli_main(["gaps", config_path, "--to", "2024-01-04", "--strict"]) == 1
+    report = capsys.readouterr().out
+    springs_lines = [line for line in report.splitlines() if line.startswith("springs")]
+    assert [line.split()[2] for line in springs_lines] == ["missing", "loaded", "loaded", "loaded"]
+    assert all(line.endswith("yes") for line in springs_lines[1:]), report
+
+    # Replay: drop the tables, rebuild them from the lake alone (the source is gone too).
+    with psycopg.connect(source_db) as conn:
+        conn.execute("DROP TABLE springs, bodies, refills")
+    with psycopg.connect(env["dw_url"]) as dw:
+        dw.execute("DROP TABLE raw.springs, raw.bodies, raw.refills")
+    assert cli_main(["replay", config_path]) == 0
+    with psycopg.connect(env["dw_url"]) as dw:
+        for table, rows in original.items():
+            assert snapshot(dw, table) == rows, table
+        # A date range: one partition's rows damaged, then replayed alone.
+        dw.execute("DELETE FROM raw.springs WHERE _partition_date = '2024-01-03'")
+        dw.commit()
+    assert cli_main(["replay", config_path, "--table", "springs", "--from", "2024-01-03", "--to", "2024-01-03"]) == 0
+    with psycopg.connect(env["dw_url"]) as dw:
+        assert snapshot(dw, "springs") == original["springs"]
