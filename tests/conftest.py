@@ -29,7 +29,7 @@ TEST_AIRFLOW_HOME = ROOT / ".local" / "airflow-test"
 TEST_DAGS = TEST_AIRFLOW_HOME / "dags"
 TEST_SOURCES = TEST_DAGS / "sources"
 TEST_SOURCES.mkdir(parents=True, exist_ok=True)
-for dag_file in ("sndw_sources.py", "example_manual_pipeline.py"):
+for dag_file in ("sndw_sources.py", "example_manual_pipeline.py", "sndw_maintenance.py"):
     (TEST_DAGS / dag_file).write_text((ROOT / "dags" / dag_file).read_text())
 os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)

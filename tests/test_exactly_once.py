@@ -4,6 +4,7 @@ replays. Faults are real: a killed process, a server that fails mid-extract, two
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -13,17 +14,18 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pyarrow as pa
 import pytest
-
 from sndw.audit import AuditRecord, ensure_audit_table, insert_audit_row
 from sndw.cli import main as cli_main
 from sndw.demo import manufacturing
 from sndw.demo.api import DemoApi, default_routes, todos
 from sndw.lake import write_partition
 from sndw.warehouse import LoadSpec, load_manifest
+
 from tests.conftest import DAY, TEST_SOURCES, run, states
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +147,7 @@ def test_an_extract_that_fails_after_some_batches_is_retried_to_one_copy(
         config = {"name": "e2e_flaky", "kind": "http", "conn_id": "e2e_flaky", "start_date": "2024-01-01",
                   "retries": 1, "retry_delay_seconds": 0, "retry_exponential_backoff": 0,
                   "tables": [{"name": "todos", "endpoint": "/flaky", "batch_rows": 25, "write_mode": "partition",
+                              "retries": 0,  # no request retries: the 500 must fail the task
                               "pagination": {"type": "offset", "limit": 25}}]}
         dag_run = run(config, configs)
     assert set(states(dag_run).values()) == {"success"}, states(dag_run)
@@ -218,3 +221,80 @@ def test_backfill_three_dates_twice_then_replay_from_the_lake(
     assert cli_main(["replay", config_path, "--table", "springs", "--from", "2024-01-03", "--to", "2024-01-03"]) == 0
     with psycopg.connect(env["dw_url"]) as dw:
         assert snapshot(dw, "springs") == original["springs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keyed", [True, False])
+def test_a_checkpointed_extract_resumes_after_the_last_complete_batch(
+        env: dict[str, Any], source_db: str, configs: list[Path], monkeypatch: pytest.MonkeyPatch, keyed: bool) -> None:
+    with psycopg.connect(source_db) as conn:
+        conn.execute("CREATE TABLE big (id int PRIMARY KEY, v text, at timestamptz)")
+        conn.execute("INSERT INTO big SELECT g, md5(g::text), '2024-01-01'::timestamptz + g * interval '1 ms' "
+                     "FROM generate_series(1, 10000) g")
+        # Sequences are not transactional: they count every row read and fail the first attempt once.
+        conn.execute("CREATE SEQUENCE rows_read; CREATE SEQUENCE failures")
+        conn.execute("""CREATE FUNCTION watch(i int) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+            BEGIN
+                PERFORM nextval('rows_read');
+                IF i = 5500 AND nextval('failures') = 1 THEN RAISE EXCEPTION 'source went away at row %', i; END IF;
+                RETURN i;
+            END $$""")
+    # An index-ordered plan streams rows as it reads them (as on a big table); a seq scan + sort would
+    # evaluate watch() on every row before the first batch.
+    parts = urlsplit(source_db)
+    monkeypatch.setenv("AIRFLOW_CONN_E2E_RESUME", json.dumps({
+        "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
+        "password": parts.password, "schema": parts.path.lstrip("/"), "extra": {"options": "-c enable_seqscan=off"}}))
+    # watch() sits in the WHERE clause so the resume bound on id is pushed down to the scan.
+    table = {"name": "big", "query": "SELECT id, v, at FROM big WHERE watch(id) = id", "write_mode": "replace",
+             "checkpoint": True, "batch_rows": 1000}
+    if keyed:
+        table["primary_key"] = ["id"]
+    else:  # without a key the query must still be deterministic to be skipped through
+        table["query"] += " ORDER BY id"
+    config = {"name": "e2e_resume", "kind": "sql", "conn_id": "e2e_resume", "start_date": "2024-01-01",
+              "retries": 1, "retry_delay_seconds": 0, "retry_exponential_backoff": 0, "tables": [table]}
+    dag_run = run(config, configs)
+    assert set(states(dag_run).values()) == {"success"}, states(dag_run)
+    with psycopg.connect(env["dw_url"]) as dw:
+        assert dw.execute("SELECT count(*), count(DISTINCT id), sum(id) FROM big").fetchone() == (10000, 10000, 50005000)
+        attempts = dw.execute("SELECT try_number, status, rows_extracted FROM etl_audit_log "
+                              "WHERE step = 'extract' ORDER BY id").fetchall()
+        assert [a[:2] for a in attempts] == [(1, "failure"), (2, "success")] and attempts[1][2] == 10000
+        same = dw.execute("SELECT md5(string_agg(id || v || at, ',' ORDER BY id)) FROM big").fetchone()
+    with psycopg.connect(source_db) as conn:
+        read = conn.execute("SELECT last_value FROM rows_read").fetchone()[0]
+        expected = conn.execute("SELECT md5(string_agg(id || v || at, ',' ORDER BY id)) FROM big").fetchone()
+    assert same == expected  # identical to an uninterrupted run
+    if keyed:
+        # The retry started after the last complete batch: far fewer than 5,500 + 10,000 rows read.
+        assert read < 5500 + 10000 - 4000, read
+    partition = env["lake"] / "sql" / "e2e_resume" / "big" / "2024-01-02"
+    assert not [p for p in partition.parent.iterdir() if p.name.startswith(".")]
+    assert len(list(partition.glob("part-*.parquet"))) >= 10  # one or more files per checkpointed batch
+
+
+@pytest.mark.slow
+def test_the_replay_dag_rebuilds_a_table_from_the_lake(env: dict[str, Any], configs: list[Path]) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.conftest import TEST_DAGS
+
+    data = env["tmp"] / "files"
+    data.mkdir()
+    (data / "a.csv").write_text("id,v\n1,a\n2,b\n3,c\n")
+    config = {"name": "e2e_replayed", "kind": "file", "base_path": str(data), "start_date": "2024-01-01",
+              "retries": 0, "tables": [{"name": "items", "path": "a.csv", "write_mode": "append"}]}
+    for day in (DAY, DAY + dt.timedelta(days=1)):
+        assert set(states(run(config, configs, day)).values()) == {"success"}
+    with psycopg.connect(env["dw_url"]) as dw:
+        before = dw.execute("SELECT id, v, _partition_date, _run_id, _source_file FROM items ORDER BY 3, 1").fetchall()
+        dw.execute("TRUNCATE items")
+    # sndw_replay reads configs from its own folder: the tests' DAG folder holds this source's config.
+    dag = DagBag(dag_folder=str(TEST_DAGS / "sndw_maintenance.py")).dags["sndw_replay"]
+    dag_run = dag.test(run_conf={"source": "e2e_replayed", "table": "", "date_from": "", "date_to": ""})
+    assert set(states(dag_run).values()) == {"success"}, states(dag_run)
+    with psycopg.connect(env["dw_url"]) as dw:
+        after = dw.execute("SELECT id, v, _partition_date, _run_id, _source_file FROM items ORDER BY 3, 1").fetchall()
+        replays = dw.execute("SELECT count(*) FROM etl_audit_log WHERE step = 'replay' AND status = 'success'").fetchone()
+    assert after == before and len(after) == 6 and replays == (2,)

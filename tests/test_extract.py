@@ -19,7 +19,7 @@ from sndw.demo.api import DemoApi, todos, users
 from sndw.errors import ExtractError, SourceDataError
 from sndw.extract import flatten_record, records_to_batch
 from sndw.extract.files import iter_file_batches
-from sndw.extract.http import iter_http_batches
+from sndw.extract.http import HttpResponse, iter_http_batches
 from sndw.extract.sql import iter_postgres_batches, iter_query_batches, table_query
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -28,11 +28,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 def requests_fetch(base_url: str):  # the same contract the HttpHook-based fetch fulfils
     import requests
 
-    def fetch(endpoint: str, params: dict[str, Any]) -> Any:
+    def fetch(endpoint: str, params: dict[str, Any]) -> HttpResponse:
         url = endpoint if endpoint.startswith("http") else base_url + endpoint
         response = requests.get(url, params=params or None, timeout=10)
         response.raise_for_status()
-        return response.json()
+        return HttpResponse(body=response.json(), status=response.status_code, headers=response.headers,
+                            url=response.url)
 
     return fetch
 
@@ -178,7 +179,7 @@ def test_max_pages_is_a_safety_net(api: DemoApi) -> None:
 def test_records_that_are_not_a_list_are_a_clear_error() -> None:
     spec = http_table(endpoint="/x", records_path="data")
     with pytest.raises(SourceDataError, match="expected a list of records at data"):
-        list(iter_http_batches(lambda e, p: {"data": "oops"}, spec))
+        list(iter_http_batches(lambda e, p: HttpResponse({"data": "oops"}), spec))
 
 
 # -------------------------------------------------------------------------------- files

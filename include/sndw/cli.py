@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     gaps.add_argument("--json", action="store_true", help="print JSON")
     gaps.add_argument("--strict", action="store_true", help="exit 1 when a partition is missing or failed")
     gaps.set_defaults(func=cmd_gaps)
+
+    from sndw.runner import add_commands  # run, test-connection (the runner seed's commands)
+
+    add_commands(sub)
     return parser
 
 

@@ -59,6 +59,10 @@ class TableBase(_Model):
     primary_key: list[str] = Field(default_factory=list)
     batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, ge=1)
     incremental: Incremental | None = None
+    checkpoint: bool = Field(default=False, description=(
+        "Write the extract in checkpointed parts (one per batch), so a retry of the same run resumes "
+        "after the last complete batch: SQL tables with a primary_key are read in key order and "
+        "resume at the next key; other tables are read again and skip the batches already written."))
 
     @field_validator("name")
     @classmethod
@@ -143,7 +147,7 @@ Pagination = Annotated[
 ]
 
 HttpAuth = Literal["none", "basic", "bearer", "api_key_header", "api_key_query"]
-ColumnType = Literal["text", "bigint", "double", "boolean", "json"]
+ColumnType = Literal["text", "bigint", "double", "numeric", "boolean", "json"]
 # Link columns of an unnested child table (they normalise to themselves: no leading underscore).
 CHILD_PARENT_PREFIX = "parent__"
 CHILD_INDEX_COLUMN = "parent__index"

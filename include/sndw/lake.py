@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 PARQUET_COMPRESSION = "zstd"
 ROWS_PER_FILE = 1_000_000
 PART_GLOB = "part-*.parquet"
+CHECKPOINT_FILE = "_checkpoint.json"
 RUN_ID_KEY = b"sndw.run_id"
 MANIFEST_ID_KEY = b"sndw.manifest_id"
 
@@ -125,31 +129,94 @@ class PartitionWriter:
     Files go to a hidden temporary folder beside the partition. A new file starts every
     ``rows_per_file`` rows and whenever the schema of the incoming batches changes (a new field
     in an API's later page), so every file has one schema and the loader evolves the table.
+
+    With a ``resume_key`` (the same for every attempt of one task in one run), the folder is named
+    after it and ``checkpoint(position)`` closes the current file and records the files written so
+    far with the extractor's position. A later attempt with the same key finds them
+    (``resumed``), keeps them, and the extractor continues after ``position``.
     """
 
     def __init__(self, lake_root: str | Path, protocol: str, source: str, table: str, partition: date,
                  *, run_id: str | None = None, rows_per_file: int = ROWS_PER_FILE,
-                 on_batch: Callable[[pa.RecordBatch], None] | None = None) -> None:
+                 on_batch: Callable[[pa.RecordBatch], None] | None = None, resume_key: str | None = None) -> None:
         self.final_dir = lake_partition_dir(lake_root, protocol, source, table, partition)
-        self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+        self.resume_key = resume_key
+        if resume_key:
+            digest = hashlib.sha256(resume_key.encode()).hexdigest()[:16]
+            self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.inprogress-{digest}"
+        else:
+            self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
         self.manifest = Manifest(source=source, protocol=protocol, table=table,
                                  partition=partition.isoformat(), run_id=run_id)
+        self.resumed: dict[str, Any] | None = None
         self.rows_per_file = rows_per_file
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self._file_rows = 0
         self._files: list[Path] = []
         self._names_cache: dict[tuple[str, ...], list[str]] = {}
+        self._checkpointed: list[str] | None = None
         self._last_schema: pa.Schema | None = None
         self._on_batch = on_batch
 
     def __enter__(self) -> PartitionWriter:
+        if self.resume_key:
+            self._load_checkpoint()
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
+        if exc_type is None:
+            return
+        if self.resume_key:
+            # Keep the checkpointed files for the next attempt; drop the part being written.
+            self._close_file()
+            kept = {Path(p).name for p in (self._checkpointed or [])}
+            for path in self.tmp_dir.glob(PART_GLOB):
+                if path.name not in kept:
+                    path.unlink(missing_ok=True)
+        else:
             self.abort()
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    @property
+    def _checkpoint_path(self) -> Path:
+        return self.tmp_dir / CHECKPOINT_FILE
+
+    def _load_checkpoint(self) -> None:
+        self._checkpointed = []
+        if not self._checkpoint_path.is_file():
+            return
+        state = json.loads(self._checkpoint_path.read_text())
+        files = [self.tmp_dir / name for name in state["files"]]
+        if not all(f.is_file() for f in files):
+            log.warning("checkpoint of %s names missing files: starting over", self.final_dir)
+            return
+        self.manifest.manifest_id = state["manifest_id"]
+        self._files = files
+        self._checkpointed = [str(f) for f in files]
+        self.manifest.rows = int(state["rows"])
+        self.resumed = state
+        log.info("resuming %s after %d rows in %d files (position %s)", self.final_dir, self.manifest.rows,
+                 len(files), state.get("position"))
+
+    def checkpoint(self, position: Any) -> None:
+        """Make everything written so far durable, with where the extractor stands."""
+        self._close_file()
+        state = {"manifest_id": self.manifest.manifest_id, "rows": self.manifest.rows,
+                 "files": [p.name for p in self._files], "position": position}
+        tmp = self._checkpoint_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, default=str))
+        os.replace(tmp, self._checkpoint_path)
+        self._checkpointed = [str(p) for p in self._files]
+
+    def resumed_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The resumed files' batches (only ``columns``), e.g. to recompute a watermark."""
+        for path in self._files if self.resumed else []:
+            names = [c for c in columns if c in pq.read_schema(path).names]
+            if names:
+                yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=names)
 
     def _names(self, schema: pa.Schema) -> list[str]:
         key = tuple(schema.names)
@@ -206,8 +273,12 @@ class PartitionWriter:
         old_dir = self.final_dir.parent / f".{self.final_dir.name}.old-{uuid.uuid4().hex[:12]}"
         if self.final_dir.exists():
             self.final_dir.rename(old_dir)
+        self._checkpoint_path.unlink(missing_ok=True)
         self.tmp_dir.rename(self.final_dir)
         shutil.rmtree(old_dir, ignore_errors=True)
+        # Attempts of other runs that never finished this partition are superseded now.
+        for stale in self.final_dir.parent.glob(f".{self.final_dir.name}.inprogress-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         self.manifest.paths = [str(p) for p in final_paths]
         self.manifest.bytes = sum(p.stat().st_size for p in final_paths)
         if schemas:

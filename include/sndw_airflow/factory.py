@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, BaseOperator, Param
+from airflow.sdk import DAG, BaseOperator, Param, XComArg
 from airflow.sdk.exceptions import AirflowFailException
 from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
 from sndw.errors import ConfigError
@@ -91,6 +91,20 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
                 kind=source.kind,
             )
             extract >> load
+            # http tables that unnest lists: one more load per child table, after the parent's load,
+            # of the child partition the same extract wrote (its manifest is the XCom child.xcom_key).
+            for child in getattr(table, "child_tables", []):
+                load >> ParquetToDwOperator(
+                    task_id=load_task_id(child.name),
+                    manifest=XComArg(extract, key=child.xcom_key),
+                    target_table=child.target,
+                    target_schema=source.target_schema,
+                    write_mode=child.write_mode,
+                    primary_key=child.key_columns,
+                    dw_conn_id=source.dw_conn_id,
+                    source=source.name,
+                    kind=source.kind,
+                )
     return dag
 
 

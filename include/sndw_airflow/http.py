@@ -1,40 +1,31 @@
-"""The fetch function the core's HTTP extractor calls, built on the HTTP provider's HttpHook."""
+"""The core's HTTP client on a session from the HTTP provider's HttpHook (the Airflow connection).
+
+The hook gives the session everything its connection configures: base URL (host, schema, port),
+TLS verification, proxies, certificates, default headers from the extra, and basic auth when the
+connection has a login. The table's ``auth`` then decides what is sent (``sndw.extract.http.
+resolve_auth``): basic keeps the hook's own basic auth; bearer and API keys take the secret from
+the connection's password; ``none`` sends nothing. The extra's ``api_key_header`` /
+``api_key_param`` name where the key goes and are never sent as headers themselves (the hook
+would send every unknown extra key as a header).
+"""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from sndw.config import HttpTable
-from sndw.errors import SourceDataError
-
-BODY_EXCERPT = 200
+from sndw.extract.http import AUTH_EXTRA_KEYS, HttpClient, resolve_auth
 
 
-def relative_endpoint(base_url: str, url: str) -> str:
-    """A next-page link as an endpoint of the hook's connection (the hook joins it to the base)."""
-    if not url.startswith(("http://", "https://")):
-        return url
-    base = base_url.rstrip("/")
-    if base and url.startswith(base):
-        return url[len(base):]
-    parts = urlsplit(url)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
+def hook_client(hook: Any, spec: HttpTable) -> HttpClient:
+    """An ``HttpClient`` (a ``Fetch``) for ``spec`` on ``hook``'s connection; close it when done."""
+    connection = hook.get_connection(hook.http_conn_id)
+    plan = resolve_auth(spec.auth, connection.login, connection.password, connection.extra_dejson,
+                        where=f"connection {hook.http_conn_id!r}")
+    session = hook.get_conn()  # reads the connection once: base URL, extra options, basic auth
+    for key in AUTH_EXTRA_KEYS:
+        session.headers.pop(key, None)
+    if plan.scheme == "basic" and session.auth is not None:
+        plan.auth = session.auth  # HttpHook's own basic auth (its auth_type) from login/password
+    return HttpClient(session, hook.base_url, spec, plan=plan)
 
-
-def hook_fetch(hook: Any, spec: HttpTable) -> Any:
-    def fetch(endpoint: str, params: dict[str, Any]) -> Any:
-        if endpoint.startswith(("http://", "https://")):
-            hook.url_from_endpoint("")  # makes the hook read its connection's base URL
-            endpoint = relative_endpoint(hook.base_url or "", endpoint)
-        response = hook.run(endpoint, data=params or None, headers=spec.headers or None,
-                            extra_options={"timeout": spec.timeout_seconds})
-        try:
-            return response.json()
-        except ValueError as exc:
-            excerpt = response.text[:BODY_EXCERPT].replace("\n", " ")
-            raise SourceDataError(
-                f"{spec.name}: {response.status_code} from {urlsplit(response.url).path} is not JSON "
-                f"({response.headers.get('Content-Type', 'no content type')}): {excerpt!r}") from exc
-
-    return fetch

@@ -92,7 +92,7 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
                 "target_table": f"lake:{self.kind}/{self.source}/{name}", "step": "extract"}
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from sndw.lake import write_partition
+        from sndw.lake import PartitionWriter
 
         try:
             spec = table_spec(self.kind, self.table, where=f"{self.dag_id}.{self.task_id}")
@@ -103,10 +103,23 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
         self.log.info("Extracting %s.%s (%s) into partition %s of %s", self.source, spec.name, self.kind,
                       partition, root)
         previous, low, tracker = self._incremental_start(spec, context)
+        # Checkpointed tables keep their parts across the attempts of one run: a retry resumes.
+        resume_key = f"{self.dag_id}|{self.task_id}|{context.get('run_id')}" if spec.checkpoint else None
         try:
-            manifest = write_partition(self._batches(spec, low), root, self.kind, self.source, spec.name,
-                                       partition, run_id=context.get("run_id"),
-                                       on_batch=tracker.update if tracker else None)
+            with PartitionWriter(root, self.kind, self.source, spec.name, partition, run_id=context.get("run_id"),
+                                 on_batch=tracker.update if tracker else None, resume_key=resume_key) as writer:
+                position = writer.resumed["position"] if writer.resumed else None
+                if writer.resumed and tracker is not None:
+                    for batch in writer.resumed_batches([tracker.cursor]):
+                        tracker.update(batch)
+                if position is not None:
+                    self.log.info("Resuming after %d rows already in the lake (position %s)",
+                                  writer.manifest.rows, position)
+                for batch, new_position in self._positioned_batches(spec, low, position):
+                    writer.write(batch)
+                    if resume_key:
+                        writer.checkpoint(new_position)
+                manifest = writer.commit()
         except PermanentError as exc:
             raise AirflowFailException(str(exc)) from exc
         if tracker is not None:
@@ -148,27 +161,48 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
             return None, lower_bound(start, 0), MaxTracker(cursor)
         return previous, lower_bound(previous, inc.lookback), MaxTracker(cursor)
 
+    def _positioned_batches(self, spec: TableBase, low: Any, position: Any) -> Iterator[tuple[Any, Any]]:
+        """Batches with the position to resume after each: the last key read (SQL tables with a
+        primary key, read in key order), else the number of batches (a retry skips them)."""
+        if isinstance(spec, SqlTable) and spec.checkpoint and spec.primary_key:
+            yield from self._sql_batches(spec, low, after=position, positioned=True)
+            return
+        skip = int(position or 0)
+        for number, batch in enumerate(self._batches(spec, low), 1):
+            if number > skip:
+                yield batch, number
+
     def _batches(self, spec: TableBase, low: Any = None) -> Iterator[Any]:
         if isinstance(spec, SqlTable):
             yield from self._sql_batches(spec, low)
         elif isinstance(spec, HttpTable):
-            yield from self._http_batches(spec)
+            yield from self._http_batches(spec, low)
         elif isinstance(spec, FileTable):
             from sndw.extract.files import iter_file_batches
 
             yield from iter_file_batches(spec, self.base_path)
 
-    def _sql_batches(self, spec: SqlTable, low: Any = None) -> Iterator[Any]:
+    def _sql_batches(self, spec: SqlTable, low: Any = None, after: Any = None,
+                     positioned: bool = False) -> Iterator[Any]:
         from airflow.sdk import BaseHook
-        from sndw.extract.sql import incremental_query, iter_postgres_batches, iter_query_batches, table_query
+        from sndw.extract.sql import incremental_query, keyed_query, table_query, with_key_positions
 
         if not self.conn_id:
             raise AirflowFailException(f"{self.task_id}: a sql source needs conn_id")
         connection = BaseHook.get_connection(self.conn_id)
         query = spec.query or table_query(spec.table or "")
         postgres = connection.conn_type in ("postgres", "postgresql")
+        dialect = "postgres" if postgres else "other"
         if spec.incremental is not None:
-            query = incremental_query(query, spec.incremental.cursor, low, "postgres" if postgres else "other")
+            query = incremental_query(query, spec.incremental.cursor, low, dialect)
+        if positioned:
+            query = keyed_query(query, spec.primary_key, after, dialect)
+        batches = self._sql_stream(connection, query, spec, postgres)
+        yield from with_key_positions(batches, spec.primary_key) if positioned else batches
+
+    def _sql_stream(self, connection: Any, query: str, spec: SqlTable, postgres: bool) -> Iterator[Any]:
+        from sndw.extract.sql import iter_postgres_batches, iter_query_batches
+
         if postgres:
             from psycopg.conninfo import make_conninfo
 
@@ -178,7 +212,9 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
             conninfo = make_conninfo(host=connection.host or "localhost", port=connection.port or 5432,
                                      dbname=connection.schema or "", user=connection.login or "",
                                      password=connection.password or "", **extra)
-            yield from iter_postgres_batches(conninfo, query)
+            # ADBC batches by bytes: aim near batch_rows (~128 B a row) so checkpoints stay frequent.
+            batch_bytes = max(1 << 16, min(16 << 20, spec.batch_rows * 128))
+            yield from iter_postgres_batches(conninfo, query, batch_bytes=batch_bytes, max_rows=spec.batch_rows)
             return
         conn = connection.get_hook().get_conn()
         try:
@@ -186,16 +222,36 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
         finally:
             conn.close()
 
-    def _http_batches(self, spec: HttpTable) -> Iterator[Any]:
+    def _http_batches(self, spec: HttpTable, low: Any = None) -> Iterator[Any]:
+        """Pages through the HttpHook's connection; unnested lists go to child partitions whose
+        manifests are pushed as XComs ``manifest__<child>`` for the factory's child load tasks."""
         from airflow.providers.http.hooks.http import HttpHook
-        from sndw.extract.http import iter_http_batches
+        from airflow.sdk import get_current_context
+        from sndw.extract.http import ChildPartitions, iter_http_batches
+        from sndw.state import format_value
 
-        from sndw_airflow.http import hook_fetch
+        from sndw_airflow.http import hook_client
 
         if not self.conn_id:
             raise AirflowFailException(f"{self.task_id}: an http source needs conn_id")
         hook = HttpHook(method=spec.method, http_conn_id=self.conn_id)
-        yield from iter_http_batches(hook_fetch(hook, spec), spec)
+        children = None
+        if spec.child_tables:
+            context = get_current_context()
+            children = ChildPartitions(self.lake_root or lake_root(), self.source, spec, partition_date(context),
+                                       run_id=context.get("run_id"))
+        try:
+            with hook_client(hook, spec) as client:
+                yield from iter_http_batches(client, spec, watermark=format_value(low),
+                                             children=children.write if children else None)
+            if children is not None:
+                for child, manifest in zip(spec.child_tables, children.commit().values(), strict=True):
+                    self.log.info("Child table %s: %d rows", child.name, manifest.rows)
+                    context["ti"].xcom_push(key=child.xcom_key, value=manifest.to_dict())
+        except BaseException:
+            if children is not None:
+                children.abort()
+            raise
 
 
 class ParquetToDwOperator(_DwMixin, BaseOperator):

@@ -11,7 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from sndw.naming import NESTED_SEPARATOR
+from sndw.errors import SchemaConflictError
+from sndw.naming import NESTED_SEPARATOR, normalize_identifier
 
 JSON_TYPE = pa.json_()
 
@@ -59,8 +60,10 @@ def column_array(values: Sequence[Any], type_hint: pa.DataType | None = None) ->
         try:
             if type_hint == JSON_TYPE:
                 return pa.array([to_json_text(v) for v in values], type=pa.string()).cast(JSON_TYPE)
-            return pa.array(_plain(values), type=type_hint)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            # infer, then a safe cast: pa.array(values, type=int64) would truncate 1.5 to 1 silently
+            return pa.array(_plain(values), from_pandas=False).cast(type_hint)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError,
+                OverflowError):
             pass  # the hint did not fit these values: infer below
     sample = next((v for v in values if v is not None), None)
     if isinstance(sample, (list, tuple, dict)):
@@ -137,3 +140,211 @@ def get_path(document: Any, path: str | None) -> Any:
         else:
             return None
     return node
+
+
+# ------------------------------------------------------------------- typed batches and drift
+
+# The column kinds of JSON records and their lake types (warehouse: bigint, double precision,
+# numeric, boolean, text, jsonb).
+KIND_TYPES: dict[str, pa.DataType] = {
+    "bigint": pa.int64(), "double": pa.float64(), "numeric": pa.decimal128(38, 0), "boolean": pa.bool_(),
+    "text": pa.string(), "json": JSON_TYPE,
+}
+KIND_NAMES = {"bigint": "bigint", "double": "double precision", "numeric": "numeric", "boolean": "boolean",
+              "text": "text", "json": "jsonb"}
+VARIANT_MARK = "__v_"
+_INT64 = (-(2**63), 2**63 - 1)
+_EXACT_FLOAT_INT = 2**53
+_MISFIT = object()
+
+
+class SchemaDriftError(SchemaConflictError):
+    """A field's values stopped fitting the type its column got from earlier records of the extract."""
+
+    def __init__(self, table: str, column: str, old_type: str, new_type: str, where: str) -> None:
+        super().__init__(table, column, old_type, new_type)
+        self.args = (
+            f"type change in {table}.{column} at {where}: earlier records gave {old_type}, this one gives "
+            f"{new_type}. Nothing was loaded. Set on_type_change: variant (such values go to a column "
+            f"{column}{VARIANT_MARK}<type>) or fix the type with column_types: {{{column}: text}}",)
+
+
+def value_kind(value: Any) -> str | None:
+    """The kind of one JSON value: None for null."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint" if _INT64[0] <= value <= _INT64[1] else "numeric"
+    if isinstance(value, float):
+        return "double" if value == value and value not in (float("inf"), float("-inf")) else "text"
+    if isinstance(value, decimal.Decimal):
+        return "numeric"
+    if isinstance(value, (list, tuple, dict)):
+        return "json"
+    return "text"
+
+
+def _first_kind(kinds: set[str]) -> str:
+    """The kind of a column first seen with values of ``kinds`` (mixed types become text)."""
+    if len(kinds) == 1:
+        return next(iter(kinds))
+    if "json" in kinds:
+        return "json"
+    if kinds <= {"bigint", "double"}:
+        return "double"
+    if kinds <= {"bigint", "double", "numeric"}:
+        return "numeric"
+    return "text"
+
+
+def _numeric(value: Any) -> decimal.Decimal | object:
+    if isinstance(value, bool):
+        return _MISFIT
+    if isinstance(value, int):
+        return decimal.Decimal(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return _MISFIT
+        return decimal.Decimal(repr(value))
+    if isinstance(value, decimal.Decimal):
+        return value
+    return _MISFIT
+
+
+def convert(kind: str, value: Any) -> Any:
+    """``value`` as a value of a column of ``kind``, or _MISFIT when that would change or lose it."""
+    if value is None:
+        return None
+    if kind == "text":
+        return _as_text(value)
+    if kind == "json":
+        return value
+    if kind == "boolean":
+        return value if isinstance(value, bool) else _MISFIT
+    if isinstance(value, bool):
+        return _MISFIT
+    if kind == "bigint":
+        if isinstance(value, int) and _INT64[0] <= value <= _INT64[1]:
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
+            return int(value)
+        return _MISFIT
+    if kind == "double":
+        if isinstance(value, float) and value == value:
+            return value
+        if isinstance(value, int) and abs(value) <= _EXACT_FLOAT_INT:
+            return float(value)
+        return _MISFIT
+    if kind == "numeric":
+        return _numeric(value)
+    return _MISFIT
+
+
+def kind_array(kind: str, values: Sequence[Any]) -> pa.Array | None:
+    """Converted values as the lake array of ``kind``; None when they do not fit it (numeric too wide)."""
+    if kind == "json":
+        return pa.array([to_json_text(v) for v in values], type=pa.string()).cast(JSON_TYPE)
+    if kind == "numeric":
+        try:
+            array = pa.array(values) if any(v is not None for v in values) else pa.nulls(len(values), pa.decimal128(1, 0))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        return array if pa.types.is_decimal128(array.type) else None
+    return pa.array(values, type=KIND_TYPES[kind])
+
+
+class TypedBatchBuilder:
+    """Record batches whose column types hold for the whole extract, not just one batch.
+
+    A column gets its kind from the first values seen (mixed values in that batch: text, as
+    ``column_array``; ints and floats: double). Later values keep that kind when they convert without
+    loss (``2.0`` into bigint, ``3`` into double, anything into text or JSON); integers that meet
+    fractions widen to numeric (exact, and the warehouse widens bigint to numeric the same way).
+    Any other change is a type change: ``on_type_change="fail"`` raises SchemaDriftError naming
+    table, column, old and new type; ``"variant"`` keeps the column and puts those values into a
+    column ``<column>__v_<kind>`` (NULL in the original column), so no value is lost or altered.
+    """
+
+    def __init__(self, table: str, *, on_type_change: str = "fail",
+                 column_types: Mapping[str, str] | None = None) -> None:
+        self.table = table
+        self.on_type_change = on_type_change
+        self.declared = {normalize_identifier(k): v for k, v in (column_types or {}).items()}
+        self.kinds: dict[str, str] = {}
+        self.records = 0
+        self.changes: list[dict[str, Any]] = []
+
+    def _established(self, name: str) -> str | None:
+        kind = self.kinds.get(name)
+        if kind is None:
+            kind = self.declared.get(normalize_identifier(name))
+            if kind is not None:
+                self.kinds[name] = kind
+        return kind
+
+    def build(self, rows: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
+        """One batch of flat rows (already flattened); columns in order of first appearance."""
+        names: dict[str, None] = {}
+        for row in rows:
+            for key in row:
+                names.setdefault(key, None)
+        columns: dict[str, pa.Array] = {}
+        variants: dict[str, list[Any]] = {}
+        for name in names:
+            values = [row.get(name) for row in rows]
+            columns[name] = self._column(name, values, variants)
+        for name, values in variants.items():
+            array = kind_array(self.kinds[name], values)
+            if array is None:  # numbers wider than numeric(38): kept as their text
+                self.kinds[name] = "text"
+                array = kind_array("text", [_as_text(v) for v in values])
+            assert array is not None
+            columns[name] = array
+        self.records += len(rows)
+        return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+    def _column(self, name: str, values: list[Any], variants: dict[str, list[Any]]) -> pa.Array:
+        kind = self._established(name)
+        if kind is None:
+            kinds = {k for k in (value_kind(v) for v in values) if k is not None}
+            if not kinds:
+                return pa.nulls(len(values))
+            kind = _first_kind(kinds)
+            self.kinds[name] = kind
+        converted = [convert(kind, v) for v in values]
+        misfits = [i for i, v in enumerate(converted) if v is _MISFIT]
+        if misfits and kind == "bigint" and all(
+                _numeric(values[i]) is not _MISFIT for i in misfits):
+            # Integers meeting fractions: widen to exact numeric (the warehouse widens bigint the same way).
+            self.kinds[name] = kind = "numeric"
+            self.changes.append({"change": "widen_column", "column": name, "from": "bigint", "to": "numeric"})
+            converted = [convert(kind, v) for v in values]
+            misfits = [i for i, v in enumerate(converted) if v is _MISFIT]
+        array = None if misfits else kind_array(kind, converted)
+        new_label = None
+        if array is None and not misfits:  # numbers wider than numeric(38) do not fit
+            misfits = [i for i, v in enumerate(converted) if v is not None]
+            new_label = "numeric wider than 38 digits"
+        if not misfits:
+            assert array is not None
+            return array
+        first = misfits[0]
+        if self.on_type_change != "variant":
+            raise SchemaDriftError(self.table, name, KIND_NAMES[kind],
+                                   new_label or KIND_NAMES[value_kind(values[first]) or "text"],
+                                   f"record {self.records + first + 1}")
+        for i in misfits:
+            value = values[i]
+            variant = f"{name}{VARIANT_MARK}{value_kind(value) or 'text'}"
+            variant_kind = self.kinds.setdefault(variant, value_kind(value) or "text")
+            column = variants.setdefault(variant, [None] * len(values))
+            fitted = convert(variant_kind, value)
+            column[i] = _as_text(value) if fitted is _MISFIT else fitted
+            converted[i] = None
+        if not any(c["column"] == name and c["change"] == "variant" for c in self.changes):
+            self.changes.append({"change": "variant", "column": name, "type": KIND_NAMES[kind]})
+        array = kind_array(kind, converted)
+        assert array is not None
+        return array
