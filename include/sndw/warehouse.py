@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pgpq
 import polars as pl
 import psycopg
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from pgpq import encoders as pgpq_encoders
 from pgpq import schema as pgpq_schema
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
 from sndw.errors import LoadError, PermanentError, SchemaConflictError
@@ -311,7 +313,19 @@ def _json_text(array: pa.Array) -> pa.Array:
     return encoded.to_arrow().cast(pa.string())
 
 
+def _may_hold_nul(array: pa.Array) -> bool:
+    """A quick scan of the raw character buffer (one pass, no per-value work); may say yes wrongly
+    for a sliced array, never no wrongly."""
+    buffers = array.buffers()
+    data = buffers[2] if len(buffers) > 2 else None
+    if data is None or data.size == 0:
+        return False
+    return bool(np.frombuffer(data, dtype=np.uint8).min() == 0)
+
+
 def _replace_nul(array: pa.Array, escaped: bool) -> tuple[pa.Array, int]:
+    if not escaped and not _may_hold_nul(array):
+        return array, 0
     hits = pc.sum(pc.match_substring(array, NUL)).as_py() or 0
     if hits:
         array = pc.replace_substring(array, NUL, NUL_REPLACEMENT)
@@ -371,7 +385,7 @@ class BatchEncoder:
                     self.nul_replaced += hits
             arrays.append(column)
         for _name, (typ, value) in self.constants.items():
-            arrays.append(pa.array([value] * batch.num_rows, type=typ))
+            arrays.append(pa.repeat(pa.scalar(value, type=typ), batch.num_rows))
         return pa.RecordBatch.from_arrays(arrays, schema=self.encode_schema)
 
     def header(self) -> bytes:
@@ -398,7 +412,9 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         target, sql.SQL(", ").join(sql.Identifier(c) for c in encoder.column_names))
     rows = 0
-    with cur.copy(statement) as copy:
+    # A queued writer sends to the server from its own thread while this one reads and encodes
+    # the next batch (shared/POSTGRES-LOADING.md: 0.94x of psql's binary COPY against 0.86x).
+    with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
         copy.write(encoder.header())
         for batch in iter_file_batches(path, batch_rows):
             if batch.num_rows == 0:
