@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import decimal
 import logging
+import queue
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sndw.audit import redact
 from sndw.errors import ExtractError
@@ -175,7 +178,9 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
         cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(batch_bytes)})
         cursor.execute(query)
         reader = cursor.fetch_record_batch()
-        for batch in reader:
+        # The driver fetches and decodes the next batches in a thread of its own while the caller
+        # writes Parquet (both release the GIL): the two overlap instead of taking turns.
+        for batch in _prefetched(reader):
             total += batch.num_rows
             step = max_rows or batch.num_rows or 1
             for offset in range(0, batch.num_rows, step):
@@ -183,6 +188,49 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
         if total == 0:
             yield normalize_adbc_batch(pa.RecordBatch.from_pylist([], schema=reader.schema))
     log.info("extracted %d rows", total)
+
+
+_DONE = object()
+
+
+def _prefetched(reader: Any, depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """Iterate ``reader`` from a background thread, ``depth`` batches ahead (bounded memory)."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in reader:
+                while not stop.is_set():
+                    try:
+                        slots.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            slots.put(exc)
+
+    worker = threading.Thread(target=produce, name="sndw-adbc-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it end
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=0.1)
 
 
 def _numeric_type(typmod: int) -> pa.DataType | None:
@@ -193,6 +241,28 @@ def _numeric_type(typmod: int) -> pa.DataType | None:
         return pa.decimal128(precision, scale)
     if 0 < precision <= 76 and scale <= precision:
         return pa.decimal256(precision, scale)
+    return None
+
+
+def _numeric_fit(text: pa.Array) -> pa.DataType | None:
+    """The decimal type that holds every value of an unconstrained numeric column exactly,
+    computed on the text (vectorised); None when some value is not a plain decimal."""
+    values = text.drop_null()
+    if len(values) == 0:
+        return pa.decimal128(38, 0)
+    if not pc.all(pc.match_substring_regex(values, r"^-?[0-9]+(\.[0-9]+)?$")).as_py():
+        return None
+    digits = pc.replace_substring(pc.replace_substring(values, "-", ""), ".", "")
+    dot = pc.find_substring(values, ".")
+    length = pc.utf8_length(values)
+    scale = pc.max(pc.if_else(pc.equal(dot, -1), 0, pc.subtract(pc.subtract(length, dot), 1))).as_py() or 0
+    whole = pc.max(pc.subtract(pc.utf8_length(digits), pc.if_else(pc.equal(dot, -1), 0,
+                                                                   pc.subtract(pc.subtract(length, dot), 1)))).as_py() or 0
+    precision = max(whole + scale, 1)
+    if precision <= 38:
+        return pa.decimal128(38, scale) if whole + scale <= 38 else None
+    if precision <= 76:
+        return pa.decimal256(76, scale)
     return None
 
 
@@ -212,10 +282,10 @@ def normalize_adbc_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         pg_type = meta.get(b"POSTGRESQL:type", b"").decode()
         if pg_type == "numeric":
             storage = column.storage if isinstance(column.type, pa.BaseExtensionType) else column
-            target = _numeric_type(int(meta.get(b"POSTGRESQL:typmod", b"-1")))
+            target = _numeric_type(int(meta.get(b"POSTGRESQL:typmod", b"-1"))) or _numeric_fit(storage)
             if target is not None:
                 column = storage.cast(target)
-            else:  # unconstrained numeric: exact decimals, inferred from the values
+            else:  # NaN, infinities or more than 76 digits: exact decimals, value by value
                 column = column_array([decimal.Decimal(v) if v is not None and v not in ("NaN", "Infinity", "-Infinity")
                                        else None for v in storage.to_pylist()])
         elif isinstance(column.type, pa.BaseExtensionType) and column.type.extension_name == "arrow.uuid":
