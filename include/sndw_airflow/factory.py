@@ -79,33 +79,27 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
                 base_path=base_path,
                 dw_conn_id=source.dw_conn_id,
             )
-            load = ParquetToDwOperator(
-                task_id=load_task_id(table.name),
-                manifest=extract.output,
-                target_table=table.target,
-                target_schema=source.target_schema,
-                write_mode=table.write_mode,
-                primary_key=table.key_columns,
-                dw_conn_id=source.dw_conn_id,
-                source=source.name,
-                kind=source.kind,
-            )
+            load = _load_task(source, table, extract.output)
             extract >> load
             # http tables that unnest lists: one more load per child table, after the parent's load,
             # of the child partition the same extract wrote (its manifest is the XCom child.xcom_key).
             for child in getattr(table, "child_tables", []):
-                load >> ParquetToDwOperator(
-                    task_id=load_task_id(child.name),
-                    manifest=XComArg(extract, key=child.xcom_key),
-                    target_table=child.target,
-                    target_schema=source.target_schema,
-                    write_mode=child.write_mode,
-                    primary_key=child.key_columns,
-                    dw_conn_id=source.dw_conn_id,
-                    source=source.name,
-                    kind=source.kind,
-                )
+                load >> _load_task(source, child, XComArg(extract, key=child.xcom_key))
     return dag
+
+
+def _load_task(source: HttpSource | SqlSource | FileSource, table: Any, manifest: Any) -> ParquetToDwOperator:
+    return ParquetToDwOperator(
+        task_id=load_task_id(table.name),
+        manifest=manifest,
+        target_table=table.target,
+        target_schema=source.target_schema,
+        write_mode=table.write_mode,
+        primary_key=table.key_columns,
+        dw_conn_id=source.dw_conn_id,
+        source=source.name,
+        kind=source.kind,
+    )
 
 
 class ConfigErrorOperator(BaseOperator):
