@@ -166,18 +166,22 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
     (zero-copy slices). Types ADBC leaves as opaque
     extensions are made concrete: ``numeric(p,s)`` -> decimal, uuid -> text, interval -> duration.
     """
+    # The low-level ADBC API: the DB-API module imports pandas and polars, 0.25 s on every call.
     import adbc_driver_manager
-    import adbc_driver_postgresql.dbapi as adbc
+    import adbc_driver_postgresql
 
     try:
-        conn = adbc.connect(uri)
+        database = adbc_driver_postgresql.connect(uri)
+        conn = adbc_driver_manager.AdbcConnection(database)
     except adbc_driver_manager.Error as exc:  # libpq may echo the connection string: never pass it on
         raise ExtractError(f"cannot connect to the PostgreSQL source: {redact(str(exc))}") from None
     total = 0
-    with conn, conn.cursor() as cursor:
-        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(batch_bytes)})
-        cursor.execute(query)
-        reader = cursor.fetch_record_batch()
+    statement = adbc_driver_manager.AdbcStatement(conn)
+    try:
+        statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(batch_bytes)})
+        statement.set_sql_query(query)
+        stream, _ = statement.execute_query()
+        reader = pa.RecordBatchReader._import_from_c(stream.address)
         # The driver fetches and decodes the next batches in a thread of its own while the caller
         # writes Parquet (both release the GIL): the two overlap instead of taking turns.
         for batch in _prefetched(reader):
@@ -187,6 +191,10 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
                 yield normalize_adbc_batch(batch.slice(offset, step))
         if total == 0:
             yield normalize_adbc_batch(pa.RecordBatch.from_pylist([], schema=reader.schema))
+    finally:
+        statement.close()
+        conn.close()
+        database.close()
     log.info("extracted %d rows", total)
 
 
