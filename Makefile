@@ -12,11 +12,12 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
+BENCH := $(VENV)/.bench-installed
 ENV := . scripts/dev-env
 PYTEST_ARGS ?=
 
 .PHONY: help venv install-dev airflow-init demo test test-fast lint up down status dw-start dw-stop dw-psql \
-	infra-up infra-down infra-status lock validate clean
+	infra-up infra-down infra-status lock validate clean bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,6 +50,17 @@ test: $(DEV) lint ## Lint, then the whole test suite on a real PostgreSQL
 
 test-fast: $(DEV) ## The tests without the end-to-end Airflow runs
 	@SNDW_NO_DW=1 $(ENV) && python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Bytecode for the whole venv, as a pip-installed deployment has it: lazy imports inside the timed
+# calls (pyarrow -> pandas, ADBC's dbapi) then cost what they cost in production, not a compile.
+$(BENCH): $(RUNTIME) requirements-bench.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements-bench.lock
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib
+	@touch $@
+
+# Not part of `make test` (tests/test_bench_smoke.py runs the harness with tiny N instead).
+bench: $(BENCH) ## Load/extract speed and memory vs psql COPY and peers (BENCH_ROWS, BENCH_ROUNDS): bench/results
+	@SNDW_NO_DW=1 $(ENV) && python -m bench.harness
 
 lint: $(DEV) ## ruff on everything, mypy on the library code
 	$(BIN)/ruff check .

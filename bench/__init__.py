@@ -1,0 +1,1 @@
+"""`make bench`: load and extract speed and memory of sndw against psql's own COPY and the peers."""

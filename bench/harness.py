@@ -1,0 +1,804 @@
+"""`make bench`: sndw's load and extract against psql's own COPY and the peers, on the local PostgreSQL.
+
+    python -m bench.harness          (make bench sets up .venv and runs this)
+
+Every measured method runs in a process of its own (bench/workers.py; psql itself for the
+references, started by bench/spawn.py) so its peak RSS is its own. Methods are interleaved within each of
+BENCH_ROUNDS rounds (the order rotates every round) and the median wall time is reported.
+Preparation (data, reference files, target tables, CHECKPOINT) is never timed.
+
+Settings (environment):
+  BENCH_ROWS           rows of the generated table (default 2,000,000)
+  BENCH_ROUNDS         rounds per measurement (default 3)
+  BENCH_OUT            where latest.json / latest.png go (default bench/results)
+  BENCH_WORK           scratch folder for lake files and COPY files (default .local/bench-work)
+  BENCH_PG_DIR         the benchmark's own pg-local cluster (default .local/pg-bench)
+  BENCH_PG_URL         use this server instead of starting a cluster (databases are created on it)
+  BENCH_DB             name of the benchmark database (default sndw_bench; Pagila goes to <name>_pagila)
+  BENCH_PANDAS_ROWS    rows for pandas to_sql (default 200,000: it is too slow for the full N)
+  BENCH_INSERT_ROWS    rows for PostgresHook.insert_rows (default 20,000)
+  BENCH_DLT_CSV_ROWS   rows for dlt's default (CSV) path (default 500,000)
+  BENCH_PARSE_SOURCES  source-config counts for the DAG-folder parse (default 1,10,100)
+  BENCH_DATASETS       folder holding pagila/ (default <repo>/../shared/datasets)
+  BENCH_SKIP           comma-separated sections or methods to skip (e.g. dlt,pandas,pagila,memory)
+  BENCH_KEEP           1 keeps the scratch folder and the databases
+  BENCH_TIMEOUT        seconds one measured process may take (default 3600)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from sndw.audit import redact
+
+from bench import report
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_LOCAL = ROOT / "scripts" / "pg-local"
+SPAWN = Path(__file__).resolve().parent / "spawn.py"
+PARTITION = "2024-01-02"
+SCHEMA = "bench"
+SOURCE_TABLE = "bench_src"
+PROCESS_TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "3600"))
+
+
+def _int_env(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)).replace(",", "").replace("_", ""))
+
+
+@dataclass
+class Settings:
+    rows: int = field(default_factory=lambda: _int_env("BENCH_ROWS", 2_000_000))
+    rounds: int = field(default_factory=lambda: _int_env("BENCH_ROUNDS", 3))
+    out_dir: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results")))
+    work_dir: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_WORK", ROOT / ".local" / "bench-work")))
+    pg_dir: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_PG_DIR", ROOT / ".local" / "pg-bench")))
+    pg_url: str = field(default_factory=lambda: os.environ.get("BENCH_PG_URL", ""))
+    db: str = field(default_factory=lambda: os.environ.get("BENCH_DB", "sndw_bench"))
+    pandas_rows: int = field(default_factory=lambda: _int_env("BENCH_PANDAS_ROWS", 200_000))
+    insert_rows: int = field(default_factory=lambda: _int_env("BENCH_INSERT_ROWS", 20_000))
+    dlt_csv_rows: int = field(default_factory=lambda: _int_env("BENCH_DLT_CSV_ROWS", 500_000))
+    parse_sources: list[int] = field(default_factory=lambda: [
+        int(x) for x in os.environ.get("BENCH_PARSE_SOURCES", "1,10,100").split(",") if x.strip()])
+    datasets: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_DATASETS", ROOT.parent / "shared" / "datasets")))
+    skip: set[str] = field(default_factory=lambda: {
+        x.strip() for x in os.environ.get("BENCH_SKIP", "").split(",") if x.strip()})
+    keep: bool = field(default_factory=lambda: os.environ.get("BENCH_KEEP", "") == "1")
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Sample:
+    seconds: float
+    rows: int
+    rss_kib: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class MethodError(RuntimeError):
+    pass
+
+
+def run_process(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, int, str, str]:
+    """Run ``cmd`` to the end: its wall time, its own peak RSS (KiB), stdout, stderr.
+
+    The command is started by bench/spawn.py, a small interpreter, so that its peak RSS is its own
+    and not the harness's size at fork time.
+    """
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{uuid.uuid4().hex}"
+    out_path, err_path, report_path = (scratch.with_suffix(s) for s in (".out", ".err", ".json"))
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", str(SPAWN), str(report_path), *cmd], stdout=out,
+                                stderr=err, env=env, cwd=cwd, start_new_session=True)
+        try:
+            proc.wait(timeout=PROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+    out_path.unlink()
+    err_path.unlink()
+    try:
+        measured = json.loads(report_path.read_text())
+        report_path.unlink()
+    except FileNotFoundError:
+        measured = {"seconds": float("nan"), "maxrss_kib": 0}
+    if proc.returncode != 0:
+        # Redacted: a peer's traceback may echo the connection URL with its password.
+        raise MethodError(redact(f"{' '.join(cmd[:3])} ... exited {proc.returncode}: {(stderr or stdout)[-1500:]}"))
+    return float(measured["seconds"]), int(measured["maxrss_kib"]), stdout, stderr
+
+
+class Bench:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.work = settings.work_dir
+        self.server_url = ""
+        self.url = ""
+        self.started_cluster = False
+        self.psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+        self.results: dict[str, Any] = {}
+        self.columns: list[str] = []
+
+    # ----------------------------------------------------------------------- environment
+
+    def worker_env(self) -> dict[str, str]:
+        home = self.work / "airflow-home"
+        home.mkdir(parents=True, exist_ok=True)
+        return {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.work / "no-dags"),
+            "AIRFLOW_CONN_BENCH_DW": self.url,
+            "RUNTIME__DLTHUB_TELEMETRY": "false",
+            "PYTHONWARNINGS": "ignore",
+        }
+
+    def worker(self, method: str, args: dict[str, Any], env: dict[str, str] | None = None) -> Sample:
+        _, rss, stdout, _ = run_process([sys.executable, "-m", "bench.workers", method, json.dumps(args)],
+                                        env=env or self.worker_env())
+        line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("BENCH_RESULT ")), None)
+        if line is None:
+            raise MethodError(f"{method} printed no result: {stdout[-1000:]}")
+        result = json.loads(line.removeprefix("BENCH_RESULT "))
+        return Sample(result.pop("seconds"), int(result.pop("rows")), rss, result)
+
+    def psql_cmd(self, command: str, url: str | None = None) -> Sample:
+        seconds, rss, stdout, _ = run_process([self.psql, "-X", "-v", "ON_ERROR_STOP=1", "-d", url or self.url,
+                                               "-c", command])
+        rows = 0
+        for token in stdout.split():
+            if token.isdigit():
+                rows = int(token)
+        return Sample(seconds, rows, rss)
+
+    def execute(self, statement: str | sql.Composable, params: Iterable[Any] | None = None, url: str | None = None) -> list[Any]:
+        with psycopg.connect(url or self.url, autocommit=True) as conn:
+            cur = conn.execute(statement, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def checkpoint(self) -> None:
+        self.execute("CHECKPOINT")
+
+    def drop(self, *tables: str) -> None:
+        for table in tables:
+            self.execute(sql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(sql.Identifier(SCHEMA), sql.Identifier(table)))
+
+    def count(self, table: str, schema: str = SCHEMA, url: str | None = None) -> int:
+        return int(self.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)), url=url)[0][0])
+
+    # --------------------------------------------------------------------------- server
+
+    def start(self) -> None:
+        if self.s.pg_url:
+            self.server_url = self.s.pg_url
+        else:
+            env = {**os.environ, "PG_LOCAL_DIR": str(self.s.pg_dir)}
+            running = subprocess.run([str(PG_LOCAL), "status"], env=env, capture_output=True, check=False).returncode == 0
+            subprocess.run([str(PG_LOCAL), "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+            self.started_cluster = not running
+            self.server_url = subprocess.run([str(PG_LOCAL), "url"], env=env, capture_output=True, text=True,
+                                             check=True).stdout.strip()
+        self.url = self.create_database(self.s.db)
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return urlunsplit(urlsplit(self.server_url)._replace(path=f"/{name}"))
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def stop(self) -> None:
+        if not self.s.keep:
+            self.drop_database(self.s.db)
+            self.drop_database(f"{self.s.db}_pagila")
+            shutil.rmtree(self.work, ignore_errors=True)
+        if self.started_cluster:
+            env = {**os.environ, "PG_LOCAL_DIR": str(self.s.pg_dir)}
+            subprocess.run([str(PG_LOCAL), "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+
+    def meta(self) -> dict[str, Any]:
+        versions: dict[str, str | None] = {}
+        for package in ("pgpq", "pyarrow", "adbc-driver-postgresql", "psycopg", "polars", "pandas", "dlt",
+                        "apache-airflow", "apache-airflow-providers-postgres"):
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                versions[package] = None
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=False).stdout.strip()
+        psql_version = subprocess.run([self.psql, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+        return {
+            "rows": self.s.rows, "rounds": self.s.rounds, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "server": self.execute("SHOW server_version")[0][0], "psql": psql_version,
+            "cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
+            "commit": commit or None, "versions": versions,
+            "settings": {k: self.execute(f"SHOW {k}")[0][0] for k in ("fsync", "synchronous_commit", "shared_buffers")},
+        }
+
+    # ----------------------------------------------------------------------------- data
+
+    def generate(self, table: str, rows: int) -> None:
+        """~10 mixed-type columns, deterministic, made by PostgreSQL itself."""
+        log(f"generating {table} ({rows:,} rows)")
+        self.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+        self.execute(sql.SQL("""
+            CREATE TABLE {} AS
+            SELECT g::bigint                                          AS id,
+                   (g % 100000)::integer                              AS customer_id,
+                   ((g * 7919) % 1000003) / 1000.0::double precision  AS score,
+                   'sku-' || (g % 5000)                               AS sku,
+                   md5(g::text) || ' ' || md5((g * 31)::text) || ' ' || repeat('x', (g % 40)::integer) AS description,
+                   (g % 3 = 0)                                        AS active,
+                   DATE '2024-01-01' + (g % 366)::integer             AS order_date,
+                   TIMESTAMPTZ '2024-01-01 00:00:00+00' + g * INTERVAL '1 second' AS created_at,
+                   CASE WHEN g % 5 = 0 THEN NULL ELSE 'note ' || (g % 97) END AS note,
+                   ((g % 1000000) / 100.0)::numeric(12, 2)            AS amount
+            FROM generate_series(1, {}::bigint) AS g
+        """).format(sql.Identifier(table), sql.Literal(rows)))
+        self.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+
+    def lake_extract(self, name: str, query: str, lake: Path, url: str | None = None) -> list[str]:
+        """Make a lake partition with this product's extract (untimed preparation)."""
+        sample = self.worker("extract_sndw", {"url": url or self.url, "query": query, "lake_root": str(lake),
+                                              "table": name, "partition": PARTITION})
+        return list(sample.details["paths"])
+
+    def prepare(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+        self.generate(SOURCE_TABLE, self.s.rows)
+        lake = self.work / "input-lake"
+        log("writing the load inputs with sndw's extract")
+        self.paths = self.lake_extract("full", f"SELECT * FROM {SOURCE_TABLE}", lake)  # noqa: S608
+        self.slices: dict[int, list[str]] = {}
+        wanted = {min(n, self.s.rows) for n in (self.s.pandas_rows, self.s.insert_rows, self.s.dlt_csv_rows,
+                                                max(1, self.s.rows // 4))}
+        for n in sorted(wanted):
+            if n < self.s.rows:
+                self.slices[n] = self.lake_extract(f"first_{n}", f"SELECT * FROM {SOURCE_TABLE} WHERE id <= {n}", lake)  # noqa: S608
+            else:
+                self.slices[n] = self.paths
+        # The reference rows: exactly what sndw's load writes (data columns + _source_file,
+        # _partition_date, _run_id), dumped by psql once. _loaded_at is left to its default, as in sndw.
+        log("writing psql's reference files")
+        self.worker("load_sndw", {"url": self.url, "paths": self.paths, "schema": SCHEMA, "table": "ref_base",
+                                  "partition": PARTITION})
+        self.columns = [r[0] for r in self.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "AND column_name <> '_loaded_at' ORDER BY ordinal_position", (SCHEMA, "ref_base"))]
+        self.column_list = ", ".join(f'"{c}"' for c in self.columns)
+        self.ref_bin = self.work / "ref.bin"
+        self.ref_csv = self.work / "ref.csv"
+        select = f"SELECT {self.column_list} FROM {SCHEMA}.ref_base"  # noqa: S608
+        self.psql_cmd(f"\\copy ({select}) TO {quote(self.ref_bin)} (FORMAT binary)")
+        self.psql_cmd(f"\\copy ({select}) TO {quote(self.ref_csv)} (FORMAT csv)")
+        log(f"reference files: binary {self.ref_bin.stat().st_size / 2**20:.0f} MiB, "
+            f"csv {self.ref_csv.stat().st_size / 2**20:.0f} MiB")
+
+    # ------------------------------------------------------------------------ measuring
+
+    def interleave(self, methods: dict[str, Callable[[], Sample]], rounds: int | None = None) -> dict[str, list[Sample]]:
+        names = list(methods)
+        samples: dict[str, list[Sample]] = {n: [] for n in names}
+        rounds = rounds or self.s.rounds
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                sample = methods[name]()
+                samples[name].append(sample)
+                log(f"  round {r + 1}/{rounds} {name}: {sample.rows:,} rows in {sample.seconds:.2f}s, "
+                    f"peak RSS {sample.rss_kib / 1024:.0f} MiB")
+        return samples
+
+    def available(self, name: str, module: str | None = None) -> str | None:
+        """None when the method can run, else why not."""
+        if name in self.s.skip:
+            return "skipped (BENCH_SKIP)"
+        if module and importlib.util.find_spec(module) is None:
+            return f"skipped: {module} is not installed (requirements-bench.txt; make bench installs it)"
+        return None
+
+    # ---------------------------------------------------------------------------- load
+
+    def load_methods(self) -> tuple[dict[str, Callable[[], Sample]], dict[str, dict[str, Any]]]:
+        """The load methods and what each row of the table says about them."""
+        methods: dict[str, Callable[[], Sample]] = {}
+        info: dict[str, dict[str, Any]] = {}
+
+        def add(name: str, label: str, fn: Callable[[], Sample], rows: int, reason: str | None = None,
+                note: str = "") -> None:
+            info[name] = {"label": label, "rows": rows, "skipped": reason, "note": note}
+            if reason is None:
+                methods[name] = fn
+
+        def psql_load(table: str, path: Path, fmt: str) -> Callable[[], Sample]:
+            def run() -> Sample:
+                self.drop(table)
+                self.execute(f"CREATE TABLE {SCHEMA}.{table} (LIKE {SCHEMA}.ref_base INCLUDING DEFAULTS)")
+                self.checkpoint()
+                sample = self.psql_cmd(f"\\copy {SCHEMA}.{table} ({self.column_list}) FROM {quote(path)} (FORMAT {fmt})")
+                sample.rows = self.count(table)
+                self.drop(table)
+                return sample
+            return run
+
+        def sndw_load() -> Sample:
+            self.drop("l_sndw")
+            self.checkpoint()
+            sample = self.worker("load_sndw", {"url": self.url, "paths": self.paths, "schema": SCHEMA,
+                                               "table": "l_sndw", "partition": PARTITION})
+            self.drop("l_sndw")
+            return sample
+
+        n = self.s.rows
+        add("sndw", "sndw load_files (pgpq binary COPY, psycopg 3)", sndw_load, n)
+        add("psql_binary", "psql \\copy FROM binary (reference)", psql_load("l_psql_bin", self.ref_bin, "binary"), n)
+        add("psql_csv", "psql \\copy FROM csv", psql_load("l_psql_csv", self.ref_csv, "csv"), n)
+
+        pandas_n = min(self.s.pandas_rows, n)
+
+        def pandas_load() -> Sample:
+            self.drop("l_pandas")
+            self.checkpoint()
+            sample = self.worker("load_pandas", {"url": self.url, "paths": self.slices[pandas_n], "schema": SCHEMA,
+                                                 "table": "l_pandas"})
+            self.drop("l_pandas")
+            return sample
+
+        add("pandas", "pandas read_parquet + to_sql", pandas_load, pandas_n, self.available("pandas", "pandas"),
+            f"first {pandas_n:,} rows" if pandas_n < n else "")
+
+        insert_n = min(self.s.insert_rows, n)
+
+        def insert_rows_load() -> Sample:
+            self.drop("l_insert_rows")
+            self.execute(f"CREATE TABLE {SCHEMA}.l_insert_rows (LIKE {SCHEMA}.ref_base INCLUDING DEFAULTS)")
+            self.checkpoint()
+            sample = self.worker("load_insert_rows", {"conn_id": "bench_dw", "paths": self.slices[insert_n],
+                                                      "schema": SCHEMA, "table": "l_insert_rows"})
+            self.drop("l_insert_rows")
+            return sample
+
+        add("insert_rows", "Airflow PostgresHook.insert_rows", insert_rows_load, insert_n,
+            self.available("insert_rows", "airflow.providers.postgres"),
+            f"first {insert_n:,} rows" if insert_n < n else "")
+
+        def dlt_load(file_format: str | None, rows: int) -> Callable[[], Sample]:
+            dataset = f"dlt_{file_format or 'default'}"
+
+            def run() -> Sample:
+                self.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(dataset)))
+                work = self.work / f"dlt-{uuid.uuid4().hex[:8]}"
+                self.checkpoint()
+                try:
+                    sample = self.worker("load_dlt", {"url": self.url, "paths": self.slices.get(rows, self.paths),
+                                                      "schema": dataset, "table": "l_dlt", "work_dir": str(work),
+                                                      "file_format": file_format})
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                    self.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(dataset)))
+                return sample
+            return run
+
+        dlt_reason = self.available("dlt", "dlt")
+        add("dlt_parquet", 'dlt, loader_file_format="parquet" (ADBC)', dlt_load("parquet", n), n, dlt_reason)
+        dlt_n = min(self.s.dlt_csv_rows, n)
+        add("dlt_default", "dlt, default file format (CSV + gzip)", dlt_load(None, dlt_n), dlt_n, dlt_reason,
+            f"first {dlt_n:,} rows" if dlt_n < n else "")
+        return methods, info
+
+    def bench_load(self) -> None:
+        log("LOAD: Parquet partition -> new warehouse table")
+        methods, info = self.load_methods()
+        samples = self.interleave_tolerant(methods, required={"sndw", "psql_binary", "psql_csv"})
+        self.results["load"] = summarise(info, samples, reference="psql_binary")
+
+    def interleave_tolerant(self, methods: dict[str, Callable[[], Sample]], required: set[str]) -> dict[str, Any]:
+        """Like interleave, but a peer that fails is reported with its error instead of ending the run."""
+        wrapped: dict[str, Callable[[], Sample]] = {}
+        errors: dict[str, str] = {}
+        for name, fn in methods.items():
+            def guarded(name: str = name, fn: Callable[[], Sample] = fn) -> Sample:
+                if name in errors:
+                    return Sample(float("nan"), 0, 0, {"error": errors[name]})
+                try:
+                    return fn()
+                except MethodError as exc:
+                    if name in required:
+                        raise
+                    errors[name] = str(exc)[-600:]
+                    log(f"  {name} failed: {errors[name]}")
+                    return Sample(float("nan"), 0, 0, {"error": errors[name]})
+            wrapped[name] = guarded
+        return self.interleave(wrapped)
+
+    # ------------------------------------------------------------------------- extract
+
+    def bench_extract(self) -> None:
+        log("EXTRACT: PostgreSQL table -> Parquet partition")
+        query = f"SELECT * FROM {SOURCE_TABLE}"  # noqa: S608
+        out = self.work / "extract"
+        info: dict[str, dict[str, Any]] = {}
+        methods: dict[str, Callable[[], Sample]] = {}
+
+        def sndw_extract() -> Sample:
+            shutil.rmtree(out / "sndw", ignore_errors=True)
+            self.checkpoint()
+            sample = self.worker("extract_sndw", {"url": self.url, "query": query, "lake_root": str(out / "sndw"),
+                                                  "table": SOURCE_TABLE, "partition": PARTITION})
+            shutil.rmtree(out / "sndw", ignore_errors=True)
+            return sample
+
+        def psql_extract(fmt: str) -> Callable[[], Sample]:
+            def run() -> Sample:
+                target = out / f"psql.{fmt}"
+                out.mkdir(parents=True, exist_ok=True)
+                self.checkpoint()
+                sample = self.psql_cmd(f"\\copy ({query}) TO {quote(target)} (FORMAT {fmt})")
+                sample.details["bytes"] = target.stat().st_size
+                target.unlink()
+                return sample
+            return run
+
+        def pandas_extract() -> Sample:
+            target = out / "pandas.parquet"
+            self.checkpoint()
+            sample = self.worker("extract_pandas", {"url": self.url, "query": query, "path": str(target)})
+            target.unlink(missing_ok=True)
+            return sample
+
+        n = self.s.rows
+        for name, label, fn, reason in (
+            ("sndw", "sndw iter_postgres_batches (ADBC) + write_partition", sndw_extract, None),
+            ("psql_csv", "psql \\copy TO csv (reference)", psql_extract("csv"), None),
+            ("psql_binary", "psql \\copy TO binary", psql_extract("binary"), None),
+            ("pandas", "pandas read_sql (one shot) + to_parquet", pandas_extract, self.available("pandas", "pandas")),
+        ):
+            info[name] = {"label": label, "rows": n, "skipped": reason, "note": ""}
+            if reason is None:
+                methods[name] = fn
+        samples = self.interleave_tolerant(methods, required={"sndw", "psql_csv", "psql_binary"})
+        self.results["extract"] = summarise(info, samples, reference="psql_csv")
+
+    # --------------------------------------------------------------------- write modes
+
+    def bench_write_modes(self) -> None:
+        log("WRITE MODES: cost of partition / merge / replace relative to append of the same rows")
+        slice_rows = max(1, self.s.rows // 4)
+        paths = self.slices[slice_rows]
+
+        def load(table: str, mode: str, partition: str = PARTITION, pk: list[str] | None = None) -> Sample:
+            return self.worker("load_sndw", {"url": self.url, "paths": paths, "schema": SCHEMA, "table": table,
+                                             "mode": mode, "partition": partition, "primary_key": pk or []})
+
+        def copy_of_base(table: str, key: bool = False) -> None:
+            self.drop(table)
+            self.execute(f"CREATE TABLE {SCHEMA}.{table} (LIKE {SCHEMA}.ref_base INCLUDING ALL)")
+            self.execute(f"INSERT INTO {SCHEMA}.{table} SELECT * FROM {SCHEMA}.ref_base")  # noqa: S608
+            if key:
+                self.execute(f'CREATE UNIQUE INDEX "{table}__sndw_key" ON {SCHEMA}.{table} (id)')
+            self.execute(f"VACUUM ANALYZE {SCHEMA}.{table}")
+
+        # The partitioned table: 4 date partitions of slice_rows each; one of them is replaced.
+        self.drop("wm_partition")
+        for day in ("2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"):
+            load("wm_partition", "partition", day)
+        self.execute(f"VACUUM ANALYZE {SCHEMA}.wm_partition")
+        copy_of_base("wm_append")
+
+        def append() -> Sample:  # no index: the table's size does not change what an append costs
+            self.checkpoint()
+            return load("wm_append", "append")
+
+        def partition() -> Sample:
+            self.checkpoint()
+            return load("wm_partition", "partition", "2024-01-02")
+
+        def merge() -> Sample:
+            copy_of_base("wm_merge", key=True)
+            self.checkpoint()
+            sample = load("wm_merge", "merge", pk=["id"])
+            self.drop("wm_merge")
+            return sample
+
+        def replace() -> Sample:
+            copy_of_base("wm_replace")
+            self.checkpoint()
+            sample = load("wm_replace", "replace")
+            self.drop("wm_replace")
+            return sample
+
+        samples = self.interleave({"append": append, "partition": partition, "merge": merge, "replace": replace})
+        base_rows = self.s.rows
+        notes = {
+            "append": f"into a plain table of {base_rows:,} rows",
+            "partition": f"replace 1 of 4 date partitions ({slice_rows:,} rows each): TRUNCATE + COPY",
+            "merge": f"upsert on id, every key already in the {base_rows:,}-row table",
+            "replace": f"full refresh of a {base_rows:,}-row table: new table + rename",
+        }
+        info = {m: {"label": m, "rows": slice_rows, "skipped": None, "note": notes[m]} for m in samples}
+        self.results["write_modes"] = summarise(info, samples, reference="append", ratio="cost")
+        self.drop("wm_append", "wm_partition")
+
+    # -------------------------------------------------------------------------- memory
+
+    def bench_memory(self) -> None:
+        log("MEMORY: sndw's extract and load at N and 4N rows")
+        big = self.s.rows * 4
+        self.generate("bench_src_4n", big)
+        lake = self.work / "lake-4n"
+        rows: list[dict[str, Any]] = []
+        self.checkpoint()
+        extract = self.worker("extract_sndw", {"url": self.url, "query": "SELECT * FROM bench_src_4n",
+                                               "lake_root": str(lake), "table": "big", "partition": PARTITION})
+        self.execute("DROP TABLE bench_src_4n")
+        self.checkpoint()
+        load = self.worker("load_sndw", {"url": self.url, "paths": extract.details["paths"], "schema": SCHEMA,
+                                         "table": "l_sndw_4n", "partition": PARTITION})
+        self.drop("l_sndw_4n")
+        shutil.rmtree(lake, ignore_errors=True)
+        for step, sample in (("extract", extract), ("load", load)):
+            at_n = next(r for r in self.results[step]["methods"] if r["method"] == "sndw")
+            rows.append({
+                "step": step, "rows_n": self.s.rows, "rss_mib_n": at_n["peak_rss_mib"],
+                "rows_4n": big, "rss_mib_4n": round(sample.rss_kib / 1024, 1),
+                "growth": round(sample.rss_kib / 1024 / at_n["peak_rss_mib"], 3),
+                "rows_per_s_4n": round(sample.rows / sample.seconds) if sample.seconds else None,
+            })
+            log(f"  {step}: {at_n['peak_rss_mib']:.0f} MiB at N, {sample.rss_kib / 1024:.0f} MiB at 4N")
+        self.results["memory"] = rows
+
+    # -------------------------------------------------------------------------- pagila
+
+    def bench_pagila(self) -> None:
+        folder = self.s.datasets / "pagila"
+        if "pagila" in self.s.skip:
+            self.results["pagila"] = {"skipped": "skipped (BENCH_SKIP)"}
+            return
+        if not (folder / "pagila-schema.sql").is_file():
+            self.results["pagila"] = {"skipped": f"{folder} not found"}
+            return
+        log(f"PAGILA: rental and payment from {folder}")
+        db = f"{self.s.db}_pagila"
+        url = self.create_database(db)
+        with psycopg.connect(self.server_url, autocommit=True) as conn:  # the dump's objects belong to postgres
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgres'").fetchone():
+                conn.execute("CREATE ROLE postgres NOLOGIN")
+        for part in ("pagila-schema.sql", "pagila-data.sql"):
+            run_process([self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(folder / part)])
+        self.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)), url=url)
+        self.execute("VACUUM ANALYZE", url=url)
+        out: dict[str, Any] = {}
+        extract_dir = self.work / "pagila-extract"
+        for table in ("rental", "payment"):
+            lake = self.work / "pagila-lake"
+            query = f"SELECT * FROM public.{table}"  # noqa: S608
+            paths = self.lake_extract(table, query, lake, url=url)
+            self.worker("load_sndw", {"url": url, "paths": paths, "schema": SCHEMA, "table": f"{table}_base",
+                                      "partition": PARTITION})
+            columns = ", ".join(f'"{r[0]}"' for r in self.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                "AND column_name <> '_loaded_at' ORDER BY ordinal_position", (SCHEMA, f"{table}_base"), url=url))
+            ref = self.work / f"pagila-{table}.bin"
+            select = f"SELECT {columns} FROM {SCHEMA}.{table}_base"  # noqa: S608
+            self.psql_cmd(f"\\copy ({select}) TO {quote(ref)} (FORMAT binary)", url=url)
+
+            def sndw_extract(table: str = table, query: str = query) -> Sample:
+                shutil.rmtree(extract_dir, ignore_errors=True)
+                return self.worker("extract_sndw", {"url": url, "query": query, "lake_root": str(extract_dir),
+                                                    "table": table, "partition": PARTITION})
+
+            def psql_extract(query: str = query) -> Sample:
+                extract_dir.mkdir(parents=True, exist_ok=True)
+                return self.psql_cmd(f"\\copy ({query}) TO {quote(extract_dir / 'out.csv')} (FORMAT csv)", url=url)
+
+            def sndw_load(table: str = table, paths: list[str] = paths) -> Sample:
+                self.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{table}_load", url=url)
+                return self.worker("load_sndw", {"url": url, "paths": paths, "schema": SCHEMA,
+                                                 "table": f"{table}_load", "partition": PARTITION})
+
+            def psql_load(table: str = table, columns: str = columns, ref: Path = ref) -> Sample:
+                self.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{table}_psql", url=url)
+                self.execute(f"CREATE TABLE {SCHEMA}.{table}_psql (LIKE {SCHEMA}.{table}_base INCLUDING DEFAULTS)",
+                             url=url)
+                sample = self.psql_cmd(f"\\copy {SCHEMA}.{table}_psql ({columns}) FROM {quote(ref)} (FORMAT binary)",
+                                       url=url)
+                sample.rows = self.count(f"{table}_psql", url=url)
+                return sample
+
+            samples = self.interleave({"extract_sndw": sndw_extract, "extract_psql_csv": psql_extract,
+                                       "load_sndw": sndw_load, "load_psql_binary": psql_load})
+            n = samples["load_psql_binary"][0].rows
+            out[table] = {
+                "rows": n,
+                "extract": summarise(
+                    {"sndw": {"label": "sndw extract", "rows": n, "skipped": None, "note": ""},
+                     "psql_csv": {"label": "psql \\copy TO csv (reference)", "rows": n, "skipped": None, "note": ""}},
+                    {"sndw": samples["extract_sndw"], "psql_csv": samples["extract_psql_csv"]}, reference="psql_csv"),
+                "load": summarise(
+                    {"sndw": {"label": "sndw load", "rows": n, "skipped": None, "note": ""},
+                     "psql_binary": {"label": "psql \\copy FROM binary (reference)", "rows": n, "skipped": None,
+                                     "note": ""}},
+                    {"sndw": samples["load_sndw"], "psql_binary": samples["load_psql_binary"]},
+                    reference="psql_binary"),
+            }
+            shutil.rmtree(lake, ignore_errors=True)
+            shutil.rmtree(extract_dir, ignore_errors=True)
+        self.results["pagila"] = out
+        if not self.s.keep:
+            self.drop_database(db)
+
+    # ------------------------------------------------------------------------ Airflow
+
+    def bench_parse(self) -> None:
+        if "parse" in self.s.skip:
+            self.results["parse"] = []
+            return
+        log(f"AIRFLOW: DAG-folder parse time with {self.s.parse_sources} source configs")
+        methods: dict[str, Callable[[], Sample]] = {}
+        for count in self.s.parse_sources:
+            folder = self.work / f"dags-{count}"
+            make_dag_folder(folder, count)
+            home = self.work / f"airflow-parse-{count}"
+
+            def run(folder: Path = folder, home: Path = home) -> Sample:
+                shutil.rmtree(home, ignore_errors=True)
+                home.mkdir(parents=True)
+                env = {**self.worker_env(), "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(folder)}
+                return self.worker("dagbag", {"dag_folder": str(folder)}, env=env)
+            methods[str(count)] = run
+        samples = self.interleave(methods)
+        rows = []
+        for label, runs in samples.items():
+            if any(r.details["import_errors"] for r in runs):
+                raise MethodError(f"DagBag of {label} sources had import errors: {runs[0].details['errors']}")
+            rows.append({"sources": int(label), "dags": runs[0].rows, "tasks": runs[0].details["tasks"],
+                         "seconds": round(statistics.median(r.seconds for r in runs), 3),
+                         "rounds": [round(r.seconds, 3) for r in runs],
+                         "peak_rss_mib": round(statistics.median(r.rss_kib for r in runs) / 1024, 1)})
+        self.results["parse"] = rows
+
+    # ---------------------------------------------------------------------------- run
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.start()
+        try:
+            self.results["meta"] = self.meta()
+            self.prepare()
+            self.bench_load()
+            self.bench_extract()
+            self.bench_write_modes()
+            if "memory" in self.s.skip:
+                self.results["memory"] = []
+            else:
+                self.bench_memory()
+            self.bench_pagila()
+            self.bench_parse()
+        finally:
+            self.stop()
+        self.results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+        self.results["targets"] = report.targets(self.results)
+        return self.results
+
+
+def quote(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def summarise(info: dict[str, dict[str, Any]], samples: dict[str, list[Sample]], *, reference: str,
+              ratio: str = "speed") -> dict[str, Any]:
+    """Median time per method, rows/s and the ratio to the reference (speed, or cost = time ratio)."""
+    rows: list[dict[str, Any]] = []
+    ref_runs = samples[reference]
+    ref_seconds = statistics.median(s.seconds for s in ref_runs)
+    ref_rate = statistics.median(s.rows for s in ref_runs) / ref_seconds
+    for name, meta in info.items():
+        entry: dict[str, Any] = {"method": name, "label": meta["label"], "rows": meta["rows"], "note": meta["note"]}
+        runs = samples.get(name)
+        if meta["skipped"] or not runs:
+            entry["skipped"] = meta["skipped"] or "not run"
+            rows.append(entry)
+            continue
+        errors = [s.details.get("error") for s in runs if s.details.get("error")]
+        if errors:
+            entry["skipped"] = f"failed: {errors[0]}"
+            rows.append(entry)
+            continue
+        seconds = statistics.median(s.seconds for s in runs)
+        n = statistics.median(s.rows for s in runs)
+        rate = n / seconds if seconds else 0.0
+        entry.update({
+            "rows": int(n), "seconds": round(seconds, 3), "rows_per_s": round(rate),
+            "ratio": round(rate / ref_rate, 3) if ratio == "speed" else round(seconds / ref_seconds, 3),
+            "peak_rss_mib": round(statistics.median(s.rss_kib for s in runs) / 1024, 1),
+            "rounds": [round(s.seconds, 3) for s in runs],
+        })
+        rows.append(entry)
+    return {"reference": reference, "ratio": ratio, "methods": rows}
+
+
+# One generated source config of the parse benchmark: three tables, one per usual write mode.
+SOURCE_TEMPLATE = """\
+name: {name}
+description: Generated source {i} for the parse benchmark.
+kind: sql
+conn_id: source_db_{conn}
+target_schema: raw_{schema}
+schedule: "@daily"
+start_date: 2024-01-01
+tags: [bench]
+tables:
+  - name: orders
+    query: >-
+      SELECT * FROM orders
+      WHERE updated_at >= DATE '{{{{ partition_date }}}}' AND updated_at < DATE '{{{{ partition_date }}}}' + 1
+    write_mode: partition
+  - name: customers
+    table: public.customers
+    write_mode: merge
+    primary_key: [id]
+  - name: products
+    table: public.products
+    write_mode: replace
+"""
+
+
+def make_dag_folder(folder: Path, count: int) -> None:
+    """A DAG folder like dags/: sndw_sources.py and ``count`` sql source configs of three tables each."""
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "sources").mkdir(parents=True)
+    shutil.copy(ROOT / "dags" / "sndw_sources.py", folder / "sndw_sources.py")
+    for i in range(count):
+        (folder / "sources" / f"source_{i:04d}.yaml").write_text(
+            SOURCE_TEMPLATE.format(i=i, name=f"source_{i:04d}", conn=i % 7, schema=i % 5))
+
+
+def main() -> int:
+    settings = Settings()
+    log(f"N = {settings.rows:,} rows, {settings.rounds} rounds; results in {settings.out_dir}")
+    results = Bench(settings).run()
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    (settings.out_dir / "latest.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(report.render(results))
+    try:
+        report.chart(results, settings.out_dir / "latest.png")
+    except ImportError as exc:
+        log(f"no chart: {exc} (matplotlib is in requirements-bench.txt)")
+    log(f"wrote {settings.out_dir / 'latest.json'} in {results['meta']['seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The benchmark's targets, its printed tables (Markdown) and its chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# The issue's targets (issue 6), measured against the anchors of shared/POSTGRES-LOADING.md.
+LOAD_TARGET = 0.85  # x psql \copy FROM binary
+EXTRACT_TARGET = 1.0  # x psql \copy TO csv
+PARTITION_TARGET = 1.3  # x append of the same rows
+RSS_GROWTH_TARGET = 1.10  # peak RSS at 4N / at N
+PARSE_TARGET_SECONDS = 2.0  # DagBag of 100 source configs
+
+
+def _method(results: dict[str, Any], section: str, name: str) -> dict[str, Any] | None:
+    block = results.get(section) or {}
+    return next((m for m in block.get("methods", []) if m["method"] == name and "ratio" in m), None)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, goal: str, measured: Any, ok: Any, text: str) -> None:
+        """``measured`` and ``ok`` are None when the figure was not measured."""
+        out.append({"target": name, "goal": goal, "measured": measured,
+                    "result": "n/a" if ok is None else ("PASS" if ok else "MISS"), "text": text})
+
+    load = _method(results, "load", "sndw")
+    add("load speed", f">= {LOAD_TARGET}x psql binary COPY", load and load["ratio"],
+        load and load["ratio"] >= LOAD_TARGET, f"{load['ratio']:.2f}x" if load else "not measured")
+    extract = _method(results, "extract", "sndw")
+    add("extract speed", f">= {EXTRACT_TARGET}x psql CSV COPY TO", extract and extract["ratio"],
+        extract and extract["ratio"] >= EXTRACT_TARGET, f"{extract['ratio']:.2f}x" if extract else "not measured")
+    part = _method(results, "write_modes", "partition")
+    add("partition replace", f"<= {PARTITION_TARGET}x append", part and part["ratio"],
+        part and part["ratio"] <= PARTITION_TARGET, f"{part['ratio']:.2f}x" if part else "not measured")
+    for row in results.get("memory") or []:
+        add(f"{row['step']} RSS at 4N", f"<= {RSS_GROWTH_TARGET:.2f}x RSS at N", row["growth"],
+            row["growth"] <= RSS_GROWTH_TARGET,
+            f"{row['growth']:.2f}x ({row['rss_mib_n']:.0f} -> {row['rss_mib_4n']:.0f} MiB)")
+    parse = {p["sources"]: p for p in results.get("parse") or []}
+    if 100 in parse:
+        add("parse 100 sources", f"< {PARSE_TARGET_SECONDS:.0f} s", parse[100]["seconds"],
+            parse[100]["seconds"] < PARSE_TARGET_SECONDS, f"{parse[100]['seconds']:.2f} s")
+    else:
+        add("parse 100 sources", f"< {PARSE_TARGET_SECONDS:.0f} s", None, None, "not measured (BENCH_PARSE_SOURCES)")
+    return out
+
+
+def _n(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _speed_table(block: dict[str, Any], ref_label: str, total_rows: int) -> list[str]:
+    lines = [f"| method | rows | s | rows/s | x {ref_label} | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|"]
+    for m in block["methods"]:
+        note = m.get("note") or ""
+        if m.get("rows_per_s") and m["rows"] < total_rows:  # a reduced N: what the full N would take
+            note += f"; ~{total_rows / m['rows_per_s']:,.0f} s for {total_rows:,}"
+        label = m["label"] + (f" ({note})" if note else "")
+        if "ratio" not in m:
+            lines.append(f"| {label} | {_n(m['rows'])} | - | - | {m['skipped']} | - |")
+            continue
+        lines.append(f"| {label} | {_n(m['rows'])} | {m['seconds']:.2f} | {_n(m['rows_per_s'])} | "
+                     f"{m['ratio']:.3f} | {m['peak_rss_mib']:.0f} |")
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [f"sndw benchmark: N = {meta['rows']:,} rows, median of {meta['rounds']} rounds (methods interleaved), "
+             f"PostgreSQL {meta['server']} (fsync {meta['settings']['fsync']}, synchronous_commit "
+             f"{meta['settings']['synchronous_commit']}), {meta['cpus']} CPUs, commit {meta['commit']}", ""]
+    if results.get("load"):
+        lines += ["Load: Parquet partition -> new warehouse table (wall time incl. reading Parquet)", ""]
+        lines += _speed_table(results["load"], "psql binary", meta["rows"]) + [""]
+    if results.get("extract"):
+        lines += ["Extract: PostgreSQL table -> Parquet partition", ""]
+        lines += _speed_table(results["extract"], "psql CSV", meta["rows"]) + [""]
+    if results.get("write_modes"):
+        lines += ["Write modes (sndw load_files of the same rows)", "",
+                  "| mode | rows | s | x append | peak RSS MiB | what |", "|---|---:|---:|---:|---:|---|"]
+        for m in results["write_modes"]["methods"]:
+            lines.append(f"| {m['method']} | {_n(m['rows'])} | {m['seconds']:.2f} | {m['ratio']:.2f} | "
+                         f"{m['peak_rss_mib']:.0f} | {m['note']} |")
+        lines.append("")
+    if results.get("memory"):
+        lines += ["Memory growth of sndw (peak RSS of the process)", "",
+                  "| step | RSS at N MiB | rows at 4N | RSS at 4N MiB | 4N / N |", "|---|---:|---:|---:|---:|"]
+        for row in results["memory"]:
+            lines.append(f"| {row['step']} | {row['rss_mib_n']:.0f} | {_n(row['rows_4n'])} | {row['rss_mib_4n']:.0f} | "
+                         f"{row['growth']:.2f} |")
+        lines.append("")
+    pagila = results.get("pagila")
+    if pagila:
+        if "skipped" in pagila:
+            lines += [f"Pagila: {pagila['skipped']}", ""]
+        else:
+            lines += ["Pagila (small tables: fixed costs dominate)", "",
+                      "| table | rows | extract s (sndw / psql CSV) | x psql CSV | load s (sndw / psql binary) | "
+                      "x psql binary |", "|---|---:|---:|---:|---:|---:|"]
+            for table, block in pagila.items():
+                ext = {m["method"]: m for m in block["extract"]["methods"]}
+                load = {m["method"]: m for m in block["load"]["methods"]}
+                lines.append(f"| {table} | {_n(block['rows'])} | {ext['sndw']['seconds']:.2f} / "
+                             f"{ext['psql_csv']['seconds']:.2f} | {ext['sndw']['ratio']:.2f} | "
+                             f"{load['sndw']['seconds']:.2f} / {load['psql_binary']['seconds']:.2f} | "
+                             f"{load['sndw']['ratio']:.2f} |")
+            lines.append("")
+    if results.get("parse"):
+        lines += ["Airflow: DagBag parse of a DAG folder (sndw_sources.py + N source configs of 3 tables)", "",
+                  "| sources | DAGs | tasks | parse s | peak RSS MiB |", "|---:|---:|---:|---:|---:|"]
+        for p in results["parse"]:
+            lines.append(f"| {p['sources']} | {p['dags']} | {p['tasks']} | {p['seconds']:.2f} | {p['peak_rss_mib']:.0f} |")
+        lines.append("")
+    lines += ["Targets", "", "| target | goal | measured | result |", "|---|---|---|---|"]
+    for t in results.get("targets", []):
+        lines.append(f"| {t['target']} | {t['goal']} | {t['text']} | {t['result']} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+    meta = results["meta"]
+    fig.suptitle(f"sndw benchmark: N = {meta['rows']:,} rows, median of {meta['rounds']} rounds, "
+                 f"PostgreSQL {meta['server']}, {meta['cpus']} CPUs", fontsize=11)
+
+    def bars(ax: Any, block: dict[str, Any] | None, title: str, target: float | None, log: bool = False) -> None:
+        ax.set_title(title, fontsize=10)
+        if not block:
+            ax.set_axis_off()
+            return
+        measured = [m for m in block["methods"] if "ratio" in m]
+        labels = [m["method"] + ("*" if m.get("note") and block["ratio"] == "speed" else "") for m in measured]
+        values = [m["ratio"] for m in measured]
+        colors = ["tab:blue" if m["method"] == "sndw" else "tab:gray" for m in measured]
+        ax.barh(labels[::-1], values[::-1], color=colors[::-1])
+        if log:
+            ax.set_xscale("log")
+        if target is not None:
+            ax.axvline(target, color="tab:red", linestyle="--", linewidth=1)
+        for y, v in enumerate(values[::-1]):
+            ax.text(v, y, f" {v:.2f}" if v >= 0.1 else f" {v:.3f}", va="center", fontsize=8)
+        ax.tick_params(labelsize=8)
+
+    bars(axes[0][0], results.get("load"), "Load: x psql binary COPY (log; * = reduced N)", LOAD_TARGET, log=True)
+    bars(axes[0][1], results.get("extract"), "Extract: x psql CSV COPY TO", EXTRACT_TARGET)
+    bars(axes[0][2], results.get("write_modes"), "Write modes: time x append", PARTITION_TARGET)
+
+    ax = axes[1][0]
+    ax.set_title("Peak RSS, MiB (sndw at N and 4N)", fontsize=10)
+    memory = results.get("memory") or []
+    if memory:
+        x = range(len(memory))
+        ax.bar([i - 0.2 for i in x], [r["rss_mib_n"] for r in memory], 0.4, label="N")
+        ax.bar([i + 0.2 for i in x], [r["rss_mib_4n"] for r in memory], 0.4, label="4N")
+        ax.set_xticks(list(x), [r["step"] for r in memory])
+        ax.legend(fontsize=8)
+    ax = axes[1][1]
+    ax.set_title("Peak RSS of each load / extract method, MiB", fontsize=10)
+    rss = [(f"{sec[0]}:{m['method']}", m["peak_rss_mib"]) for sec in (("load", "L"), ("extract", "E"))
+           for m in (results.get(sec[0]) or {}).get("methods", []) if "peak_rss_mib" in m]
+    rss = [(label.replace("load:", "L ").replace("extract:", "E "), v) for label, v in rss]
+    if rss:
+        ax.barh([r[0] for r in rss][::-1], [r[1] for r in rss][::-1], color="tab:gray")
+        ax.tick_params(labelsize=8)
+    ax = axes[1][2]
+    ax.set_title("Airflow DagBag parse, s", fontsize=10)
+    parse = results.get("parse") or []
+    if parse:
+        ax.plot([p["sources"] for p in parse], [p["seconds"] for p in parse], marker="o")
+        ax.axhline(PARSE_TARGET_SECONDS, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("source configs", fontsize=8)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""A quick run of `make bench`'s harness with tiny N: every section runs and reports well-formed figures.
+
+The real benchmark (N = 2,000,000) is `make bench`, never part of `make test`. Methods whose
+packages are not installed here (pandas, dlt: requirements-bench.txt) are reported as skipped; this
+product's load and extract and psql's references always run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tests.conftest import TEST_DB_PREFIX
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = 2000
+
+
+def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    env = {
+        **os.environ,
+        "BENCH_ROWS": str(ROWS), "BENCH_ROUNDS": "1", "BENCH_OUT": str(out), "BENCH_WORK": str(tmp_path / "work"),
+        # The test session's PostgreSQL; a database of our own, cleaned up like the other tests' ones.
+        "BENCH_PG_URL": pg_url, "BENCH_DB": f"{TEST_DB_PREFIX}bench_{uuid.uuid4().hex[:8]}",
+        "BENCH_PANDAS_ROWS": "500", "BENCH_INSERT_ROWS": "200", "BENCH_DLT_CSV_ROWS": "500",
+        "BENCH_PARSE_SOURCES": "1,10",
+    }
+    result = subprocess.run([sys.executable, "-m", "bench.harness"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    data = json.loads((out / "latest.json").read_text())
+
+    load = {m["method"]: m for m in data["load"]["methods"]}
+    for name in ("sndw", "psql_binary", "psql_csv", "insert_rows"):
+        assert load[name]["rows"] == min(ROWS, 200 if name == "insert_rows" else ROWS), load[name]
+        assert load[name]["rows_per_s"] > 0 and load[name]["peak_rss_mib"] > 0, load[name]
+    assert load["psql_binary"]["ratio"] == 1.0
+    # psql's RSS is its own, not the harness's size at fork time.
+    assert load["psql_binary"]["peak_rss_mib"] < 60
+    for name, module in (("pandas", "pandas"), ("dlt_parquet", "dlt"), ("dlt_default", "dlt")):
+        if importlib.util.find_spec(module) is None:
+            assert "not installed" in load[name]["skipped"]
+        else:
+            assert load[name]["rows"] > 0 and "ratio" in load[name], load[name]
+
+    extract = {m["method"]: m for m in data["extract"]["methods"]}
+    for name in ("sndw", "psql_csv", "psql_binary"):
+        assert extract[name]["rows"] == ROWS and extract[name]["rows_per_s"] > 0, extract[name]
+    assert extract["psql_csv"]["ratio"] == 1.0
+
+    modes = {m["method"]: m for m in data["write_modes"]["methods"]}
+    assert set(modes) == {"append", "partition", "merge", "replace"}
+    assert all(m["rows"] == ROWS // 4 for m in modes.values())
+    assert modes["append"]["ratio"] == 1.0
+
+    assert [m["step"] for m in data["memory"]] == ["extract", "load"]
+    assert all(m["rows_4n"] == 4 * ROWS and m["rss_mib_4n"] > 0 for m in data["memory"])
+
+    assert [(p["sources"], p["dags"]) for p in data["parse"]] == [(1, 1), (10, 10)]
+
+    if (ROOT.parent / "shared" / "datasets" / "pagila").is_dir():
+        assert data["pagila"]["rental"]["rows"] == 16044
+        assert data["pagila"]["payment"]["rows"] == 16049
+
+    targets = {t["target"]: t for t in data["targets"]}
+    assert targets["load speed"]["result"] in ("PASS", "MISS")
+    assert targets["parse 100 sources"]["result"] == "n/a"  # 100 sources are not parsed here
+    assert "Targets" in result.stdout
+    assert "| sndw load_files" in result.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "latest.png").stat().st_size > 10_000
