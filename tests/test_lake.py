@@ -80,3 +80,36 @@ def test_timezones_are_converted_to_utc(tmp_path: Path) -> None:
     manifest = write_partition([pa.record_batch({"t": local})], tmp_path, "sql", "s", "t", DAY)
     value = pq.read_table(manifest.paths[0]).column("t")[0].as_py()
     assert value == dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def test_a_killed_attempt_resumes_from_its_checkpoint_without_its_half_written_part(tmp_path: Path) -> None:
+    key = "dag|extract_t|run-1"
+    writer = PartitionWriter(tmp_path, "sql", "s", "t", DAY, resume_key=key).__enter__()
+    writer.write(pa.record_batch({"a": [1, 2]}))
+    writer.checkpoint(1)
+    writer.write(pa.record_batch({"a": [3, 4]}))  # the process dies here: no __exit__, no checkpoint
+    stray = writer._writer
+    assert stray is not None
+    stray.close()
+
+    # The source had nothing after the checkpoint this time: the resumed attempt commits at once.
+    with PartitionWriter(tmp_path, "sql", "s", "t", DAY, resume_key=key) as again:
+        assert again.resumed is not None and again.resumed["position"] == 1 and again.manifest.rows == 2
+        manifest = again.commit()
+    files = partition_files(tmp_path, "sql", "s", "t", DAY)
+    assert [str(f) for f in files] == manifest.paths and manifest.rows == 2
+    assert sorted(v for f in files for v in pq.read_table(f).column("a").to_pylist()) == [1, 2]
+    assert [p.name for p in (tmp_path / "sql/s/t").iterdir()] == ["2024-03-01"]
+
+
+def test_another_run_does_not_resume_this_runs_parts(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), PartitionWriter(tmp_path, "sql", "s", "t", DAY, resume_key="d|t|run-1") as w:
+        w.write(pa.record_batch({"a": [1]}))
+        w.checkpoint(1)
+        raise RuntimeError("stopped")
+    with PartitionWriter(tmp_path, "sql", "s", "t", DAY, resume_key="d|t|run-2") as other:
+        assert other.resumed is None
+        other.write(pa.record_batch({"a": [9]}))
+        manifest = other.commit()
+    assert manifest.rows == 1
+    assert [p.name for p in (tmp_path / "sql/s/t").iterdir()] == ["2024-03-01"]  # run-1's leftovers are gone

@@ -193,6 +193,12 @@ class PartitionWriter:
         if not all(f.is_file() for f in files):
             log.warning("checkpoint of %s names missing files: starting over", self.final_dir)
             return
+        # A part being written when the last attempt was killed is not in the checkpoint: drop it,
+        # or it would be swapped into the partition with the rest.
+        listed = {f.name for f in files}
+        for stray in self.tmp_dir.glob(PART_GLOB):
+            if stray.name not in listed:
+                stray.unlink(missing_ok=True)
         self.manifest.manifest_id = state["manifest_id"]
         self._files = files
         self._checkpointed = [str(f) for f in files]
