@@ -131,3 +131,23 @@ def test_http_source_defaults(tmp_path: Path) -> None:
     source = load_source_file(write(tmp_path, "api.yaml", text))
     assert isinstance(source, HttpSource)
     assert source.tables[0].pagination.type == "none"
+
+
+def test_a_source_rate_limit_is_shared_by_the_tables_that_inherit_it(tmp_path: Path) -> None:
+    text = """
+kind: http
+conn_id: api
+start_date: 2024-01-01
+auth: bearer
+requests_per_second: 9
+tables:
+  - {name: a, endpoint: /a}
+  - {name: b, endpoint: /b}
+  - {name: c, endpoint: /c}
+  - {name: d, endpoint: /d, requests_per_second: 1, auth: none}
+"""
+    source = load_source_file(write(tmp_path, "api.yaml", text))
+    assert isinstance(source, HttpSource)
+    limits = {t.name: t.requests_per_second for t in source.tables}
+    assert limits == {"a": 3, "b": 3, "c": 3, "d": 1}  # a, b and c together: the source's 9/s
+    assert [t.auth for t in source.tables] == ["bearer", "bearer", "bearer", "none"]

@@ -314,19 +314,27 @@ class HttpSource(SourceBase):
     conn_id: str
     auth: HttpAuth | None = Field(default=None, description="Default auth of the tables.")
     requests_per_second: float | None = Field(default=None, gt=0, description=(
-        "Default rate limit of each table's extract (each task has its own limiter)."))
+        "Rate limit of the whole source: shared out evenly among the tables without a limit of "
+        "their own, whose extract tasks may run at the same time."))
     tables: list[HttpTable] = Field(min_length=1)
 
     @model_validator(mode="before")
     @classmethod
     def _inherit(cls, data: Any) -> Any:
-        """Tables inherit the source's auth and rate limit, so each table's task sees them."""
+        """Tables inherit the source's auth, and their share of its rate limit: the tasks of one
+        run extract in parallel, so together they never exceed the source's requests per second."""
         if not isinstance(data, dict) or not isinstance(data.get("tables"), list):
             return data
         defaults = {k: data[k] for k in HTTP_SOURCE_DEFAULTS if data.get(k) is not None}
+        tables = data["tables"]
+        rate = defaults.pop("requests_per_second", None)
+        sharing = [t for t in tables if isinstance(t, dict) and t.get("requests_per_second") is None]
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0 and sharing:
+            share = rate / len(sharing)
+            tables = [{**t, "requests_per_second": share} if any(t is u for u in sharing) else t for t in tables]
         if defaults:
-            data = {**data, "tables": [{**defaults, **t} if isinstance(t, dict) else t for t in data["tables"]]}
-        return data
+            tables = [{**defaults, **t} if isinstance(t, dict) else t for t in tables]
+        return {**data, "tables": tables}
 
 
 class SqlSource(SourceBase):
