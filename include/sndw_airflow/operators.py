@@ -41,8 +41,14 @@ def _with_audit_callbacks(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-class _DwMixin:
+class _SndwTask:
+    """What both operators share: ``{{ partition_date }}`` in templates, and the warehouse."""
+
     dw_conn_id: str
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        _add_partition_date(context)
+        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
 
     def dw_connection(self) -> Any:
         """A psycopg 3 connection to the warehouse, through the provider's PostgresHook."""
@@ -51,7 +57,7 @@ class _DwMixin:
         return PostgresHook(postgres_conn_id=self.dw_conn_id).get_conn()
 
 
-class ExtractToParquetOperator(_DwMixin, BaseOperator):
+class ExtractToParquetOperator(_SndwTask, BaseOperator):
     """Extract one table or resource of a source into one date partition of the Parquet lake.
 
     Returns the partition's manifest (lake paths, row count, columns) for the load task.
@@ -81,10 +87,6 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
         self.lake_root = lake_root
         self.dw_conn_id = dw_conn_id
         self.sndw_result: dict[str, Any] | None = None
-
-    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
-        _add_partition_date(context)
-        super().render_template_fields(context, jinja_env)
 
     def audit_fields(self) -> dict[str, str]:
         name = self.table.get("name", self.task_id) if isinstance(self.table, dict) else self.task_id
@@ -254,7 +256,7 @@ class ExtractToParquetOperator(_DwMixin, BaseOperator):
             raise
 
 
-class ParquetToDwOperator(_DwMixin, BaseOperator):
+class ParquetToDwOperator(_SndwTask, BaseOperator):
     """Load exactly the files of one lake manifest into a warehouse table, in one transaction.
 
     :param manifest: the extract task's manifest, usually ``extract.output`` (templated)
@@ -285,10 +287,6 @@ class ParquetToDwOperator(_DwMixin, BaseOperator):
         self.source = source
         self.kind = kind
         self.sndw_result: dict[str, Any] | None = None
-
-    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
-        _add_partition_date(context)
-        super().render_template_fields(context, jinja_env)
 
     def _manifest(self) -> Manifest | None:
         if isinstance(self.manifest, Manifest):
