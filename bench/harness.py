@@ -294,6 +294,7 @@ class Bench:
         log("writing psql's reference files")
         self.worker("load_sndw", {"url": self.url, "paths": self.paths, "schema": SCHEMA, "table": "ref_base",
                                   "partition": PARTITION})
+        self.measure_size()
         self.columns = [r[0] for r in self.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
             "AND column_name <> '_loaded_at' ORDER BY ordinal_position", (SCHEMA, "ref_base"))]
@@ -305,6 +306,18 @@ class Bench:
         self.psql_cmd(f"\\copy ({select}) TO {quote(self.ref_csv)} (FORMAT csv)")
         log(f"reference files: binary {self.ref_bin.stat().st_size / 2**20:.0f} MiB, "
             f"csv {self.ref_csv.stat().st_size / 2**20:.0f} MiB")
+
+    def measure_size(self) -> None:
+        """The loaded table's size against its source's (heap + TOAST, both vacuumed): lineage and
+        bookkeeping columns must not blow the warehouse up."""
+        sizes = {}
+        for table in (SOURCE_TABLE, f"{SCHEMA}.ref_base"):
+            self.execute(f"VACUUM {table}")
+            sizes[table] = self.execute("SELECT pg_table_size(%s::regclass)", (table,))[0][0]
+        ratio = sizes[f"{SCHEMA}.ref_base"] / sizes[SOURCE_TABLE]
+        self.results["size"] = {"source_bytes": sizes[SOURCE_TABLE], "loaded_bytes": sizes[f"{SCHEMA}.ref_base"],
+                                "ratio": round(ratio, 3)}
+        log(f"loaded table {sizes[f'{SCHEMA}.ref_base'] / 2**20:.0f} MiB = {ratio:.2f}x its source")
 
     # ------------------------------------------------------------------------ measuring
 
@@ -545,7 +558,7 @@ class Bench:
             "append": f"into a plain table of {base_rows:,} rows",
             "partition": f"replace 1 of 4 date partitions ({slice_rows:,} rows each): TRUNCATE + COPY",
             "merge": f"upsert on id, every key already in the {base_rows:,}-row table",
-            "replace": f"full refresh of a {base_rows:,}-row table: new table + rename",
+            "replace": f"full refresh of a {base_rows:,}-row table in place: TRUNCATE + COPY",
         }
         info = {m: {"label": m, "rows": slice_rows, "skipped": None, "note": notes[m]} for m in samples}
         self.results["write_modes"] = summarise(info, samples, reference="append", ratio="cost")

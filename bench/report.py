@@ -10,6 +10,7 @@ LOAD_TARGET = 0.85  # x psql \copy FROM binary
 EXTRACT_TARGET = 1.0  # x psql \copy TO csv
 PARTITION_TARGET = 1.3  # x append of the same rows
 RSS_GROWTH_TARGET = 1.10  # peak RSS at 4N / at N
+SIZE_TARGET = 1.15  # loaded bench table / its source table (pg_table_size)
 PARSE_TARGET_SECONDS = 2.0  # DagBag of 100 source configs
 
 
@@ -39,6 +40,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"{row['step']} RSS at 4N", f"<= {RSS_GROWTH_TARGET:.2f}x RSS at N", row["growth"],
             row["growth"] <= RSS_GROWTH_TARGET,
             f"{row['growth']:.2f}x ({row['rss_mib_n']:.0f} -> {row['rss_mib_4n']:.0f} MiB)")
+    size = results.get("size")
+    add("loaded table size", f"<= {SIZE_TARGET}x its source table", size and size["ratio"],
+        size and size["ratio"] <= SIZE_TARGET, f"{size['ratio']:.2f}x" if size else "not measured")
     parse = {p["sources"]: p for p in results.get("parse") or []}
     if 100 in parse:
         add("parse 100 sources", f"< {PARSE_TARGET_SECONDS:.0f} s", parse[100]["seconds"],

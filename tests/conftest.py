@@ -25,7 +25,7 @@ TEST_DB_PREFIX = "sndw_t_"
 
 # The tests' own Airflow home and DAG folder, so test runs never show up in the project's UI.
 # Airflow reads these when it is first imported, which happens after this module.
-TEST_AIRFLOW_HOME = ROOT / ".local" / "airflow-test"
+TEST_AIRFLOW_HOME = Path(os.environ.get("SNDW_TEST_AIRFLOW_HOME", ROOT / ".local" / "airflow-test"))
 TEST_DAGS = TEST_AIRFLOW_HOME / "dags"
 TEST_SOURCES = TEST_DAGS / "sources"
 TEST_SOURCES.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,10 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     targets = {t["target"]: t for t in data["targets"]}
     assert targets["load speed"]["result"] in ("PASS", "MISS")
     assert targets["parse 100 sources"]["result"] == "n/a"  # 100 sources are not parsed here
+    size = data["size"]
+    assert size["loaded_bytes"] > 0 and size["source_bytes"] > 0
+    assert size["ratio"] == round(size["loaded_bytes"] / size["source_bytes"], 3)
+    assert targets["loaded table size"]["result"] in ("PASS", "MISS")
     assert "Targets" in result.stdout
     assert "| sndw load_files" in result.stdout
     if importlib.util.find_spec("matplotlib") is not None:

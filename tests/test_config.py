@@ -60,7 +60,7 @@ def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
         (VALID_SQL + "    colour: blue\n", "tables[0].colour", "unknown key"),
         (VALID_SQL.replace("start_date: 2024-01-01", "start_date: yesterday"), "start_date", "date"),
         (VALID_SQL.replace("name: crm", "name: Bad-Name"), "name", "lower-case"),
-        (VALID_SQL.replace("tables:", "tables: []\nx:"), "tables", "more error"),
+        (VALID_SQL.replace("tables:", "tables: []\nx:"), "tables", "crm.yaml: x: unknown key"),  # every error
     ],
 )
 def test_invalid_configs_name_file_and_field(tmp_path: Path, text: str, field: str, words: str) -> None:

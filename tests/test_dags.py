@@ -63,7 +63,7 @@ def test_a_broken_config_does_not_hide_the_other_sources(tmp_path: Path) -> None
     bag = DagBag(dag_folder=str(tmp_path))
     assert bag.import_errors == {}
     assert "good" in bag.dag_ids
-    error_dag = bag.dags[f"{INVALID_CONFIG_PREFIX}broken"]
+    error_dag = bag.dags[f"{INVALID_CONFIG_PREFIX}broken.yaml"]
     assert "broken.yaml: tables[0].write_mode" in error_dag.description
     assert "config-error" in error_dag.tags
     assert error_dag.schedule is None

@@ -280,6 +280,9 @@ def test_the_replay_dag_rebuilds_a_table_from_the_lake(env: dict[str, Any], conf
 
     from tests.conftest import TEST_DAGS
 
+    # Lineage after a replay: each row's file, and the run that extracted it, are the original ones.
+    LINEAGE = ("SELECT id, v, _partition_date, f.run_id, f.lake_path FROM items "  # noqa: N806
+               "JOIN etl_lake_files f ON f.file_id = items._file_id ORDER BY 3, 1")
     data = env["tmp"] / "files"
     data.mkdir()
     (data / "a.csv").write_text("id,v\n1,a\n2,b\n3,c\n")
@@ -288,13 +291,13 @@ def test_the_replay_dag_rebuilds_a_table_from_the_lake(env: dict[str, Any], conf
     for day in (DAY, DAY + dt.timedelta(days=1)):
         assert set(states(run(config, configs, day)).values()) == {"success"}
     with psycopg.connect(env["dw_url"]) as dw:
-        before = dw.execute("SELECT id, v, _partition_date, _run_id, _source_file FROM items ORDER BY 3, 1").fetchall()
+        before = dw.execute(LINEAGE).fetchall()
         dw.execute("TRUNCATE items")
     # sndw_replay reads configs from its own folder: the tests' DAG folder holds this source's config.
     dag = DagBag(dag_folder=str(TEST_DAGS / "sndw_maintenance.py")).dags["sndw_replay"]
     dag_run = dag.test(run_conf={"source": "e2e_replayed", "table": "", "date_from": "", "date_to": ""})
     assert set(states(dag_run).values()) == {"success"}, states(dag_run)
     with psycopg.connect(env["dw_url"]) as dw:
-        after = dw.execute("SELECT id, v, _partition_date, _run_id, _source_file FROM items ORDER BY 3, 1").fetchall()
+        after = dw.execute(LINEAGE).fetchall()
         replays = dw.execute("SELECT count(*) FROM etl_audit_log WHERE step = 'replay' AND status = 'success'").fetchone()
     assert after == before and len(after) == 6 and replays == (2,)

@@ -145,7 +145,7 @@ def test_a_failed_load_is_audited_and_keeps_the_table(cli: Any, tmp_path: Path, 
     ({"protocol": "ftp", "base_url": "ftp://x"}, SEED_ARGS, "supports protocol 'http'"),
     ({"base_url": "http://x", "colour": "blue"}, SEED_ARGS, "colour: unknown key"),
     ({"base_url": "http://x", "password": "${NOT_SET_ANYWHERE}"}, SEED_ARGS, "NOT_SET_ANYWHERE} is not set"),
-    ({"base_url": "http://x", "pagination": {"type": "pages"}}, SEED_ARGS, "expected tags: 'none', 'page_number'"),
+    ({"base_url": "http://x", "pagination": {"type": "pages"}}, SEED_ARGS, "type must be one of none, page_number"),
 ])
 def test_usage_errors_exit_2(cli: Any, tmp_path: Path, fields: dict[str, Any], args: tuple[str, ...],
                              words: str, dw: psycopg.Connection) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -91,6 +92,8 @@ def test_a_killed_attempt_resumes_from_its_checkpoint_without_its_half_written_p
     stray = writer._writer
     assert stray is not None
     stray.close()
+    assert writer._lock_fd is not None
+    os.close(writer._lock_fd)  # what the kernel does to the dead process's lock
 
     # The source had nothing after the checkpoint this time: the resumed attempt commits at once.
     with PartitionWriter(tmp_path, "sql", "s", "t", DAY, resume_key=key) as again:

@@ -18,7 +18,10 @@ from sndw.naming import lake_partition_dir, normalize_identifier, partition_chil
         ("  price (EUR) ", "price_eur"),
         ("2nd_place", "_2nd_place"),
         ("---", "column"),
-        ("Ação", "a_o"),
+        ("Ação", "ação"),  # letters of any script are kept (they were dropped: issue 9)
+        ("café", "café"),
+        ("Ünïcödé Col", "ünïcödé_col"),
+        ("日本語 列", "日本語_列"),
     ],
 )
 def test_normalize_identifier(raw: str, expected: str) -> None:
@@ -27,6 +30,11 @@ def test_normalize_identifier(raw: str, expected: str) -> None:
 
 def test_identifiers_are_cut_to_63_bytes() -> None:
     assert len(normalize_identifier("x" * 100).encode()) == 63
+
+
+def test_a_cut_never_splits_a_character() -> None:
+    cut = normalize_identifier("é" * 40)  # 2 bytes each: 31 fit in 63 bytes, the 32nd would not
+    assert cut == "é" * 31 and len(cut.encode()) == 62
 
 
 def test_collisions_are_made_unique_and_logged(caplog: pytest.LogCaptureFixture) -> None:

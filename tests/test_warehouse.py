@@ -11,7 +11,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 from sndw.audit import AuditRecord
-from sndw.errors import LoadError, SchemaConflictError
+from sndw.errors import EmptyExtractError, LoadError, SchemaConflictError
 from sndw.lake import Manifest, write_partition
 from sndw.warehouse import LoadSpec, load_manifest, table_columns
 
@@ -64,7 +64,8 @@ def test_round_trip_of_every_supported_type(tmp_path: Path, dw: psycopg.Connecti
     assert types["blob"] == "bytea" and types["tags"] == types["geo"] == types["doc"] == "jsonb"
     assert types["nothing"] == "text" and types["_loaded_at"] == "timestamp with time zone"
     got = rows(dw, "SELECT text, i16, i32, i64, u64, f32, f64, flag, amount, day, at, naive, clock, took, blob, "
-                   "tags, geo, doc, nothing, _partition_date, _run_id, _source_file FROM types ORDER BY i16")
+                   "tags, geo, doc, nothing, _partition_date, f.run_id, f.lake_path "
+                   "FROM types LEFT JOIN etl_lake_files f ON f.file_id = types._file_id ORDER BY i16")
     first, second = got
     assert first[:10] == ("héllo, \"world\"\n", -3, 2**31 - 1, 2**62, decimal.Decimal(2**64 - 1), 1.5,
                           3.141592653589793, True, decimal.Decimal("12345.67"), dt.date(2024, 2, 29))
@@ -124,10 +125,15 @@ def test_replace_keeps_views_on_the_table(tmp_path: Path, dw: psycopg.Connection
     assert rows(dw, "SELECT id FROM big_items ORDER BY id") == [(5,), (6,)]
 
 
-def test_replace_with_zero_rows_empties_the_table(tmp_path: Path, dw: psycopg.Connection) -> None:
+def test_replace_with_zero_rows_empties_the_table_only_when_allowed(tmp_path: Path, dw: psycopg.Connection) -> None:
     spec = LoadSpec("public", "items", "replace")
     load_manifest(dw, lake(tmp_path, pa.record_batch({"id": [1]})), spec)
-    result = load_manifest(dw, lake(tmp_path, pa.record_batch({"id": pa.array([], pa.int64())})), spec)
+    empty = lake(tmp_path, pa.record_batch({"id": pa.array([], pa.int64())}))
+    with pytest.raises(EmptyExtractError, match="0 rows"):  # more cases: tests/test_replace.py
+        load_manifest(dw, empty, spec)
+    assert count(dw, "items") == 1
+    spec.allow_empty = True
+    result = load_manifest(dw, empty, spec)
     assert result.rows_loaded == 0 and count(dw, "items") == 0
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import logging
 import re
+import threading
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import psycopg
 from psycopg import sql
@@ -76,8 +81,122 @@ _SECRET_PATTERNS = [
 ]
 
 
+# ------------------------------------------------------------------ the registry of secret values
+
+# Shorter values would mask ordinary words; Airflow's own masker skips them too (below 5 characters).
+MIN_SECRET_CHARS = 5
+MIN_BASE64_CORE_CHARS = 8
+
+
+def _pct_lower(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
+
+
+def _json_inner(text: str, ensure_ascii: bool = True) -> str:
+    return json.dumps(text, ensure_ascii=ensure_ascii)[1:-1]
+
+
+# How a server (or our own messages) may echo a value: URL-encoded (quote, quote_plus, lower-case
+# hex), JSON string escapes (ASCII-only, UTF-8, PHP's "\/", Go's "\u003c"), HTML, Python repr.
+_ENCODERS: tuple[Callable[[str], str], ...] = (
+    lambda v: quote(v, safe=""),
+    lambda v: quote(v),
+    quote_plus,
+    lambda v: _pct_lower(quote(v, safe="")),
+    lambda v: _pct_lower(quote_plus(v)),
+    _json_inner,
+    lambda v: _json_inner(v, ensure_ascii=False),
+    lambda v: _json_inner(v).replace("/", "\\/"),
+    lambda v: _json_inner(v).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"),
+    lambda v: html.escape(v, quote=True),
+    lambda v: html.escape(v, quote=False),
+    lambda v: repr(v)[1:-1],
+)
+
+
+def _base64_forms(value: str) -> set[str]:
+    """Base64 of the value alone, and the part of it that stays the same inside the base64 of any
+    longer text (``login:password`` of Basic auth, a JSON document): the value's bytes at each of
+    the three alignments, without the boundary characters that depend on their neighbours."""
+    raw = value.encode()
+    forms = {base64.b64encode(raw).decode(), base64.b64encode(raw).decode().rstrip("=")}
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw).decode()
+        core = encoded[-(-8 * shift // 6):(8 * (shift + len(raw))) // 6]
+        if len(core) >= MIN_BASE64_CORE_CHARS:
+            forms.add(core)
+    return forms | {f.replace("+", "-").replace("/", "_") for f in forms}
+
+
+def secret_variants(value: str) -> set[str]:
+    """Every form of ``value`` that must never be shown: the value, its encodings and, once more,
+    the encodings of those (a URL-encoded key inside a JSON error body, base64 sent URL-encoded,
+    the base64 of a JSON document holding the key)."""
+    first = {value} | {encode(value) for encode in _ENCODERS}
+    forms = set(first)
+    for form in first:
+        forms.update(encode(form) for encode in _ENCODERS)
+        forms.update(_base64_forms(form))
+    for form in _base64_forms(value):
+        forms.update(encode(form) for encode in _ENCODERS)
+    return {f for f in forms if len(f) >= MIN_SECRET_CHARS}
+
+
+_secrets_lock = threading.Lock()
+_secret_forms: set[str] = set()
+_secret_pattern: re.Pattern[str] | None = None
+_secret_listeners: list[Callable[[list[str]], None]] = []
+
+
+def register_secret(value: str | None, *, login: str | None = None) -> list[str]:
+    """Remember a credential so ``redact`` replaces it in every encoding; returns the new forms.
+
+    With ``login``, the Basic auth token of ``login:value`` is registered as well. Listeners (the
+    Airflow layer's log masker) receive the new forms.
+    """
+    global _secret_pattern
+    if not value or len(value) < MIN_SECRET_CHARS:
+        return []
+    forms = secret_variants(value)
+    if login:
+        token = base64.b64encode(f"{login}:{value}".encode()).decode()
+        forms |= {token, quote(token, safe=""), quote_plus(token)}
+    with _secrets_lock:
+        new = sorted(forms - _secret_forms, key=len, reverse=True)
+        if not new:
+            return []
+        _secret_forms.update(new)
+        # Longest first: a form that contains a shorter one is replaced whole.
+        ordered = sorted(_secret_forms, key=len, reverse=True)
+        _secret_pattern = re.compile("|".join(re.escape(f) for f in ordered))
+        listeners = list(_secret_listeners)
+    for listener in listeners:
+        listener(new)
+    return new
+
+
+def add_secret_listener(listener: Callable[[list[str]], None]) -> None:
+    """Call ``listener`` with the forms of every secret registered, those already known included."""
+    with _secrets_lock:
+        if listener in _secret_listeners:
+            return
+        _secret_listeners.append(listener)
+        known = sorted(_secret_forms, key=len, reverse=True)
+    if known:
+        listener(known)
+
+
+def registered_secrets() -> Iterable[str]:
+    with _secrets_lock:
+        return sorted(_secret_forms, key=len, reverse=True)
+
+
 def redact(text: str) -> str:
-    """Remove credentials from a message before it reaches a log or an audit row."""
+    """Remove credentials from a message before it reaches a log or an audit row: every registered
+    secret in every encoding, then whatever looks like one (``password=...``, userinfo in URLs)."""
+    known = _secret_pattern
+    if known is not None:
+        text = known.sub("***", text)
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -115,9 +234,13 @@ class AuditRecord:
     lake_paths: list[str] | None = None
     schema_changes: list[dict[str, Any]] | None = None
     manifest_id: str | None = None
+    # The key of an attempt outside Airflow (a CLI run): what makes its row idempotent too.
+    attempt_id: str | None = None
 
     @property
     def attempt_key(self) -> str | None:
+        if self.attempt_id:
+            return self.attempt_id
         if self.dag_id is None or self.task_id is None or self.airflow_run_id is None:
             return None
         return f"{self.dag_id}|{self.task_id}|{self.airflow_run_id}|{self.try_number or 0}"

@@ -23,7 +23,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             checked += 1
             if isinstance(parsed, ConfigError):
                 failures += 1
-                print(f"INVALID {parsed}", file=sys.stderr)
+                for line in str(parsed).splitlines():  # one line per problem of the file
+                    print(f"INVALID {line}", file=sys.stderr)
             else:
                 tables = ", ".join(t.name for t in parsed.tables)
                 print(f"ok      {file}: {parsed.kind} source {parsed.name!r} ({tables})")

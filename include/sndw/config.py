@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,24 +12,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from croniter import croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from sndw.errors import ConfigError
-from sndw.naming import normalize_identifier, validate_source_name
+from sndw.naming import normalize_identifier, reserved_dag_id, validate_source_name
 
 WriteMode = Literal["replace", "append", "merge", "partition"]
 SourceKind = Literal["http", "sql", "file"]
 FileFormat = Literal["csv", "json", "ndjson", "parquet"]
 
 DEFAULT_BATCH_ROWS = 100_000
+
+
+ColumnType = Literal["text", "bigint", "double", "numeric", "boolean", "json"]
 
 
 class _Model(BaseModel):
@@ -63,6 +70,13 @@ class TableBase(_Model):
         "Write the extract in checkpointed parts (one per batch), so a retry of the same run resumes "
         "after the last complete batch: SQL tables with a primary_key are read in key order and "
         "resume at the next key; other tables are read again and skip the batches already written."))
+    allow_empty: bool = Field(default=False, description=(
+        "Let an extract of 0 rows (a header-only CSV, an empty API page) empty the table (replace) or "
+        "its date (partition). Off by default: such a load fails, audited, with the table unchanged."))
+    column_types: dict[str, ColumnType] = Field(default_factory=dict, description=(
+        "Fixed warehouse types of (flattened) columns, e.g. {zip: text}, instead of the inferred ones. "
+        "A value that does not fit its declared type is an error naming the column and the value "
+        "(http: a type change, see on_type_change)."))
 
     @field_validator("name")
     @classmethod
@@ -147,7 +161,6 @@ Pagination = Annotated[
 ]
 
 HttpAuth = Literal["none", "basic", "bearer", "api_key_header", "api_key_query"]
-ColumnType = Literal["text", "bigint", "double", "numeric", "boolean", "json"]
 # Link columns of an unnested child table (they normalise to themselves: no leading underscore).
 CHILD_PARENT_PREFIX = "parent__"
 CHILD_INDEX_COLUMN = "parent__index"
@@ -190,8 +203,6 @@ class HttpTable(TableBase):
     on_type_change: Literal["fail", "variant"] = Field(default="fail", description=(
         "A field whose values stop fitting its column's type on a later page: fail the extract, or put "
         "those values into a variant column <field>__v_<type>."))
-    column_types: dict[str, ColumnType] = Field(default_factory=dict, description=(
-        "Fixed types of (flattened) fields, e.g. {zip: text}; values that do not fit count as a type change."))
 
     @model_validator(mode="after")
     def _http_keys(self) -> HttpTable:
@@ -239,6 +250,9 @@ class FileTable(TableBase):
     format: FileFormat | None = Field(default=None, description="Default: from the file extension.")
     records_path: str | None = Field(default=None, description="JSON files: dot path to the records.")
     csv: CsvOptions = Field(default_factory=CsvOptions)
+    on_type_change: Literal["fail", "variant"] = Field(default="fail", description=(
+        "JSON and NDJSON files: a field whose values stop fitting its column's type in a later record "
+        "or file: fail the extract, or put those values into a variant column <field>__v_<type>."))
 
     @property
     def file_format(self) -> FileFormat:
@@ -259,12 +273,45 @@ TABLE_MODELS: dict[str, type[TableBase]] = {"http": HttpTable, "sql": SqlTable, 
 
 # -------------------------------------------------------------------------------------- sources
 
+# Airflow's schedule presets; the cron ones as Airflow expands them (airflow.sdk ... _cron.py).
+CRON_PRESETS = {
+    "@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *", "@quarterly": "0 0 1 */3 *", "@yearly": "0 0 1 1 *",
+}
+SCHEDULE_PRESETS = ("@once", "@continuous", *CRON_PRESETS)
+
+
+def validate_schedule(value: str | None) -> str | None:
+    """Check a schedule as Airflow will, without importing it: a bad one fails at parse time with
+    ``AirflowTimetableInvalid`` and takes the whole DAG file down. Timedelta-like strings (``1h``)
+    are not schedules; a cron expression says the same (``0 * * * *``)."""
+    problem = None if value is None or value in ("@once", "@continuous") else _cron_problem(value)
+    if problem:
+        close = difflib.get_close_matches(value or "", SCHEDULE_PRESETS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"{value!r} is not a schedule ({problem}); {hint}use null (manual runs only), a preset "
+            f"({', '.join(SCHEDULE_PRESETS)}) or a cron expression such as '0 3 * * *'")
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _cron_problem(expression: str) -> str | None:
+    """Why croniter refuses ``expression`` (or finds no time it fires), or None. Cached: many
+    configs share a schedule, and finding the next time costs a millisecond."""
+    try:
+        croniter(CRON_PRESETS.get(expression, expression)).get_next()
+    except (ValueError, TypeError, KeyError) as exc:
+        return str(exc)
+    return None
+
 
 class SourceBase(_Model):
     name: str
     description: str | None = None
     owner: str = "data-eng"
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Annotated[str, Field(max_length=100)]] = Field(
+        default_factory=list, description="DAG tags; Airflow allows at most 100 characters each.")
     schedule: str | None = "@daily"
     start_date: date
     end_date: date | None = None
@@ -281,7 +328,30 @@ class SourceBase(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return validate_source_name(value)
+        reserved = reserved_dag_id(validate_source_name(value))
+        if reserved:
+            raise ValueError(f"{reserved} (a source's DAG would take its place): choose another name")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        return validate_schedule(value)
+
+    @field_validator("end_date")
+    @classmethod
+    def _end_date(cls, value: date | None, info: ValidationInfo) -> date | None:
+        start = info.data.get("start_date")
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"{value} is before start_date {start}: the DAG would never run")
+        return value
+
+    @field_validator("max_active_runs")
+    @classmethod
+    def _continuous(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("schedule") == "@continuous" and value > 1:
+            raise ValueError("schedule '@continuous' runs one DAG run at a time: set max_active_runs to 1")
+        return value
 
     @field_validator("retry_exponential_backoff", mode="before")
     @classmethod
@@ -295,14 +365,19 @@ class SourceBase(_Model):
     def _schema(cls, value: str) -> str:
         return normalize_identifier(value)
 
-    @model_validator(mode="after")
-    def _unique_tables(self) -> SourceBase:
-        seen: set[str] = set()
-        for table in getattr(self, "tables", []):
-            if table.name in seen:
-                raise ValueError(f"table name {table.name!r} appears twice")
-            seen.add(table.name)
-        return self
+    @field_validator("tables", check_fields=False)
+    @classmethod
+    def _unique_tables(cls, tables: list[TableBase]) -> list[TableBase]:
+        """Table names are task ids and lake folders: a repeated one (an unnested child table's
+        ``<parent>__<path>`` included) would make two tasks of one id and fail the whole DAG file."""
+        seen: dict[str, str] = {}
+        for index, table in enumerate(tables):
+            for name, what in [(table.name, f"tables[{index}]"),
+                               *((c.name, f"tables[{index}].unnest {c.path!r}") for c in getattr(table, "child_tables", []))]:
+                if name in seen:
+                    raise ValueError(f"table name {name!r} of {what} is already used by {seen[name]}")
+                seen[name] = what
+        return tables
 
 
 # Keys an http source may set for all its tables (a table's own value wins).
@@ -385,12 +460,24 @@ def parse_source(data: Any, path: str) -> HttpSource | SqlSource | FileSource:
     """Validate one source's raw mapping; errors name ``path`` and the field."""
     if not isinstance(data, dict):
         raise ConfigError(path, "", "the file must hold a mapping of keys (name, kind, tables, ...)")
+    named = "name" in data
     data = dict(data)
     data.setdefault("name", Path(path).stem)
     try:
         return _SOURCE_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        problems = _problems(exc, data)
+        if not named:
+            problems = [(f, f"{m} (the name comes from the file name: set 'name' or rename the file)")
+                        if f == "name" else (f, m) for f, m in problems]
+        raise ConfigError(path, *problems[0], more=problems[1:]) from None
+
+
+def _problems(exc: ValidationError, data: Any) -> list[tuple[str, str]]:
+    """Every error of a validation as (field path, message), once each: fields in the order of the
+    model, then unknown keys (a user fixes them all in one go, not one per run)."""
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors():
         field = _field_path(tuple(err["loc"]), data)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
@@ -403,26 +490,95 @@ def parse_source(data: Any, path: str) -> HttpSource | SqlSource | FileSource:
         elif err["type"] == "union_tag_not_found":
             message = "missing key 'kind' (http, sql or file)" if not field else "missing key 'type'"
             field = field or "kind"
-        more = len(exc.errors()) - 1
-        if more:
-            message += f" (and {more} more error{'s' if more > 1 else ''})"
-        raise ConfigError(path, field, message) from None
+        if (field, message) not in problems:
+            problems.append((field, message))
+    return problems
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that records each mapping key given twice, at any depth: plain YAML keeps the
+    last value silently, so a config would run with a setting its author did not mean."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, str]] = []
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        found = sorted(self._duplicate_keys(node, "", set()))
+        self.duplicates = [(field, message) for _, field, message in found]
+        return super().construct_document(node)
+
+    def _duplicate_keys(self, node: yaml.Node, where: str, seen: set[int]) -> list[tuple[int, str, str]]:
+        """(line, field path, message) of each key given twice in ``node`` and below."""
+        if id(node) in seen:  # an alias of a node already checked (or a recursive one)
+            return []
+        seen.add(id(node))
+        found: list[tuple[int, str, str]] = []
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                found += self._duplicate_keys(item, f"{where}[{index}]", seen)
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[Any, tuple[int, int]] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # keys given next to `<<: *base` override it
+                    found += self._duplicate_keys(value_node, where, seen)
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode):  # constructing the document reports it
+                    continue
+                child = f"{where}.{key_node.value}" if where else str(key_node.value)
+                key = self.construct_object(key_node)  # so `yes` and `true`, `1` and `1.0` match
+                line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                if key in lines:
+                    first_line, first_column = lines[key]
+                    at = f"line {line}" if line != first_line else f"line {line}, column {column}"
+                    first = f"line {first_line}" if line != first_line else f"column {first_column}"
+                    found.append((line, child, f"duplicate key at {at} (first at {first}): "
+                                               "YAML would keep only the last value; remove one"))
+                else:
+                    lines[key] = (line, column)
+                found += self._duplicate_keys(value_node, child, seen)
+        return found
 
 
 def load_source_file(path: str | os.PathLike[str]) -> HttpSource | SqlSource | FileSource:
     """Read and validate one YAML (or JSON) source config."""
     path = str(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read the file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(path, f"line {line}", f"not UTF-8 text (byte {exc.start}: {exc.reason}); save the file "
+                                                "as UTF-8") from None
+    try:
+        loader = _UniqueKeyLoader(text)  # refuses control characters already
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.reader.ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1
+        message = f"not valid YAML: control character U+{exc.character:04X} is not allowed"
+        raise ConfigError(path, f"line {line}", f"{message} (write it as an escape in a double-quoted string)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, where, f"not valid YAML: {problem}") from None
-    return parse_source(data, path)
+    except RecursionError:
+        raise ConfigError(path, "", "not valid YAML: nested too deeply") from None
+    if not loader.duplicates:
+        return parse_source(data, path)
+    problems = list(loader.duplicates)
+    try:
+        parse_source(data, path)
+    except ConfigError as exc:
+        problems += [p for p in exc.problems if p not in problems]
+    raise ConfigError(path, *problems[0], more=problems[1:])
 
 
 def config_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -445,6 +601,9 @@ def iter_sources(folder: str | os.PathLike[str]) -> Iterator[tuple[Path, HttpSou
         except ConfigError as exc:
             yield path, exc
             continue
+        except Exception as exc:  # a fault of ours must not hide the other configs either
+            yield path, ConfigError(str(path), "", f"cannot be validated: {type(exc).__name__}: {exc}")
+            continue
         if source.name in names:
             yield path, ConfigError(str(path), "name", f"source name {source.name!r} is already used by {names[source.name].name}")
             continue
@@ -460,5 +619,5 @@ def table_spec(kind: str, spec: dict[str, Any], where: str = "table") -> TableBa
     try:
         return model.model_validate(spec)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(where, _field_path(tuple(err["loc"]), spec), err["msg"].removeprefix("Value error, ")) from None
+        problems = _problems(exc, spec)
+        raise ConfigError(where, *problems[0], more=problems[1:]) from None

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SndwError(Exception):
     """Base class of every error this project raises on purpose."""
 
 
 class ConfigError(SndwError, ValueError):
-    """A source config is invalid; the message names the file and the field."""
+    """A source config is invalid; the message names the file and the field.
 
-    def __init__(self, path: str, field: str, message: str) -> None:
+    A file with several problems gives one line ``<file>: <field>: <message>`` per problem, so a
+    user fixes them all in one go; ``field`` and ``detail`` are the first problem's.
+    """
+
+    def __init__(self, path: str, field: str, message: str, more: Sequence[tuple[str, str]] = ()) -> None:
         self.path = path
         self.field = field
         self.detail = message
-        where = f"{path}: {field}" if field else path
-        super().__init__(f"{where}: {message}")
+        self.problems: list[tuple[str, str]] = [(field, message), *more]
+        super().__init__("\n".join(f"{path}: {f}: {m}" if f else f"{path}: {m}" for f, m in self.problems))
 
 
 class PermanentError(SndwError):
@@ -38,6 +44,20 @@ class SchemaConflictError(PermanentError):
 
 class ExtractError(SndwError):
     """A source could not be read."""
+
+
+class PartitionValidationError(PermanentError):
+    """An extract's files failed the checks made before they may replace a lake partition."""
+
+    def __init__(self, table: str, partition: str, message: str, column: str | None = None) -> None:
+        self.table = table
+        self.partition = partition
+        self.column = column
+        super().__init__(f"lake partition {partition} of {table}: {message}; the previous partition is unchanged")
+
+
+class EmptyExtractError(PermanentError):
+    """A load that would replace data was given an extract of 0 rows and ``allow_empty`` is off."""
 
 
 class SourceDataError(PermanentError, ExtractError):

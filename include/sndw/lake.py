@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sndw.errors import ExtractError, PartitionValidationError, SchemaConflictError
 from sndw.naming import lake_partition_dir, lake_table_dir, unique_column_names
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,12 @@ PART_GLOB = "part-*.parquet"
 CHECKPOINT_FILE = "_checkpoint.json"
 RUN_ID_KEY = b"sndw.run_id"
 MANIFEST_ID_KEY = b"sndw.manifest_id"
+# Batch schema metadata a reader may set: the source file a batch came from, named in validation errors.
+SOURCE_FILE_KEY = b"sndw.source_file"
+# Field metadata of a PostgreSQL source's column: the warehouse type to create (format_type
+# spelling, e.g. b"numeric(10,2)", b"text[]", b"tsvector"); without it the lake type decides.
+PG_TYPE_KEY = b"sndw.pg_type"
+NAIVE_TIMESTAMP = b"without time zone"
 
 
 @dataclass
@@ -109,8 +121,14 @@ def normalize_batch(batch: pa.RecordBatch, names: list[str] | None = None) -> pa
     fields = []
     for name, column, fld in zip(names, batch.columns, batch.schema, strict=True):
         target = lake_type(column.type)
+        declared = (fld.metadata or {}).get(PG_TYPE_KEY, b"")
+        if pa.types.is_timestamp(target) and declared.startswith(b"timestamp") and declared.endswith(NAIVE_TIMESTAMP):
+            target = pa.timestamp("us")  # a PostgreSQL timestamp stays a wall-clock time, never UTC
         if target != column.type:
-            column = _cast_timestamp(column, target) if pa.types.is_timestamp(target) else column.cast(target)
+            if pa.types.is_timestamp(target):
+                column = _cast_timestamp(column, target) if target.tz else column.cast(target, safe=False)
+            else:
+                column = column.cast(target)
         arrays.append(column)
         fields.append(pa.field(name, target, nullable=True, metadata=fld.metadata))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
@@ -118,6 +136,110 @@ def normalize_batch(batch: pa.RecordBatch, names: list[str] | None = None) -> pa
 
 def schema_columns(schema: pa.Schema) -> list[dict[str, str]]:
     return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+# ------------------------------------------------------------------ temporary folders, locks
+
+
+# Beside a partition `<date>`: `.<date>.tmp-<token>` (an extract writing), `.<date>.inprogress-<token>`
+# (a checkpointed extract, kept for its retry), `.<date>.old-<token>` (the replaced partition during
+# a two-step swap) and `.<date>.lock-<token>`, the lock file of all three. The lock is a sibling, not
+# a file inside the folder: it exists before the folder does and after it was renamed into place, so
+# a folder without a held lock is always a dead writer's.
+_WORK_DIR = re.compile(r"^\.(?P<date>[^.]+)\.(?P<kind>tmp|inprogress|old)-(?P<token>[0-9a-f]+)$")
+_LOCK_FILE = re.compile(r"^\.(?P<date>[^.]+)\.lock-(?P<token>[0-9a-f]+)$")
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _lock_path(final_dir: Path, token: str) -> Path:
+    return final_dir.parent / f".{final_dir.name}.lock-{token}"
+
+
+def _try_lock(path: Path) -> int | None:
+    """An exclusive flock on ``path`` (created if missing), or None when another process holds it.
+
+    The kernel drops the lock when its holder dies, however it dies. After locking, the file must
+    still be the one at ``path``: a sweeper may have unlinked it between our open and our flock.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise FileNotFoundError(path)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(path: Path, fd: int | None) -> None:
+    if fd is None:
+        return
+    path.unlink(missing_ok=True)  # unlink before unlocking: nobody can lock a file that is gone
+    os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2); False where that is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def sweep_work_dirs(final_dir: Path, *, inprogress: bool = False) -> int:
+    """Remove the temporary folders of ``final_dir`` that no live writer holds; returns how many.
+
+    A killed extract leaves its folder behind; the next writer of the partition calls this. A
+    folder whose lock is held belongs to a writer that is still running and is left alone.
+    Checkpointed (``inprogress``) folders are removed only when asked: a retry resumes from them.
+    An ``old`` folder with no partition beside it is a swap cut short: it is put back.
+    """
+    parent = final_dir.parent
+    if not parent.is_dir():
+        return 0
+    removed = 0
+    names = sorted(os.listdir(parent), key=lambda n: "old" not in n)  # restores before removals
+    for name in names:
+        match = _WORK_DIR.match(name)
+        if match is None or match["date"] != final_dir.name:
+            continue
+        if match["kind"] == "inprogress" and not inprogress:
+            continue
+        lock = _lock_path(final_dir, match["token"])
+        fd = _try_lock(lock)
+        if fd is None:
+            continue
+        try:
+            folder = parent / name
+            if match["kind"] == "old" and not final_dir.exists():
+                os.rename(folder, final_dir)
+                log.warning("restored partition %s from an interrupted swap", final_dir)
+                continue
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+            log.warning("removed %s, left by an extract that did not finish (%d bytes)", folder, size)
+        finally:
+            _release(lock, fd)
+    for name in os.listdir(parent):  # lock files whose folder is gone and whose holder died
+        match = _LOCK_FILE.match(name)
+        if match is None or match["date"] != final_dir.name:
+            continue
+        token = match["token"]
+        if any((parent / f".{final_dir.name}.{kind}-{token}").exists() for kind in ("tmp", "inprogress", "old")):
+            continue
+        fd = _try_lock(parent / name)
+        _release(parent / name, fd)
+    return removed
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -142,10 +264,14 @@ class PartitionWriter:
         self.final_dir = lake_partition_dir(lake_root, protocol, source, table, partition)
         self.resume_key = resume_key
         if resume_key:
-            digest = hashlib.sha256(resume_key.encode()).hexdigest()[:16]
-            self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.inprogress-{digest}"
+            self._token = hashlib.sha256(resume_key.encode()).hexdigest()[:16]
+            self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.inprogress-{self._token}"
         else:
-            self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+            self._token = uuid.uuid4().hex[:12]
+            self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{self._token}"
+        self._lock_fd: int | None = None
+        self._origins: dict[Path, set[str]] = {}  # part file -> the source files its rows came from
+        self._validated: list[dict[str, str]] | None = None
         self.manifest = Manifest(source=source, protocol=protocol, table=table,
                                  partition=partition.isoformat(), run_id=run_id)
         self.resumed: dict[str, Any] | None = None
@@ -160,13 +286,35 @@ class PartitionWriter:
         self._on_batch = on_batch
 
     def __enter__(self) -> PartitionWriter:
+        self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        sweep_work_dirs(self.final_dir)
         if self.resume_key:
             self._load_checkpoint()
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         return self
 
+    def _lock(self) -> None:
+        """Hold the lock of our folder while we write, so no other writer's sweep removes it."""
+        for _ in range(50):
+            self._lock_fd = _try_lock(_lock_path(self.final_dir, self._token))
+            if self._lock_fd is not None:
+                return
+            if not self.resume_key:  # a sweeper holds a fresh token's lock for a moment: take another
+                self._token = uuid.uuid4().hex[:12]
+                self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{self._token}"
+                continue
+            time.sleep(0.1)
+        raise ExtractError(f"another attempt is writing {self.tmp_dir} right now (its lock is held); "
+                           "try again once it has finished")
+
+    def _unlock(self) -> None:
+        _release(_lock_path(self.final_dir, self._token), self._lock_fd)
+        self._lock_fd = None
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
+            self._unlock()
             return
         if self.resume_key:
             # Keep the checkpointed files for the next attempt; drop the part being written.
@@ -177,6 +325,7 @@ class PartitionWriter:
                     path.unlink(missing_ok=True)
         else:
             self.abort()
+        self._unlock()
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -232,6 +381,7 @@ class PartitionWriter:
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         for record_batch in _batches(batch):
+            origin = (record_batch.schema.metadata or {}).get(SOURCE_FILE_KEY)
             record_batch = normalize_batch(record_batch, self._names(record_batch.schema))
             self._last_schema = record_batch.schema
             if record_batch.num_rows == 0:
@@ -246,6 +396,8 @@ class PartitionWriter:
             if self._writer is None:
                 self._open_file(record_batch.schema)
             assert self._writer is not None
+            if origin:
+                self._origins.setdefault(self._files[-1], set()).add(origin.decode())
             self._writer.write_batch(record_batch)
             self._file_rows += record_batch.num_rows
             self.manifest.rows += record_batch.num_rows
@@ -269,30 +421,100 @@ class PartitionWriter:
             self._writer.close()
             self._writer = None
 
-    def commit(self) -> Manifest:
-        """Close the files and move the partition into place, replacing what was there."""
+    def validate(self) -> list[dict[str, str]]:
+        """Close the files and check them before they may replace anything; returns the columns.
+
+        Validated means: every file reads back (footer and schema), the files hold exactly the
+        rows this extract counted, and each column's types across the files fit one warehouse
+        column by the loader's own rules (``warehouse_type``, ``plan_column``): a partition that
+        passes loads into a fresh table. A conflict names the column, both types and the files.
+        """
+        if self._validated is not None:
+            return self._validated
+        # The loader's rules, imported late: the warehouse module imports this one.
+        from sndw.warehouse import plan_column, warehouse_type
+
         if not self._files and self._last_schema is not None and len(self._last_schema):
             # No rows, but the source told us its columns: keep them so the table can be created.
             self._open_file(self._last_schema)
         self._close_file()
-        schemas: list[pa.Schema] = []
+        table, partition = f"{self.manifest.protocol}/{self.manifest.source}/{self.manifest.table}", \
+            self.manifest.partition
+        strays = sorted({p.name for p in self.tmp_dir.glob(PART_GLOB)} - {p.name for p in self._files})
+        if strays:  # the swap moves the whole folder: a file we did not write would be loaded too
+            raise PartitionValidationError(table, partition, f"{self.tmp_dir} holds files this extract did not "
+                                           f"write: {', '.join(strays[:5])}")
+        rows = 0
+        seen: dict[str, tuple[str, pa.DataType, Path]] = {}  # column -> warehouse type, lake type, file
+        schemas = []
         for path in self._files:
-            schemas.append(pq.read_schema(path))
+            try:
+                metadata = pq.read_metadata(path)
+                schema = metadata.schema.to_arrow_schema()
+            except (OSError, pa.ArrowException) as exc:
+                raise PartitionValidationError(table, partition, f"{path.name} cannot be read back: {exc}") from exc
+            rows += metadata.num_rows
+            schemas.append(schema)
+            for fld in schema:
+                before = seen.get(fld.name)
+                if before is None:
+                    seen[fld.name] = (warehouse_type(fld), fld.type, path)
+                    continue
+                declared = (fld.metadata or {}).get(PG_TYPE_KEY)
+                try:
+                    planned = plan_column(table, fld.name, before[0], fld.type,
+                                          declared.decode() if declared else None)
+                except SchemaConflictError as exc:
+                    raise PartitionValidationError(
+                        table, partition,
+                        f"column {fld.name!r} is {before[1]} ({before[0]}) in {self._describe(before[2])} but "
+                        f"{fld.type} ({warehouse_type(fld)}) in {self._describe(path)}, and no warehouse "
+                        "column holds both; make the source files agree on the column's type, or give it "
+                        "one type in the source config", column=fld.name) from exc
+                if isinstance(planned, str):
+                    seen[fld.name] = (planned, fld.type, path)
+        if rows != self.manifest.rows:
+            raise PartitionValidationError(table, partition, f"the files hold {rows} rows but the extract "
+                                           f"wrote {self.manifest.rows}")
+        self._validated = _columns(schemas)
+        return self._validated
+
+    def _describe(self, path: Path) -> str:
+        origins = sorted(self._origins.get(path, ()))
+        if not origins:
+            return f"lake file {path.name}"
+        shown = ", ".join(origins[:3]) + (f" and {len(origins) - 3} more" if len(origins) > 3 else "")
+        return f"{shown} (lake file {path.name})"
+
+    def commit(self) -> Manifest:
+        """Validate the files, then swap them in for the partition in one step.
+
+        Until the swap the old partition is untouched; where the filesystem can exchange two
+        folders atomically there is no moment without a partition. Otherwise the old one is moved
+        aside first, under our lock, and a sweep puts it back if we die before the second rename.
+        """
+        columns = self.validate()
         final_paths = [self.final_dir / p.name for p in self._files]
-        old_dir = self.final_dir.parent / f".{self.final_dir.name}.old-{uuid.uuid4().hex[:12]}"
-        if self.final_dir.exists():
-            self.final_dir.rename(old_dir)
         self._checkpoint_path.unlink(missing_ok=True)
-        self.tmp_dir.rename(self.final_dir)
-        shutil.rmtree(old_dir, ignore_errors=True)
+        if not self.final_dir.exists():
+            try:
+                os.rename(self.tmp_dir, self.final_dir)
+            except OSError as exc:  # a concurrent writer of the same partition got there first
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        if self.tmp_dir.exists():
+            if not _exchange(self.tmp_dir, self.final_dir):
+                old_dir = self.final_dir.parent / f".{self.final_dir.name}.old-{self._token}"
+                self.final_dir.rename(old_dir)
+                self.tmp_dir.rename(self.final_dir)
+                self.tmp_dir = old_dir
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)  # now the replaced partition
+        self._unlock()
         # Attempts of other runs that never finished this partition are superseded now.
-        for stale in self.final_dir.parent.glob(f".{self.final_dir.name}.inprogress-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        sweep_work_dirs(self.final_dir, inprogress=True)
         self.manifest.paths = [str(p) for p in final_paths]
         self.manifest.bytes = sum(p.stat().st_size for p in final_paths)
-        if schemas:
-            merged = pa.unify_schemas(schemas, promote_options="permissive")
-            self.manifest.columns = schema_columns(merged)
+        self.manifest.columns = columns
         log.info("lake partition %s: %d rows in %d files (%d bytes)", self.final_dir,
                  self.manifest.rows, len(final_paths), self.manifest.bytes)
         return self.manifest
@@ -300,6 +522,22 @@ class PartitionWriter:
     def abort(self) -> None:
         self._close_file()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self._unlock()
+
+
+def _columns(schemas: list[pa.Schema]) -> list[dict[str, str]]:
+    """The manifest's columns: the unified schema, or each column's first type when Arrow cannot
+    unify them (a text column that also took numbers, as the warehouse loader allows)."""
+    if not schemas:
+        return []
+    try:
+        return schema_columns(pa.unify_schemas(schemas, promote_options="permissive"))
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        first: dict[str, pa.DataType] = {}
+        for schema in schemas:
+            for fld in schema:
+                first.setdefault(fld.name, fld.type)
+        return [{"name": name, "type": str(data_type)} for name, data_type in first.items()]
 
 
 def _batches(data: pa.RecordBatch | pa.Table) -> Iterator[pa.RecordBatch]:
@@ -347,6 +585,12 @@ def partition_dates(lake_root: str | Path, protocol: str, source: str, table: st
 def file_run_id(path: str | Path) -> str | None:
     metadata = pq.read_schema(path).metadata or {}
     value = metadata.get(RUN_ID_KEY)
+    return value.decode() if value else None
+
+
+def file_manifest_id(path: str | Path) -> str | None:
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(MANIFEST_ID_KEY)
     return value.decode() if value else None
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
@@ -15,29 +17,37 @@ MAX_IDENTIFIER_BYTES = 63
 
 # Warehouse bookkeeping columns added to every loaded table.
 LOADED_AT = "_loaded_at"
-SOURCE_FILE = "_source_file"
 PARTITION_DATE = "_partition_date"
-RUN_ID = "_run_id"
-META_COLUMNS = (LOADED_AT, SOURCE_FILE, PARTITION_DATE, RUN_ID)
+# Lineage: an integer id per lake file; etl_lake_files maps it to the file, its run and manifest.
+FILE_ID = "_file_id"
+META_COLUMNS = (LOADED_AT, PARTITION_DATE, FILE_ID)
+# Per-row lineage columns of tables loaded by earlier versions (kept, NULL for new rows).
+LEGACY_META_COLUMNS = ("_source_file", "_run_id")
+LAKE_FILES_TABLE = "etl_lake_files"
 
 # Separator between the levels of a flattened nested object: address.geo.lat -> address__geo__lat
 NESTED_SEPARATOR = "__"
 
 _CAMEL_1 = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _CAMEL_2 = re.compile(r"([a-z0-9])([A-Z])")
-_INVALID = re.compile(r"[^a-z0-9_]+")
+_RUNS = re.compile(r" +")
 _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 def normalize_identifier(name: str) -> str:
     """Lower snake case: ``userId`` -> ``user_id``, ``FIRST APPEARANCE`` -> ``first_appearance``.
 
-    Each run of characters that are not letters, digits or underscores becomes one ``_``;
-    underscores are kept as they are, so the nested separator ``__`` survives; a leading digit gets
-    a ``_`` prefix; the result is cut to PostgreSQL's 63-byte limit.
+    Letters and digits of any script are kept, lower-cased (``Café`` -> ``café``: PostgreSQL
+    identifiers hold them, and dropping them loses the name); each run of other characters becomes
+    one ``_``; underscores are kept as they are, so the nested separator ``__`` survives; a leading
+    digit gets a ``_`` prefix; the result is cut to PostgreSQL's 63-byte limit, never inside a
+    character.
     """
     text = _CAMEL_2.sub(r"\1_\2", _CAMEL_1.sub(r"\1_\2", name.strip()))
-    text = _INVALID.sub("_", text.lower())
+    text = unicodedata.normalize("NFC", text.lower())
+    # letters, marks (the dot of a lower-cased İ) and digits stay; anything else is a separator
+    text = "".join(c if c == "_" or unicodedata.category(c)[0] in "LMN" else " " for c in text)
+    text = _RUNS.sub("_", text)
     text = text.strip("_") or "column"
     if text[0].isdigit():
         text = f"_{text}"
@@ -57,7 +67,7 @@ def unique_column_names(names: Sequence[str], context: str = "") -> list[str]:
         candidate = normalize_identifier(original)
         base = candidate
         n = 1
-        while candidate in taken or candidate in META_COLUMNS:
+        while candidate in taken or candidate in META_COLUMNS or candidate in LEGACY_META_COLUMNS:
             n += 1
             suffix = f"_{n}"
             candidate = _truncate(base, MAX_IDENTIFIER_BYTES - len(suffix)) + suffix
@@ -80,6 +90,41 @@ def validate_source_name(name: str) -> str:
 
 def dag_id_for(source: str) -> str:
     return source
+
+
+# DAG ids the project defines itself (dags/*.py besides the sources): a source of the same name
+# would replace that DAG, so source names may not take them, nor start with a reserved prefix.
+INVALID_CONFIG_PREFIX = "invalid_config_"
+RESERVED_DAG_IDS = frozenset({"example_manual_pipeline"})
+RESERVED_DAG_PREFIXES = ("sndw_", INVALID_CONFIG_PREFIX)  # maintenance DAGs (sndw_replay), error DAGs
+_DAG_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_MAX_DAG_ID = 250
+
+
+def reserved_dag_id(name: str) -> str | None:
+    """Why ``name`` cannot be a source's DAG id, or None when it can."""
+    if name in RESERVED_DAG_IDS:
+        return f"{name!r} is the id of one of the project's own DAGs"
+    prefix = next((p for p in RESERVED_DAG_PREFIXES if name.startswith(p)), None)
+    if prefix:
+        return f"names starting with {prefix!r} are reserved for the project's own DAGs"
+    return None
+
+
+def invalid_config_dag_id(path: str | Path) -> str:
+    """The DAG id that stands in for an invalid config: unique per file name, and stable.
+
+    It is the whole file name (``invalid_config_a-b.yaml``), so ``a-b.yaml``/``a_b.yaml`` and
+    ``x.yaml``/``x.yml`` stay apart; a name with characters a DAG id cannot hold has them replaced
+    and gets a hash of the real name. A dot or dash is always in it, so no source name can clash.
+    """
+    name = Path(path).name
+    safe = _DAG_ID_UNSAFE.sub("_", name)
+    if safe == name and len(INVALID_CONFIG_PREFIX) + len(name) <= _MAX_DAG_ID:
+        return f"{INVALID_CONFIG_PREFIX}{name}"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    room = _MAX_DAG_ID - len(INVALID_CONFIG_PREFIX) - len(digest) - 1
+    return f"{INVALID_CONFIG_PREFIX}{safe[:room]}-{digest}"
 
 
 def extract_task_id(table: str) -> str:

@@ -9,7 +9,8 @@ and a relative path as ``--query``::
 One run extracts the resource with the same HTTP client as the DAGs (pagination, retries, rate
 limit, auth), writes the lake partition of today's UTC date, loads it into the warehouse
 (``AIRFLOW_CONN_DW`` or the ``DW_*`` variables; ``.env`` in the working folder is read for the
-ones not set) and records one row in ``etl_audit_log``, success or failure. It prints a JSON
+ones not set) and records one row in ``etl_audit_log``, success or failure (a row the warehouse
+cannot take waits in ``<lake>/_audit_spool/``; the next run that reaches it writes it). It prints a JSON
 result on stdout and a summary on stderr; exit 0 on success, 1 on a failure (audited), 2 when
 the arguments or the connector file are wrong (nothing ran, nothing audited).
 
@@ -152,6 +153,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from sndw.lake import write_partition
     from sndw.naming import normalize_identifier, qualified
     from sndw.settings import dw_url
+    from sndw.spool import spool_record
     from sndw.warehouse import LoadSpec, load_manifest
 
     connector = load_connector(args.config)  # ConfigError: a usage error, raised to the caller
@@ -166,6 +168,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     audit = AuditRecord(pipeline_name=args.pipeline, source_name=args.source, protocol="http",
                         target_table=qualified(schema, target), status="success", started_at=started,
                         step="extract", partition_date=partition)
+    audit.attempt_id = f"cli|{audit.run_id}"  # one row per run, also when it comes from the spool
     result: dict[str, Any] = {
         "status": "success", "run_id": audit.run_id, "pipeline": args.pipeline, "source": args.source,
         "protocol": "http", "query": args.query, "target_table": audit.target_table, "write_mode": args.write_mode,
@@ -180,6 +183,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         audit.step = "load"
         audit.rows_extracted, audit.bytes, audit.lake_paths = manifest.rows, manifest.bytes, manifest.paths
         with psycopg.connect(url) as conn:
+            _flush_spool(conn, lake)  # rows of earlier runs first: ids stay in time order
             loaded = load_manifest(conn, manifest, LoadSpec(schema=schema, table=target, write_mode=args.write_mode),
                                    audit=audit)
         result.update(rows_loaded=loaded.rows_loaded, schema_changes=loaded.schema_changes)
@@ -188,13 +192,29 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         audit.status, audit.error_message, audit.finished_at = "failure", error_text(exc), datetime.now(UTC)
         try:
             with psycopg.connect(url) as conn:
+                _flush_spool(conn, lake)
                 write_audit_record(conn, audit)
             result["audited"] = True
         except (SndwError, psycopg.Error, OSError) as audit_exc:
             result["audited"] = False
             result["audit_error"] = error_text(audit_exc)
+            try:  # the next run that reaches the warehouse writes it
+                result["audit_spooled"] = str(spool_record(lake, audit))
+            except OSError as spool_exc:
+                result["audit_spool_error"] = error_text(spool_exc)
     result["seconds"] = round(time.perf_counter() - clock, 3)
     return result
+
+
+def _flush_spool(conn: Any, lake: str) -> None:
+    """Write the audit rows that earlier runs left in the lake's spool; never fails the run."""
+    from sndw.audit import error_text
+    from sndw.spool import flush_spool
+
+    try:
+        flush_spool(conn, lake)
+    except Exception as exc:
+        log.warning("the audit spool in %s was not flushed: %s", lake, error_text(exc))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -214,6 +234,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"FAILED ({result['step']}): {result['error']}", file=sys.stderr)
     if not result.get("audited"):
         print(f"the audit row could not be written either: {result.get('audit_error')}", file=sys.stderr)
+        if result.get("audit_spooled"):
+            print(f"it waits in {result['audit_spooled']}; the next run that reaches the warehouse writes it",
+                  file=sys.stderr)
     return 1
 
 

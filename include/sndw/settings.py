@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
+from sndw.audit import register_secret
 from sndw.errors import ConfigError
 
 
@@ -13,6 +14,7 @@ def dw_url() -> str:
     """The warehouse as a libpq URL: ``AIRFLOW_CONN_DW`` if set, else the ``DW_*`` variables."""
     url = os.environ.get("AIRFLOW_CONN_DW")
     if url and url.startswith(("postgres://", "postgresql://")):
+        register_secret(unquote(urlsplit(url).password or "") or None)  # masked in every message
         return url.replace("postgres://", "postgresql://", 1)
     if url:
         raise ConfigError("AIRFLOW_CONN_DW", "", "must be a postgresql:// URI for the command line tools")
@@ -21,6 +23,7 @@ def dw_url() -> str:
         raise ConfigError("environment", "DW_HOST",
                           "no warehouse configured: set AIRFLOW_CONN_DW or DW_HOST/DW_PORT/DW_DATABASE/"
                           "DW_USERNAME/DW_PASSWORD (or run through `make`, which starts the local one)")
+    register_secret(os.environ.get("DW_PASSWORD"))
     user = quote(os.environ.get("DW_USERNAME", "postgres"), safe="")
     password = quote(os.environ.get("DW_PASSWORD", ""), safe="")
     database = quote(os.environ.get("DW_DATABASE", "dw"), safe="")

@@ -7,6 +7,7 @@ or not at all. Loads into the same table are serialised with a transaction-level
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,13 +27,13 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
-from sndw.errors import LoadError, PermanentError, SchemaConflictError
-from sndw.lake import Manifest, iter_file_batches
+from sndw.errors import EmptyExtractError, LoadError, PermanentError, SchemaConflictError
+from sndw.lake import PG_TYPE_KEY, Manifest, iter_file_batches, partition_rows
 from sndw.naming import (
+    FILE_ID,
+    LAKE_FILES_TABLE,
     LOADED_AT,
     PARTITION_DATE,
-    RUN_ID,
-    SOURCE_FILE,
     advisory_lock_key,
     partition_child_table,
     qualified,
@@ -78,8 +79,21 @@ def pg_type_for(data_type: pa.DataType) -> str:
     return "text"
 
 
+def warehouse_type(fld: pa.Field) -> str:
+    """The warehouse column type of a lake field: the source's own type when the extract recorded
+    it (PostgreSQL sources, ``PG_TYPE_KEY``), else the one its lake type maps to."""
+    declared = (fld.metadata or {}).get(PG_TYPE_KEY)
+    return declared.decode() if declared else pg_type_for(fld.type)
+
+
+def _declared(fld: pa.Field) -> str | None:
+    value = (fld.metadata or {}).get(PG_TYPE_KEY)
+    return value.decode() if value else None
+
+
 def _base_pg_type(pg_type: str) -> str:
-    return pg_type.split("(", 1)[0].strip()
+    """The type without its modifiers: ``timestamp(3) with time zone`` -> ``timestamp with time zone``."""
+    return " ".join(re.sub(r"\([^)]*\)", " ", pg_type).split())
 
 
 # What incoming lake types each warehouse type accepts without change, and how to cast them so the
@@ -105,15 +119,24 @@ def _is_json_like(t: pa.DataType) -> bool:
     return pa.types.is_nested(t)
 
 
-def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType) -> ColumnPlan | str:
+def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
+                declared: str | None = None) -> ColumnPlan | str:
     """The cast for ``incoming`` into a column of ``pg_type``, or the wider type the column needs.
 
+    ``declared`` is the source's own type of a column a PostgreSQL source carried as text (say
+    ``tsvector``): it is loaded as text through a staging table and cast there ("staged").
     Raises SchemaConflictError when the change cannot be made safely.
     """
     base = _base_pg_type(pg_type)
     t = incoming
     if pa.types.is_null(t):
         return ColumnPlan(name, pg_type, pa.null(), "null")
+    if (declared and pa.types.is_string(t) and base not in _TEXT_TYPES and base not in ("json", "jsonb")):
+        if declared.replace(" ", "") != pg_type.replace(" ", ""):
+            raise SchemaConflictError(table, name, pg_type, declared)
+        return ColumnPlan(name, pg_type, pa.string(), "staged")
+    if declared and base in ("json", "jsonb") and pa.types.is_string(t):
+        return ColumnPlan(name, pg_type, pa.string(), "jsonb" if base == "jsonb" else "json-text")
     if base in _TEXT_TYPES:
         if _is_json_like(t):
             return ColumnPlan(name, pg_type, pa.string(), "json-text")
@@ -141,6 +164,8 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType) -> C
         if pa.types.is_date(t):
             return ColumnPlan(name, pg_type, pa.date32(), "native")
     elif base in ("timestamp with time zone", "timestamp without time zone"):
+        if pa.types.is_timestamp(t) and t.tz is None and base == "timestamp without time zone":
+            return ColumnPlan(name, pg_type, pa.timestamp("us"), "native")  # wall-clock time as is
         if pa.types.is_timestamp(t):
             return ColumnPlan(name, pg_type, pa.timestamp("us", tz="UTC"), "native")
         if pa.types.is_date(t):
@@ -166,6 +191,8 @@ class LoadSpec:
     table: str
     write_mode: str = "replace"
     primary_key: Sequence[str] = ()
+    # replace/partition: an extract of 0 rows would empty the table (or the date); refused unless set.
+    allow_empty: bool = False
 
     @property
     def qualified(self) -> str:
@@ -225,20 +252,19 @@ def _is_partitioned(cur: psycopg.Cursor[Any], schema: str, table: str) -> bool:
 def _meta_columns_sql() -> list[sql.Composable]:
     return [
         sql.SQL("{} timestamp with time zone NOT NULL DEFAULT now()").format(sql.Identifier(LOADED_AT)),
-        sql.SQL("{} text").format(sql.Identifier(SOURCE_FILE)),
         sql.SQL("{} date").format(sql.Identifier(PARTITION_DATE)),
-        sql.SQL("{} text").format(sql.Identifier(RUN_ID)),
+        sql.SQL("{} integer").format(sql.Identifier(FILE_ID)),
     ]
 
 
 def create_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) -> None:
     columns: list[sql.Composable] = [
-        sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type_for(f.type))) for f in schema
+        sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(warehouse_type(f))) for f in schema
     ]
     columns += _meta_columns_sql()
     partition_clause: sql.Composable = sql.SQL("")
     if spec.write_mode == "partition":
-        columns[-2] = sql.SQL("{} date NOT NULL").format(sql.Identifier(PARTITION_DATE))
+        columns[-2] = sql.SQL("{} date NOT NULL").format(sql.Identifier(PARTITION_DATE))  # see _meta_columns_sql
         partition_clause = sql.SQL(" PARTITION BY LIST ({})").format(sql.Identifier(PARTITION_DATE))
     statement = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}){}").format(
         spec.ident(), sql.SQL(", ").join(columns), partition_clause)
@@ -273,19 +299,22 @@ def evolve_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) ->
             "drop or rename the table so it can be created partitioned by _partition_date")
     for f in schema:
         if f.name not in existing:
-            pg_type = pg_type_for(f.type)
+            pg_type = warehouse_type(f)
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 spec.ident(), sql.Identifier(f.name), sql.SQL(pg_type)))
             log.warning("schema change: added column %s.%s %s", spec.qualified, f.name, pg_type)
             changes.append({"change": "add_column", "column": f.name, "type": pg_type})
             continue
-        planned = plan_column(spec.qualified, f.name, existing[f.name], f.type)
+        planned = plan_column(spec.qualified, f.name, existing[f.name], f.type, _declared(f))
         if isinstance(planned, str):
             cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
                 spec.ident(), sql.Identifier(f.name), sql.SQL(planned)))
             log.warning("schema change: widened %s.%s from %s to %s", spec.qualified, f.name,
                         existing[f.name], planned)
             changes.append({"change": "widen_column", "column": f.name, "from": existing[f.name], "to": planned})
+    if FILE_ID not in existing:  # a table made before lineage moved to etl_lake_files
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} integer").format(spec.ident(), sql.Identifier(FILE_ID)))
+        changes.append({"change": "add_column", "column": FILE_ID, "type": "integer"})
     missing = [name for name in existing if name not in schema.names and not name.startswith("_")]
     if missing:
         log.info("%s: %d warehouse columns are not in this load and get NULL: %s",
@@ -336,14 +365,44 @@ def _replace_nul(array: pa.Array, escaped: bool) -> tuple[pa.Array, int]:
     return array, hits
 
 
+_DAYS_2000, _MICROS_2000 = 10_957, 946_684_800_000_000
+
+
+def _encoded_type(plan: ColumnPlan) -> pa.DataType:
+    """What a column is encoded from: dates and timestamps as PostgreSQL's own integers."""
+    if plan.output in ("json-text", "jsonb", "staged"):
+        return pa.string()
+    if plan.output == "native" and pa.types.is_date32(plan.arrow_type):
+        return pa.int32()
+    if plan.output == "native" and pa.types.is_timestamp(plan.arrow_type):
+        return pa.int64()
+    return plan.arrow_type
+
+
+def _postgres_epoch(name: str, column: pa.Array, storage: pa.DataType, offset: int) -> pa.Array:
+    """Days or microseconds since 1970 as PostgreSQL's since 2000, binary COPY's wire form. The
+    type's max and min values are the lake's infinities: they become PostgreSQL's (its own max and
+    min), so 'infinity' and '-infinity' load exactly, with no text detour."""
+    raw = column.view(storage)
+    top, bottom = pa.scalar((1 << (storage.bit_width - 1)) - 1, storage), pa.scalar(-(1 << (storage.bit_width - 1)), storage)
+    bounds = pc.min_max(raw)
+    try:
+        if bounds["max"].as_py() != top.as_py() and bounds["min"].as_py() != bottom.as_py():
+            return pc.subtract_checked(raw, pa.scalar(offset, storage))
+        infinite = pc.or_(pc.equal(raw, top), pc.equal(raw, bottom))
+        shifted = pc.subtract_checked(pc.if_else(infinite, pa.scalar(0, storage), raw), pa.scalar(offset, storage))
+        return pc.if_else(infinite, raw, shifted)
+    except pa.ArrowInvalid as exc:
+        raise LoadError(f"column {name}: a value is out of PostgreSQL's range ({exc})") from None
+
+
 class BatchEncoder:
     """Casts lake batches to the exact warehouse column types and encodes them as binary COPY."""
 
     def __init__(self, plans: list[ColumnPlan], constants: dict[str, tuple[pa.DataType, Any]]) -> None:
         self.plans = plans
         self.constants = constants
-        fields = [pa.field(p.name, pa.string() if p.output in ("json-text", "jsonb") else p.arrow_type)
-                  for p in plans]
+        fields = [pa.field(p.name, _encoded_type(p)) for p in plans]
         fields += [pa.field(name, typ) for name, (typ, _) in constants.items()]
         self.schema = pa.schema(fields)
         builders: dict[str, Any] = {}
@@ -382,6 +441,10 @@ class BatchEncoder:
                 if pa.types.is_string(plan.arrow_type):
                     column, hits = _replace_nul(column, escaped=False)
                     self.nul_replaced += hits
+                elif pa.types.is_date32(plan.arrow_type):
+                    column = _postgres_epoch(plan.name, column, pa.int32(), _DAYS_2000)
+                elif pa.types.is_timestamp(plan.arrow_type):
+                    column = _postgres_epoch(plan.name, column, pa.int64(), _MICROS_2000)
             arrays.append(column)
         for _name, (typ, value) in self.constants.items():
             arrays.append(pa.repeat(pa.scalar(value, type=typ), batch.num_rows))
@@ -412,11 +475,15 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
     file_schema = pq.read_schema(path)
     plans: list[ColumnPlan] = []
     for f in file_schema:
-        planned = plan_column(table, f.name, columns[f.name], f.type)
+        planned = plan_column(table, f.name, columns[f.name], f.type, _declared(f))
         if isinstance(planned, str):  # evolve_table has already widened it; plan again
             raise LoadError(f"{table}.{f.name} was not widened before the load")
         plans.append(planned)
     encoder = BatchEncoder(plans, constants)
+    staged = [p for p in plans if p.output == "staged"]
+    final_target = target
+    if staged:  # columns carried as text: COPY them into text columns, cast on the way to the table
+        target = _staging_table(cur, plans, constants, columns)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         target, sql.SQL(", ").join(sql.Identifier(c) for c in encoder.column_names))
     rows = 0
@@ -430,7 +497,31 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
             copy.write(encoder.encode(batch))
             rows += batch.num_rows
         copy.write(encoder.finish())
+    if staged:
+        names = encoder.column_names
+        casts = {p.name: sql.SQL("{}::{}").format(sql.Identifier(p.name), sql.SQL(p.pg_type)) for p in staged}
+        try:
+            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                final_target, sql.SQL(", ").join(sql.Identifier(n) for n in names),
+                sql.SQL(", ").join(casts.get(n, sql.Identifier(n)) for n in names), target))
+        except psycopg.errors.DataError as exc:
+            raise LoadError(f"{table}: a value of {', '.join(p.name for p in staged)} does not fit its "
+                            f"type in {path}: {exc}") from exc
+        cur.execute(sql.SQL("DROP TABLE {}").format(target))
     return rows, encoder.nul_replaced
+
+
+def _staging_table(cur: psycopg.Cursor[Any], plans: list[ColumnPlan], constants: dict[str, tuple[pa.DataType, Any]],
+                   columns: dict[str, str]) -> sql.Composable:
+    """A temporary table with the target's column types, text for the "staged" columns."""
+    name = sql.Identifier("_sndw_cast")
+    items = [sql.SQL("{} {}").format(sql.Identifier(p.name), sql.SQL("text" if p.output == "staged" else p.pg_type))
+             for p in plans]
+    items += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(columns.get(c) or pg_type_for(t)))
+              for c, (t, _) in constants.items()]
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))
+    cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(name, sql.SQL(", ").join(items)))
+    return name
 
 
 # ------------------------------------------------------------------------------------ loads
@@ -442,6 +533,18 @@ def _check_files(paths: Sequence[str]) -> None:
         raise PermanentError(
             f"lake files of this load are missing (the partition was replaced by a newer extract, or "
             f"deleted): {', '.join(missing[:5])}; run the extract again")
+
+
+def _check_not_empty(paths: Sequence[str], spec: LoadSpec, partition: date) -> None:
+    """A replace of everything (or of a date) by nothing is refused unless the table allows it:
+    an empty extract is far more often a broken export than a source that really emptied."""
+    if spec.write_mode not in ("replace", "partition") or spec.allow_empty or partition_rows(paths):
+        return
+    what = "the table" if spec.write_mode == "replace" else f"its partition {partition}"
+    raise EmptyExtractError(
+        f"{spec.qualified}: the extract of partition {partition} has 0 rows; a {spec.write_mode} load would "
+        f"empty {what}, so nothing was loaded and the table is unchanged. If the source can really be "
+        "empty, set 'allow_empty: true' on this table in the source config")
 
 
 def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSpec, *, partition: date,
@@ -456,8 +559,10 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
     """
     started = time.perf_counter()
     _check_files(paths)
+    _check_not_empty(paths, spec, partition)
     if audit is not None:
         ensure_audit_table(conn, audit_schema)
+    ensure_lake_files_table(conn)
     result = LoadResult(table=spec.qualified, write_mode=spec.write_mode, rows_loaded=0, files=len(paths))
     try:
         with conn.transaction(), conn.cursor() as cur:
@@ -515,19 +620,70 @@ def load_manifest(conn: psycopg.Connection[Any], manifest: Manifest | dict[str, 
                       state_key=state_key)
 
 
-def _constants(path: str, partition: date, run_id: str | None) -> dict[str, tuple[pa.DataType, Any]]:
+def _constants(file_id: int, partition: date) -> dict[str, tuple[pa.DataType, Any]]:
     return {
-        SOURCE_FILE: (pa.string(), path),
         PARTITION_DATE: (pa.date32(), partition),
-        RUN_ID: (pa.string(), run_id),
+        FILE_ID: (pa.int32(), file_id),
     }
+
+
+# ----------------------------------------------------------------------------------- lineage
+
+LAKE_FILES_DDL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    file_id        SERIAL PRIMARY KEY,
+    target_table   TEXT NOT NULL,
+    lake_path      TEXT NOT NULL,
+    partition_date DATE NOT NULL,
+    run_id         TEXT,
+    manifest_id    TEXT,
+    registered_at  TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    UNIQUE (target_table, lake_path)
+)
+"""
+
+
+def lake_files_table(schema: str = "public") -> sql.Composed:
+    return sql.SQL(".").join([sql.Identifier(schema), sql.Identifier(LAKE_FILES_TABLE)])
+
+
+def ensure_lake_files_table(conn: psycopg.Connection[Any], schema: str = "public") -> None:
+    """The lineage lookup: every loaded row's ``_file_id`` names one lake file, its run and manifest.
+
+    An integer per row instead of the file's path and the run id as text (about 110 bytes a row):
+    the loaded table stays close to its source's size.
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{LAKE_FILES_TABLE}"',))
+        row = cur.fetchone()
+        if row is not None and row[0] is not None:
+            return
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:lake-files-ddl'))")
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        cur.execute(sql.SQL(LAKE_FILES_DDL).format(table=lake_files_table(schema)))
+
+
+def register_file(cur: psycopg.Cursor[Any], spec: LoadSpec, path: str, partition: date, run_id: str | None,
+                  schema: str = "public") -> int:
+    """The ``_file_id`` of one lake file loaded into ``spec``'s table (the same id when it is loaded again)."""
+    from sndw.lake import file_manifest_id
+
+    cur.execute(sql.SQL(
+        "INSERT INTO {} (target_table, lake_path, partition_date, run_id, manifest_id) VALUES (%s, %s, %s, %s, %s) "
+        "ON CONFLICT (target_table, lake_path) DO UPDATE SET run_id = EXCLUDED.run_id, "
+        "partition_date = EXCLUDED.partition_date RETURNING file_id").format(lake_files_table(schema)),
+        (spec.qualified, path, partition, run_id, file_manifest_id(path)))
+    row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, paths: Sequence[str],
               columns: dict[str, str], partition: date, run_id: str | None, result: LoadResult,
               batch_rows: int) -> None:
     for path in paths:
-        rows, nul = copy_file(cur, target, path, columns, spec.qualified, _constants(path, partition, run_id),
+        file_id = register_file(cur, spec, path, partition, run_id)
+        rows, nul = copy_file(cur, target, path, columns, spec.qualified, _constants(file_id, partition),
                               batch_rows)
         result.rows_loaded += rows
         result.nul_replaced += nul
@@ -546,36 +702,69 @@ def _append_partition(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[
     _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
 
 
-def _has_dependents(cur: psycopg.Cursor[Any], spec: LoadSpec) -> bool:
+def _referenced_keys(cur: psycopg.Cursor[Any], spec: LoadSpec) -> list[list[str]]:
+    """The keys of this table that foreign keys of other tables point at (each a column list)."""
     cur.execute(
         """
-        SELECT EXISTS (
-            SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-            WHERE d.refobjid = to_regclass(%s) AND r.ev_class <> d.refobjid)
+        SELECT array_agg(a.attname::text ORDER BY k.ord)
+        FROM pg_constraint c
+        CROSS JOIN LATERAL unnest(c.confkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum
+        WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) AND c.conrelid <> c.confrelid
+        GROUP BY c.oid ORDER BY c.oid
         """,
         (spec.ident().as_string(cur.connection),),
     )
-    row = cur.fetchone()
-    return bool(row and row[0])
+    return [list(row[0]) for row in cur.fetchall()]
 
 
 def _replace(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
              partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
-    """Full refresh. The new rows go into a fresh copy of the table that is swapped in by rename,
-    so readers are blocked only for the swap; with views on the table, TRUNCATE + COPY instead
-    (still one transaction: readers wait, never see it empty)."""
-    if _has_dependents(cur, spec):
-        cur.execute(sql.SQL("TRUNCATE {}").format(spec.ident()))
-        _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
+    """Full refresh in place: TRUNCATE + COPY in the load's transaction (readers wait, never see
+    it empty). The table stays the same object, so its grants, owner, comments, indexes,
+    constraints, policies, triggers and dependent views all stay; a new table swapped in by
+    rename kept none of the first three or the foreign keys pointing at it, for no measurable
+    speed gain. A table that other tables' foreign keys point at cannot be truncated: see
+    ``_replace_referenced``."""
+    keys = _referenced_keys(cur, spec)
+    if keys:
+        _replace_referenced(cur, spec, keys[0], paths, columns, partition, run_id, result, batch_rows)
         return
-    new_name = f"{spec.table[:45]}__sndw_new"
-    old_name = f"{spec.table[:45]}__sndw_old"
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(spec.ident(new_name)))
-    cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(spec.ident(new_name), spec.ident()))
-    _copy_all(cur, spec.ident(new_name), spec, paths, columns, partition, run_id, result, batch_rows)
-    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(spec.ident(), sql.Identifier(old_name)))
-    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(spec.ident(new_name), sql.Identifier(spec.table)))
-    cur.execute(sql.SQL("DROP TABLE {}").format(spec.ident(old_name)))
+    cur.execute(sql.SQL("TRUNCATE {}").format(spec.ident()))
+    _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
+
+
+def _replace_referenced(cur: psycopg.Cursor[Any], spec: LoadSpec, key: list[str], paths: Sequence[str],
+                        columns: dict[str, str], partition: date, run_id: str | None, result: LoadResult,
+                        batch_rows: int) -> None:
+    """Replace the rows of a table that foreign keys point at, on the key they reference: rows
+    whose key left the source are deleted (the referencing tables' own ON DELETE rules apply, so
+    a key still in use fails the load), the others are updated in place or inserted. TRUNCATE
+    would fail, and TRUNCATE ... CASCADE would empty the referencing tables."""
+    staging = f"_sndw_replace_{spec.table[:40]}"
+    cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+        sql.Identifier(staging), spec.ident()))
+    _copy_all(cur, sql.Identifier(staging), spec, paths, columns, partition, run_id, result, batch_rows)
+    keys = [sql.Identifier(k) for k in key]
+    cur.execute(sql.SQL("SELECT count(*) - count(DISTINCT ({keys})) FROM {staging} WHERE {not_null}").format(
+        keys=sql.SQL(", ").join(keys), staging=sql.Identifier(staging),
+        not_null=sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(k) for k in keys)))
+    row = cur.fetchone()
+    if row and row[0]:
+        raise PermanentError(f"{spec.qualified}: other tables' foreign keys point at ({', '.join(key)}), so a "
+                             f"replace matches rows on it, but {row[0]} rows of the extract repeat a key")
+    cur.execute(sql.SQL("DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM {staging} s WHERE {match})").format(
+        target=spec.ident(), staging=sql.Identifier(staging),
+        match=sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=k) for k in keys)))
+    names = [c for c in columns if c != LOADED_AT]
+    cols = [sql.Identifier(c) for c in names]
+    updates = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+               for c in names if c not in key]
+    updates.append(sql.SQL("{} = now()").format(sql.Identifier(LOADED_AT)))
+    cur.execute(sql.SQL("INSERT INTO {target} ({cols}) SELECT {cols} FROM {staging} "
+                        "ON CONFLICT ({keys}) DO UPDATE SET {updates}").format(
+        target=spec.ident(), cols=sql.SQL(", ").join(cols), staging=sql.Identifier(staging),
+        keys=sql.SQL(", ").join(keys), updates=sql.SQL(", ").join(updates)))
 
 
 def _partition(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],

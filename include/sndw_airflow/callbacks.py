@@ -6,9 +6,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sndw.audit import AuditRecord, write_audit_record
+from sndw.audit import AuditRecord, error_text, write_audit_record
+from sndw.spool import flush_spool, spool_record
 
-from sndw_airflow.context import attempt, partition_date, started_at
+from sndw_airflow.context import attempt, lake_root, partition_date, started_at
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,37 @@ def _record(context: Any, status: str) -> AuditRecord | None:
     )
 
 
+def spool_root(task: Any) -> str:
+    """The lake that holds the task's audit spool: its own ``lake_root``, else the default one."""
+    return str(getattr(task, "lake_root", None) or lake_root())
+
+
 def _write(context: Any, status: str) -> None:
+    """Write the attempt's row, after the rows that waited in the spool (ids stay in time order);
+    when the warehouse cannot be reached, spool the row so the next connection writes it."""
     record = _record(context, status)
     if record is None:
         return
     task = context["task"]
+    root = spool_root(task)
     try:
         conn = task.dw_connection()
         try:
+            try:
+                flush_spool(conn, root)
+            except Exception as exc:  # the spool waits for the next attempt; this row need not
+                log.warning("audit: the spool in %s was not flushed: %s", root, error_text(exc))
             inserted = write_audit_record(conn, record)
         finally:
             conn.close()
-    except Exception:  # a callback must not hide the task's own outcome
-        log.exception("could not write the audit row for %s", record.attempt_key)
+    except Exception as exc:  # a callback must not hide the task's own outcome
+        try:
+            path = spool_record(root, record)
+        except Exception:
+            log.exception("could not write the audit row for %s, nor spool it in %s", record.attempt_key, root)
+            return
+        log.warning("audit: the warehouse is unreachable (%s); the row of %s waits in %s", error_text(exc),
+                    record.attempt_key, path)
         return
     if inserted:
         log.info("audit: %s %s", status, record.attempt_key)

@@ -13,13 +13,12 @@ from airflow.sdk import DAG, BaseOperator, Param, XComArg
 from airflow.sdk.exceptions import AirflowFailException
 from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
 from sndw.errors import ConfigError
-from sndw.naming import dag_id_for, extract_task_id, load_task_id, normalize_identifier
+from sndw.naming import INVALID_CONFIG_PREFIX as INVALID_CONFIG_PREFIX
+from sndw.naming import dag_id_for, extract_task_id, invalid_config_dag_id, load_task_id
 
 from sndw_airflow.operators import ExtractToParquetOperator, ParquetToDwOperator
 
 log = logging.getLogger(__name__)
-
-INVALID_CONFIG_PREFIX = "invalid_config_"
 
 
 class ConfigErrorWarning(UserWarning):
@@ -96,6 +95,9 @@ def _load_task(source: HttpSource | SqlSource | FileSource, table: Any, manifest
         target_schema=source.target_schema,
         write_mode=table.write_mode,
         primary_key=table.key_columns,
+        # A child table (unnested lists) may be empty: its parent's load, which runs first, already
+        # refused an empty extract unless allowed.
+        allow_empty=getattr(table, "allow_empty", True),
         dw_conn_id=source.dw_conn_id,
         source=source.name,
         kind=source.kind,
@@ -116,9 +118,9 @@ class ConfigErrorOperator(BaseOperator):
 def config_error_dag(path: Path, error: ConfigError) -> DAG:
     """A placeholder DAG in place of an invalid config: visible in the UI with the error as its doc."""
     with DAG(
-        dag_id=f"{INVALID_CONFIG_PREFIX}{normalize_identifier(path.stem)}",
+        dag_id=invalid_config_dag_id(path),
         description=f"INVALID CONFIG: {error}"[:500],
-        doc_md=f"## Invalid source config\n\n`{error}`\n\nFix the file; this DAG disappears when it parses.",
+        doc_md=f"## Invalid source config\n\n```\n{error}\n```\n\nFix the file; this DAG disappears when it parses.",
         schedule=None,
         start_date=datetime(2024, 1, 1, tzinfo=UTC),
         catchup=False,
@@ -133,11 +135,16 @@ def build_dags(folder: str | os.PathLike[str]) -> dict[str, DAG]:
     """Every source config in ``folder`` as a DAG; no database or network call happens here."""
     dags: dict[str, DAG] = {}
     for path, parsed in iter_sources(folder):
+        if not isinstance(parsed, ConfigError):
+            try:
+                dag = build_dag(parsed, path)
+                dag.validate()  # what DagBag checks next (the timetable): it would fail the whole file
+            except Exception as exc:  # one source that cannot be built must not hide the others
+                log.exception("source config %s: the DAG cannot be built", path)
+                parsed = ConfigError(str(path), "", f"the DAG cannot be built: {type(exc).__name__}: {exc}")
         if isinstance(parsed, ConfigError):
             log.error("invalid source config: %s", parsed)
             warnings.warn(str(parsed), ConfigErrorWarning, stacklevel=2)
             dag = config_error_dag(path, parsed)
-        else:
-            dag = build_dag(parsed, path)
         dags[dag.dag_id] = dag
     return dags

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from sndw.config import HttpTable
-from sndw.extract.http import AUTH_EXTRA_KEYS, HttpClient, resolve_auth
+from sndw.extract.http import AUTH_EXTRA_KEYS, HttpClient, register_header_secrets, resolve_auth
 
 
 def hook_client(hook: Any, spec: HttpTable) -> HttpClient:
@@ -22,6 +22,7 @@ def hook_client(hook: Any, spec: HttpTable) -> HttpClient:
     connection = hook.get_connection(hook.http_conn_id)
     plan = resolve_auth(spec.auth, connection.login, connection.password, connection.extra_dejson,
                         where=f"connection {hook.http_conn_id!r}")
+    register_header_secrets(spec.headers)  # resolve_auth registered the password and the extra's
     session = hook.get_conn()  # reads the connection once: base URL, extra options, basic auth
     for key in AUTH_EXTRA_KEYS:
         session.headers.pop(key, None)

@@ -15,6 +15,9 @@ from sndw.naming import normalize_identifier, qualified
 
 from sndw_airflow.callbacks import audit_failure, audit_success
 from sndw_airflow.context import attempt, lake_root, partition_date, started_at
+from sndw_airflow.masking import mask_registered_secrets
+
+mask_registered_secrets()  # the core's registered secrets, in every encoding, masked in task logs too
 
 
 def _add_partition_date(context: Any) -> None:
@@ -32,6 +35,11 @@ def _guess_value_type(text: str) -> str:
         except (ValueError, ArithmeticError):
             continue
     return "text"
+
+
+def _sql_label(source: str, spec: SqlTable) -> str:
+    """How errors name a SQL table: the source and table names, and the source table when set."""
+    return f"{source}.{spec.name}" + (f" (source table {spec.table})" if spec.table else "")
 
 
 def _with_audit_callbacks(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -53,8 +61,11 @@ class _SndwTask:
     def dw_connection(self) -> Any:
         """A psycopg 3 connection to the warehouse, through the provider's PostgresHook."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
+        from sndw.audit import register_secret
 
-        return PostgresHook(postgres_conn_id=self.dw_conn_id).get_conn()
+        hook = PostgresHook(postgres_conn_id=self.dw_conn_id)
+        register_secret(hook.get_connection(self.dw_conn_id).password)
+        return hook.get_conn()
 
 
 class ExtractToParquetOperator(_SndwTask, BaseOperator):
@@ -187,11 +198,13 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
     def _sql_batches(self, spec: SqlTable, low: Any = None, after: Any = None,
                      positioned: bool = False) -> Iterator[Any]:
         from airflow.sdk import BaseHook
+        from sndw.audit import register_secret
         from sndw.extract.sql import incremental_query, keyed_query, table_query, with_key_positions
 
         if not self.conn_id:
             raise AirflowFailException(f"{self.task_id}: a sql source needs conn_id")
         connection = BaseHook.get_connection(self.conn_id)
+        register_secret(connection.password)
         query = spec.query or table_query(spec.table or "")
         postgres = connection.conn_type in ("postgres", "postgresql")
         dialect = "postgres" if postgres else "other"
@@ -216,7 +229,8 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
                                      password=connection.password or "", **extra)
             # ADBC batches by bytes: aim near batch_rows (~128 B a row) so checkpoints stay frequent.
             batch_bytes = max(1 << 16, min(16 << 20, spec.batch_rows * 128))
-            yield from iter_postgres_batches(conninfo, query, batch_bytes=batch_bytes, max_rows=spec.batch_rows)
+            yield from iter_postgres_batches(conninfo, query, batch_bytes=batch_bytes, max_rows=spec.batch_rows,
+                                             table=_sql_label(self.source, spec), column_types=spec.column_types)
             return
         conn = connection.get_hook().get_conn()
         try:
@@ -264,6 +278,7 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
     :param target_schema: its schema, created if missing (templated)
     :param write_mode: ``replace``, ``append``, ``merge`` or ``partition``
     :param primary_key: key columns, needed by ``merge``
+    :param allow_empty: let an extract of 0 rows empty a ``replace`` table or a ``partition`` date
     :param dw_conn_id: the warehouse's Airflow connection
     """
 
@@ -271,8 +286,9 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
     ui_color = "#e3f4d7"
 
     def __init__(self, *, manifest: Any, target_table: str, target_schema: str = "public",
-                 write_mode: str = "replace", primary_key: Sequence[str] = (), dw_conn_id: str = "dw",
-                 source: str | None = None, kind: str | None = None, **kwargs: Any) -> None:
+                 write_mode: str = "replace", primary_key: Sequence[str] = (), allow_empty: bool = False,
+                 dw_conn_id: str = "dw", source: str | None = None, kind: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**_with_audit_callbacks(kwargs))
         if write_mode not in ("replace", "append", "merge", "partition"):
             raise ValueError(f"write_mode must be replace, append, merge or partition; got {write_mode!r}")
@@ -283,6 +299,7 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
         self.target_schema = target_schema
         self.write_mode = write_mode
         self.primary_key = list(primary_key)
+        self.allow_empty = allow_empty
         self.dw_conn_id = dw_conn_id
         self.source = source
         self.kind = kind
@@ -306,6 +323,17 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
             "step": "load",
         }
 
+    def _flush_audit_spool(self, conn: Any) -> None:
+        """Rows spooled while the warehouse was down go in before this load's own row (ids keep time
+        order: the partition status view takes the last one); a flush problem never fails the load."""
+        from sndw.audit import error_text
+        from sndw.spool import flush_spool
+
+        try:
+            flush_spool(conn, lake_root())
+        except Exception as exc:
+            self.log.warning("audit: the spool in %s was not flushed: %s", lake_root(), error_text(exc))
+
     def execute(self, context: Any) -> dict[str, Any]:
         from sndw.warehouse import LoadSpec, load_manifest
 
@@ -314,7 +342,8 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
             raise AirflowFailException(f"{self.task_id}: manifest is not a lake manifest: {type(self.manifest).__name__}")
         spec = LoadSpec(schema=normalize_identifier(self.target_schema),
                         table=normalize_identifier(self.target_table), write_mode=self.write_mode,
-                        primary_key=[normalize_identifier(k) for k in self.primary_key])
+                        primary_key=[normalize_identifier(k) for k in self.primary_key],
+                        allow_empty=self.allow_empty)
         fields = self.audit_fields()
         audit = AuditRecord(
             pipeline_name=fields["pipeline_name"], source_name=fields["source_name"],
@@ -327,6 +356,7 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
                       manifest.rows, manifest.partition, spec.qualified, spec.write_mode)
         conn = self.dw_connection()
         try:
+            self._flush_audit_spool(conn)
             state_key = (self.dag_id, manifest.table) if manifest.watermark else None
             result = load_manifest(conn, manifest, spec, audit=audit, state_key=state_key)
         except PermanentError as exc:

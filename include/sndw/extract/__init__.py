@@ -159,14 +159,60 @@ _MISFIT = object()
 
 
 class SchemaDriftError(SchemaConflictError):
-    """A field's values stopped fitting the type its column got from earlier records of the extract."""
+    """A field's values stopped fitting the type its column got from earlier records of the extract
+    (or from ``column_types``)."""
 
-    def __init__(self, table: str, column: str, old_type: str, new_type: str, where: str) -> None:
+    def __init__(self, table: str, column: str, old_type: str, new_type: str, where: str,
+                 value: Any = None, declared: bool = False) -> None:
         super().__init__(table, column, old_type, new_type)
+        self.where = where
+        shown = _excerpt(value)
+        if declared:
+            self.args = (
+                f"{table}.{column} at {where}: value {shown} ({new_type}) does not fit the type {old_type} "
+                f"that column_types declares for it. Nothing was loaded. Fix the source or the declared type.",)
+            return
         self.args = (
             f"type change in {table}.{column} at {where}: earlier records gave {old_type}, this one gives "
-            f"{new_type}. Nothing was loaded. Set on_type_change: variant (such values go to a column "
-            f"{column}{VARIANT_MARK}<type>) or fix the type with column_types: {{{column}: text}}",)
+            f"{new_type} ({shown}). Nothing was loaded. Set on_type_change: variant (such values go to a "
+            f"column {column}{VARIANT_MARK}<type>) or fix the type with column_types: {{{column}: text}}",)
+
+
+def _excerpt(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+# decimal128(38): the widest exact numbers the lake keeps as numbers; wider ones stay text.
+MAX_NUMERIC_DIGITS = 38
+
+
+def fits_numeric(value: decimal.Decimal) -> bool:
+    """Whether a finite decimal fits decimal128(38, s): at most 38 digits left and right of the point."""
+    if not value.is_finite():
+        return False
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    whole = max(0, len(digits) + exponent)
+    scale = max(0, -exponent)
+    return whole + scale <= MAX_NUMERIC_DIGITS
+
+
+def exact_float(text: str) -> float | decimal.Decimal | str:
+    """``parse_float`` for JSON: a float when it holds the number written, else the exact Decimal.
+
+    ``0.1`` is the float 0.1 (its shortest form reads back as 0.1), but
+    ``0.1000000000000000055511151231257827`` or ``1e400`` are not any float: as floats they would be
+    stored as ``0.1`` and ``inf``. So they stay exact: a Decimal (numeric), or, wider than
+    numeric(38), the number's own text, character for character.
+    """
+    number = float(text)
+    if len(text) <= 16 and "e" not in text and "E" not in text:
+        return number  # at most 15 significant digits: every such decimal is its own double (DBL_DIG)
+    exact = decimal.Decimal(text)
+    if number == number and number not in (float("inf"), float("-inf")) and decimal.Decimal(repr(number)) == exact:
+        return number
+    return exact if fits_numeric(exact) else text
 
 
 def value_kind(value: Any) -> str | None:
@@ -176,41 +222,41 @@ def value_kind(value: Any) -> str | None:
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
-        return "bigint" if _INT64[0] <= value <= _INT64[1] else "numeric"
+        if _INT64[0] <= value <= _INT64[1]:
+            return "bigint"
+        return "numeric" if fits_numeric(decimal.Decimal(value)) else "text"
     if isinstance(value, float):
         return "double" if value == value and value not in (float("inf"), float("-inf")) else "text"
     if isinstance(value, decimal.Decimal):
-        return "numeric"
+        return "numeric" if fits_numeric(value) else "text"
     if isinstance(value, (list, tuple, dict)):
         return "json"
     return "text"
 
 
-def _first_kind(kinds: set[str]) -> str:
-    """The kind of a column first seen with values of ``kinds`` (mixed types become text)."""
-    if len(kinds) == 1:
-        return next(iter(kinds))
-    if "json" in kinds:
-        return "json"
-    if kinds <= {"bigint", "double"}:
-        return "double"
-    if kinds <= {"bigint", "double", "numeric"}:
-        return "numeric"
-    return "text"
+def _first_kind(values: Sequence[Any]) -> str | None:
+    """The kind of a column: that of its first non-null value.
+
+    Later values are then taken one by one as if each came in a batch of its own, so the outcome
+    never depends on ``batch_rows`` (``1`` then ``"X-3"`` is a type change in one batch as across two).
+    """
+    return next((k for k in (value_kind(v) for v in values) if k is not None), None)
 
 
 def _numeric(value: Any) -> decimal.Decimal | object:
     if isinstance(value, bool):
         return _MISFIT
     if isinstance(value, int):
-        return decimal.Decimal(value)
-    if isinstance(value, float):
+        number = decimal.Decimal(value)
+    elif isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             return _MISFIT
-        return decimal.Decimal(repr(value))
-    if isinstance(value, decimal.Decimal):
-        return value
-    return _MISFIT
+        number = decimal.Decimal(repr(value))
+    elif isinstance(value, decimal.Decimal):
+        number = value
+    else:
+        return _MISFIT
+    return number if fits_numeric(number) else _MISFIT
 
 
 def convert(kind: str, value: Any) -> Any:
@@ -236,6 +282,8 @@ def convert(kind: str, value: Any) -> Any:
             return value
         if isinstance(value, int) and abs(value) <= _EXACT_FLOAT_INT:
             return float(value)
+        if isinstance(value, decimal.Decimal) and value.is_finite() and decimal.Decimal(repr(float(value))) == value:
+            return float(value)
         return _MISFIT
     if kind == "numeric":
         return _numeric(value)
@@ -258,10 +306,11 @@ def kind_array(kind: str, values: Sequence[Any]) -> pa.Array | None:
 class TypedBatchBuilder:
     """Record batches whose column types hold for the whole extract, not just one batch.
 
-    A column gets its kind from the first values seen (mixed values in that batch: text, as
-    ``column_array``; ints and floats: double). Later values keep that kind when they convert without
-    loss (``2.0`` into bigint, ``3`` into double, anything into text or JSON); integers that meet
-    fractions widen to numeric (exact, and the warehouse widens bigint to numeric the same way).
+    A column gets its kind from its first non-null value (or from ``column_types``); every later
+    value, in the same batch or a later one, keeps that kind when it converts without loss (``2.0``
+    into bigint, ``3`` into double, anything into text or JSON); integers that meet fractions widen
+    to numeric (exact, and the warehouse widens bigint to numeric the same way). So the outcome is
+    the same whatever ``batch_rows`` is.
     Any other change is a type change: ``on_type_change="fail"`` raises SchemaDriftError naming
     table, column, old and new type; ``"variant"`` keeps the column and puts those values into a
     column ``<column>__v_<kind>`` (NULL in the original column), so no value is lost or altered.
@@ -275,6 +324,14 @@ class TypedBatchBuilder:
         self.kinds: dict[str, str] = {}
         self.records = 0
         self.changes: list[dict[str, Any]] = []
+        # where record numbers in errors count from: files set "<path> " and the records before it
+        self.origin = ""
+        self.origin_records = 0
+
+    def start(self, origin: str) -> None:
+        """Count the records of errors from here on, within ``origin`` (a file)."""
+        self.origin = f"{origin} "
+        self.origin_records = self.records
 
     def _established(self, name: str) -> str | None:
         kind = self.kinds.get(name)
@@ -308,16 +365,19 @@ class TypedBatchBuilder:
     def _column(self, name: str, values: list[Any], variants: dict[str, list[Any]]) -> pa.Array:
         kind = self._established(name)
         if kind is None:
-            kinds = {k for k in (value_kind(v) for v in values) if k is not None}
-            if not kinds:
+            kind = _first_kind(values)
+            if kind is None:
                 return pa.nulls(len(values))
-            kind = _first_kind(kinds)
             self.kinds[name] = kind
         converted = [convert(kind, v) for v in values]
         misfits = [i for i, v in enumerate(converted) if v is _MISFIT]
-        if misfits and kind == "bigint" and all(
-                _numeric(values[i]) is not _MISFIT for i in misfits):
-            # Integers meeting fractions: widen to exact numeric (the warehouse widens bigint the same way).
+        declared = normalize_identifier(name) in self.declared
+        widen = [i for i in misfits if _numeric(values[i]) is not _MISFIT]
+        other = [i for i in misfits if _numeric(values[i]) is _MISFIT]
+        if widen and kind == "bigint" and not declared and (
+                self.on_type_change == "variant" or not other or widen[0] < other[0]):
+            # Integers meeting fractions: widen to exact numeric (the warehouse widens bigint the same
+            # way), as record by record would have before reaching a value that fits no number.
             self.kinds[name] = kind = "numeric"
             self.changes.append({"change": "widen_column", "column": name, "from": "bigint", "to": "numeric"})
             converted = [convert(kind, v) for v in values]
@@ -331,10 +391,11 @@ class TypedBatchBuilder:
             assert array is not None
             return array
         first = misfits[0]
-        if self.on_type_change != "variant":
+        if self.on_type_change != "variant" or declared:
             raise SchemaDriftError(self.table, name, KIND_NAMES[kind],
                                    new_label or KIND_NAMES[value_kind(values[first]) or "text"],
-                                   f"record {self.records + first + 1}")
+                                   f"{self.origin}record {self.records - self.origin_records + first + 1}",
+                                   values[first], declared)
         for i in misfits:
             value = values[i]
             variant = f"{name}{VARIANT_MARK}{value_kind(value) or 'text'}"

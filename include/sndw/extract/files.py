@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import codecs
+import decimal
 import glob
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,21 @@ import pyarrow.parquet as pq
 
 from sndw.config import CsvOptions, FileTable
 from sndw.errors import SourceDataError
-from sndw.extract import batched, get_path, records_to_batch
+from sndw.extract import (
+    JSON_TYPE,
+    MAX_NUMERIC_DIGITS,
+    TypedBatchBuilder,
+    batched,
+    convert,
+    exact_float,
+    fits_numeric,
+    flatten_record,
+    get_path,
+    kind_array,
+    to_json_text,
+)
+from sndw.lake import SOURCE_FILE_KEY
+from sndw.naming import normalize_identifier
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +54,14 @@ def iter_file_batches(table: FileTable, base_path: str | None = None) -> Iterato
         where = os.path.join(base_path, table.path) if base_path and not os.path.isabs(table.path) else table.path
         raise SourceDataError(f"{table.name}: no file matches {where}")
     reader = _READERS[table.file_format]
+    # one builder for every file of a glob: a JSON field's type holds across the files, as across pages
+    builder = TypedBatchBuilder(table.name, on_type_change=table.on_type_change, column_types=table.column_types)
     for path in paths:
         log.info("%s: reading %s", table.name, path)
+        origin = {SOURCE_FILE_KEY: str(path).encode()}  # named by the lake's checks if a type conflicts
         try:
-            yield from reader(path, table)
+            for batch in reader(path, table, builder):
+                yield batch.replace_schema_metadata({**(batch.schema.metadata or {}), **origin})
         except (pl.exceptions.PolarsError, pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SourceDataError(f"{table.name}: cannot read {path}: {exc}") from exc
 
@@ -54,64 +75,265 @@ def _utf8_copy(path: Path, encoding: str) -> Path:
     return Path(tmp)
 
 
-def _csv(path: Path, table: FileTable) -> Iterator[pa.RecordBatch]:
+# ------------------------------------------------------------------------- exact CSV inference
+
+# What a CSV value must look like for polars' inferred type to hold it without losing a character
+# (value for value): no leading zero (zip 01234), sign (+1), spaces or -0 on integers; ISO dates only
+# (polars reads 24/01/02 as year 2 and 02/01/2024 as 2 January); at most microseconds.
+_EXACT_TEXT = {
+    "integer": r"^(0|-?[1-9][0-9]*)$",
+    "float": r"^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^-?(?i:nan|inf|infinity)$",
+    "date": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+    "datetime": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?$",
+    "datetime_tz": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:?[0-9]{2})$",
+    "time": r"^[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?$",
+    "boolean": r"^(?i:true|false)$",
+}
+_LEADING_ZERO = r"^-?0[0-9]"
+
+
+def _shape(dtype: pl.DataType) -> str | None:
+    if dtype.is_integer():
+        return "integer"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.Date:
+        return "date"
+    if isinstance(dtype, pl.Datetime):
+        return "datetime_tz" if dtype.time_zone else "datetime"
+    if dtype == pl.Time:
+        return "time"
+    if dtype == pl.Boolean:
+        return "boolean"
+    return None
+
+
+def _float_text_is_exact(text: str) -> bool:
+    """Whether the float polars reads from ``text`` is the number written (``0.1``, ``1.50``; not
+    ``0.1000000000000000055511151231257827`` or ``1e400``)."""
+    if text.lower().lstrip("-") in ("nan", "inf", "infinity"):
+        return True
+    if len(text) <= 15 and "e" not in text and "E" not in text:
+        return True  # at most 15 significant digits: every such decimal is its own double (DBL_DIG)
+    number = float(text)
+    return math.isfinite(number) and decimal.Decimal(repr(number)) == decimal.Decimal(text)
+
+
+def exact_csv_schema(raw: pl.LazyFrame, inferred: Mapping[str, pl.DataType],
+                     declared: Mapping[str, str]) -> tuple[dict[str, pl.DataType], set[str]]:
+    """The schema that reads every value exactly, and the integer columns wider than int64.
+
+    ``raw`` is the file read as text. A column keeps polars' inferred type only when every value is
+    written as that type prints it; else it stays text. Integers beyond int64 are read as text and
+    become numeric (decimal128(38, 0)) when every value has at most 38 digits. Columns named in
+    ``declared`` are read as text and converted to their declared type afterwards.
+    """
+    text: pl.DataType = pl.String()
+    schema = {name: (text if name in declared else dtype) for name, dtype in inferred.items()}
+    checks: list[pl.Expr] = []
+    floats: list[str] = []
+    for name, dtype in schema.items():
+        shape = _shape(dtype)
+        if shape is None or dtype == pl.String:
+            continue
+        column = pl.col(name)
+        bad = ~column.str.contains(_EXACT_TEXT[shape])
+        if shape == "float":
+            bad = bad | column.str.contains(_LEADING_ZERO)
+            floats.append(name)
+        checks.append(bad.fill_null(False).any().alias(f"bad:{name}"))
+        if shape == "integer":
+            checks.append(column.str.strip_chars_start("-").str.len_bytes().max().alias(f"digits:{name}"))
+    if not checks:
+        return schema, set()
+    found = raw.select(checks).collect().row(0, named=True)
+    wide: set[str] = set()
+    for name, dtype in list(schema.items()):
+        if found.get(f"bad:{name}"):
+            schema[name] = text
+        elif name in floats:
+            texts = raw.select(pl.col(name).drop_nulls().unique()).collect().to_series()
+            if not all(_float_text_is_exact(t) for t in texts):
+                schema[name] = text
+        elif dtype.is_integer() and dtype != pl.Int64:
+            schema[name] = text
+            if (found.get(f"digits:{name}") or 0) <= MAX_NUMERIC_DIGITS:
+                wide.add(name)
+    return schema, wide
+
+
+def _csv(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[pa.RecordBatch]:
     options: CsvOptions = table.csv
     source = path
     is_utf8 = codecs.lookup(options.encoding).name == "utf-8"
     if not is_utf8:
         source = _utf8_copy(path, options.encoding)
+    common: dict[str, Any] = {
+        "separator": options.delimiter, "quote_char": options.quote_char, "has_header": options.has_header,
+        "skip_rows": options.skip_rows, "null_values": options.null_values, "encoding": "utf8",
+        "raise_if_empty": False,
+    }
     try:
-        frame = pl.scan_csv(
-            source,
-            separator=options.delimiter,
-            quote_char=options.quote_char,
-            has_header=options.has_header,
-            skip_rows=options.skip_rows,
-            null_values=options.null_values,
-            infer_schema_length=None,  # whole-file inference: a late odd value must not fail the read
-            encoding="utf8",
-            raise_if_empty=False,
-            try_parse_dates=True,
-        )
+        # whole-file inference: a late odd value must not fail the read
+        inferred = pl.scan_csv(source, infer_schema_length=None, try_parse_dates=True, **common).collect_schema()
+        declared = _declared(table, list(inferred))
+        raw = pl.scan_csv(source, infer_schema=False, **common)
+        schema, wide = exact_csv_schema(raw, dict(inferred), declared)
+        frame = pl.scan_csv(source, schema=schema, **common)
+        row = 0
         for chunk in frame.collect_batches(chunk_size=table.batch_rows):
-            yield from chunk.to_arrow().to_batches()
+            for batch in chunk.to_arrow().to_batches():
+                yield _typed(batch, table, path, row, declared, wide)
+                row += batch.num_rows
     finally:
         if source != path:
             os.unlink(source)
 
 
-def _json(path: Path, table: FileTable) -> Iterator[pa.RecordBatch]:
+def _declared(table: FileTable, names: list[str]) -> dict[str, str]:
+    """The declared kind of each column of a file (``column_types`` keys match normalised names)."""
+    kinds = {normalize_identifier(k): v for k, v in table.column_types.items()}
+    return {name: kinds[normalize_identifier(name)] for name in names if normalize_identifier(name) in kinds}
+
+
+def _typed(batch: pa.RecordBatch, table: FileTable, path: Path, first_row: int,
+           declared: Mapping[str, str], wide: set[str]) -> pa.RecordBatch:
+    """Declared columns converted to their type, wide integer columns to decimal128(38, 0)."""
+    if not declared and not wide:
+        return batch
+    arrays = []
+    for name, array in zip(batch.schema.names, batch.columns, strict=True):
+        if name in declared:
+            array = declared_array(declared[name], array, _describe(table, path, first_row, name, declared[name]))
+        elif name in wide:
+            array = array.cast(pa.decimal128(MAX_NUMERIC_DIGITS, 0))
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _describe(table: FileTable, path: Path, first_row: int, column: str, kind: str) -> Callable[[int, Any], str]:
+    def describe(index: int, value: Any) -> str:
+        shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:60]}..."
+        return (f"{table.name}: {path} row {first_row + index + 1}, column {column!r}: value {shown} is not "
+                f"a {kind} (column_types declares {column}: {kind})")
+
+    return describe
+
+
+# How a text value reads as each declared kind (exactly; booleans as PostgreSQL spells them).
+_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_BOOLEANS = {"true": True, "t": True, "yes": True, "y": True, "on": True, "1": True,
+             "false": False, "f": False, "no": False, "n": False, "off": False, "0": False}
+_MISFIT = object()
+
+
+def _from_text(kind: str, text: str) -> Any:
+    if kind == "bigint":
+        if _INTEGER.match(text):
+            whole = int(text)
+            return whole if -(2**63) <= whole < 2**63 else _MISFIT
+        return _MISFIT
+    if kind == "double":
+        if _NUMBER.match(text) or text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            number = float(text)  # 1e400 is not infinity: only the words nan/inf read as those
+            return number if math.isfinite(number) or not _NUMBER.match(text) else _MISFIT
+        return _MISFIT
+    if kind == "numeric":
+        if _NUMBER.match(text):
+            exact = decimal.Decimal(text)
+            return exact if fits_numeric(exact) else _MISFIT
+        return _MISFIT
+    if kind == "boolean":
+        return _BOOLEANS.get(text.strip().lower(), _MISFIT)
+    if kind == "json":
+        try:
+            json.loads(text)
+        except ValueError:
+            return _MISFIT
+        return text  # the JSON text itself: "null" is JSON null, not a missing value
+    return text
+
+
+def declared_array(kind: str, array: pa.Array, describe: Callable[[int, Any], str]) -> pa.Array:
+    """``array`` as a column of the declared ``kind``; a value that does not fit is an error
+    (``describe`` names where), never NULL."""
+    if kind == "text":
+        # strings as they are; other values as Arrow prints them (integers, dates: their usual text)
+        return array if pa.types.is_string(array.type) else array.cast(pa.string())
+    values = array.to_pylist()
+    fitted: list[Any] = []
+    for index, value in enumerate(values):
+        if value is None:
+            fitted.append(None)
+            continue
+        if isinstance(value, str):
+            out = _from_text(kind, value)
+        else:
+            out = convert(kind, value)
+            out = to_json_text(out) if kind == "json" else out
+        if out is _MISFIT or (kind == "numeric" and isinstance(out, decimal.Decimal) and not fits_numeric(out)):
+            raise SourceDataError(describe(index, value))
+        fitted.append(out)
+    result = pa.array(fitted, pa.string()).cast(JSON_TYPE) if kind == "json" else kind_array(kind, fitted)
+    if result is None:  # decimals that fit numeric(38) one by one but not together
+        raise SourceDataError(describe(0, values[0]).split(": value")[0] + ": values need more than 38 digits "
+                              "together (digits before the point plus after it): declare it text")
+    return result
+
+
+def _records(path: Path, table: FileTable, builder: TypedBatchBuilder,
+             records: Iterator[Any]) -> Iterator[pa.RecordBatch]:
+    """JSON records through the same typed builder as HTTP pages, so a type change between records
+    (or files) is caught the same way whatever ``batch_rows`` is."""
+    builder.start(str(path))
+    number = 0
+    for chunk in batched(records, table.batch_rows):
+        rows = []
+        for record in chunk:
+            number += 1
+            if not isinstance(record, Mapping):
+                raise SourceDataError(f"{table.name}: {path} record {number} is not an object: "
+                                      f"{type(record).__name__}")
+            rows.append(flatten_record(record))
+        yield builder.build(rows)
+
+
+def _json(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[pa.RecordBatch]:
     with open(path, encoding="utf-8") as handle:
-        document = json.load(handle)
+        document = json.load(handle, parse_float=exact_float)
     records = get_path(document, table.records_path)
     if isinstance(records, dict):
         records = [records]
     if not isinstance(records, list):
         raise SourceDataError(f"{table.name}: {path} holds no list of records")
-    for chunk in batched(records, table.batch_rows):
-        yield records_to_batch(chunk)
+    yield from _records(path, table, builder, iter(records))
 
 
-def _ndjson(path: Path, table: FileTable) -> Iterator[pa.RecordBatch]:
-    def rows() -> Iterator[dict[str, Any]]:
+def _ndjson(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[pa.RecordBatch]:
+    def rows() -> Iterator[Any]:
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
-                        yield json.loads(line)
+                        yield json.loads(line, parse_float=exact_float)
                     except json.JSONDecodeError as exc:
                         raise SourceDataError(f"{table.name}: {path} line {number}: {exc.msg}") from exc
 
-    for chunk in batched(rows(), table.batch_rows):
-        yield records_to_batch(chunk)
+    yield from _records(path, table, builder, rows())
 
 
-def _parquet(path: Path, table: FileTable) -> Iterator[pa.RecordBatch]:
+def _parquet(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[pa.RecordBatch]:
     parquet = pq.ParquetFile(path, pre_buffer=False)
     try:
-        yield from parquet.iter_batches(batch_size=table.batch_rows)
+        declared = _declared(table, parquet.schema_arrow.names)
+        row = 0
+        for batch in parquet.iter_batches(batch_size=table.batch_rows):
+            yield _typed(batch, table, path, row, declared, set())
+            row += batch.num_rows
     finally:
         parquet.close()
 
 
-_READERS = {"csv": _csv, "json": _json, "ndjson": _ndjson, "parquet": _parquet}
+_READERS: dict[str, Callable[[Path, FileTable, TypedBatchBuilder], Iterator[pa.RecordBatch]]] = {
+    "csv": _csv, "json": _json, "ndjson": _ndjson, "parquet": _parquet}

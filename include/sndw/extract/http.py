@@ -31,7 +31,7 @@ import pyarrow as pa
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
-from sndw.audit import redact
+from sndw.audit import redact, register_secret
 from sndw.config import (
     CHILD_INDEX_COLUMN,
     CHILD_PARENT_PREFIX,
@@ -44,7 +44,7 @@ from sndw.config import (
     PageNumberPagination,
 )
 from sndw.errors import ExtractError, PermanentError, SourceDataError
-from sndw.extract import TypedBatchBuilder, flatten_record, get_path
+from sndw.extract import TypedBatchBuilder, exact_float, flatten_record, get_path
 from sndw.naming import normalize_identifier
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,16 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
     return redact(text)
 
 
+def register_header_secrets(headers: Mapping[str, Any]) -> None:
+    """Register the values of headers named like credentials (``Authorization``, ``X-API-Key``)."""
+    for name, value in headers.items():
+        if isinstance(value, str) and (_SECRET_PARAM.search(name) or name.lower() in ("authorization", "cookie")):
+            register_secret(value)
+            scheme, _, credential = value.partition(" ")
+            if credential and scheme.lower() in ("bearer", "basic", "token"):
+                register_secret(credential.strip())
+
+
 def excerpt(text: str, limit: int = BODY_EXCERPT) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
@@ -192,6 +202,8 @@ def resolve_auth(scheme: str | None, login: str | None, password: str | None,
     extra = extra or {}
     scheme = scheme or ("basic" if login else "none")
     secrets = [password] if password else []
+    register_secret(password, login=login)  # every encoding of it is masked from now on
+    register_header_secrets({k: v for k, v in extra.items() if k not in AUTH_EXTRA_KEYS})
     if scheme == "none":
         return AuthPlan("none")
     if scheme == "basic":
@@ -399,16 +411,17 @@ class HttpClient:
             body: Any = None
         else:
             try:
-                body = response.json()
+                body = response.json(parse_float=exact_float)  # 0.1000000000000000055 stays exact
             except ValueError as exc:
                 kind = response.headers.get("Content-Type", "no content type")
                 raise SourceDataError(self.clean(
                     f"{self.table.name}: {response.status_code} from {url} is not JSON ({kind}): "
-                    f"{excerpt(response.text)!r}")) from exc
+                    f"{excerpt(self.clean(response.text))!r}")) from exc
         return HttpResponse(body=body, status=response.status_code, headers=response.headers, url=url)
 
     def _body(self, response: requests.Response) -> str:
-        text = excerpt(response.text) if response.content else ""
+        # scrubbed before it is cut: a secret across the cut would otherwise leave its first part
+        text = excerpt(self.clean(response.text)) if response.content else ""
         return f"; body: {text!r}" if text else ""
 
     @staticmethod
@@ -440,6 +453,7 @@ def requests_client(base_url: str, table: HttpTable, *, login: str | None = None
                     where: str = "the connector") -> HttpClient:
     """A client on a plain ``requests`` session (the CLI's path; no Airflow)."""
     plan = resolve_auth(table.auth, login, password, extra, where)
+    register_header_secrets({**(headers or {}), **table.headers})
     session = requests.Session()
     if headers:
         session.headers.update(headers)
@@ -708,7 +722,9 @@ class ChildPartitions:
         self.writers[child.name].write(batch)
 
     def commit(self) -> dict[str, Any]:
-        """Swap every child partition in (an empty one too: a replace then empties the table)."""
+        """Swap every child partition in (an empty one too), once all of them have validated."""
+        for writer in self.writers.values():
+            writer.validate()
         return {name: writer.commit() for name, writer in self.writers.items()}
 
     def abort(self) -> None:
