@@ -17,6 +17,7 @@ ENV := . scripts/dev-env
 PYTEST_ARGS ?=
 
 .PHONY: help venv install-dev airflow-init demo test test-fast lint up down status dw-start dw-stop dw-psql \
+	run-pipeline test-dw \
 	infra-up infra-down infra-status lock validate clean bench
 
 help: ## List the targets
@@ -79,6 +80,23 @@ down: ## Stop Airflow standalone and the local PostgreSQL
 status: ## Show whether Airflow and the local PostgreSQL are running
 	@scripts/airflow-down --status || true
 	@scripts/pg-local status || true
+
+# The pipeline runner's targets: make run-pipeline CONFIG=examples/postgres_connector.json QUERY="SELECT 1 AS n" SOURCE=test TABLE=dw_test
+CONFIG ?=
+QUERY ?=
+SOURCE ?=
+TABLE ?=
+LAKE ?= ./lake
+SCHEMA ?= public
+PIPELINE ?= default
+run-pipeline: $(RUNTIME) ## Run one resource of a connector: CONFIG= QUERY= SOURCE= TABLE= [LAKE= SCHEMA= PIPELINE=]
+	@test -n "$(CONFIG)" -a -n "$(QUERY)" -a -n "$(SOURCE)" -a -n "$(TABLE)" || \
+		{ echo "usage: make run-pipeline CONFIG=<connector file> QUERY=<sql, path or glob> SOURCE=<name> TABLE=<table>" >&2; exit 2; }
+	@$(ENV) && python -m etl.cli run --config "$(CONFIG)" --query "$(QUERY)" --source "$(SOURCE)" --table "$(TABLE)" \
+		--lake "$(LAKE)" --schema "$(SCHEMA)" --pipeline "$(PIPELINE)"
+
+test-dw: $(RUNTIME) ## Check that the warehouse answers (python -m etl.cli test-connection --source dw)
+	@$(ENV) && python -m etl.cli test-connection --source dw
 
 dw-start: ## Start the local PostgreSQL warehouse only
 	@scripts/pg-local start

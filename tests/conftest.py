@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -148,3 +149,34 @@ def states(dag_run: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
 
 
+
+
+# ------------------------------------------------------------------ the command line, Airflow-free
+
+
+@pytest.fixture
+def cli(tmp_path: Path, dw_url: str) -> Any:
+    """Run the command line in a subprocess (cwd tmp_path) with an ``airflow`` package that refuses
+    to import, the warehouse in AIRFLOW_CONN_DW and no other connection variable; returns
+    (exit code, stdout parsed as JSON when it is, stderr)."""
+    poison = tmp_path / "poison" / "airflow"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("raise ImportError('the CLI must not import Airflow')\n")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "DW_", "PG_"))}
+    base_env["PYTHONPATH"] = os.pathsep.join([str(poison.parent), str(ROOT / "include")])
+    base_env["AIRFLOW_CONN_DW"] = dw_url
+
+    def call(*args: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = (),
+             module: str = "etl.cli") -> tuple[int, Any, str]:
+        full_env = {**base_env, **(env or {})}
+        for name in drop:
+            full_env.pop(name, None)
+        result = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=full_env,
+                                capture_output=True, text=True, timeout=180, check=False)
+        try:
+            out = json.loads(result.stdout) if result.stdout.strip() else None
+        except json.JSONDecodeError:
+            out = result.stdout
+        return result.returncode, out, result.stderr
+
+    return call

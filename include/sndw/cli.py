@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,71 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     return 1 if bad and args.strict else 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    import json
+
+    from sndw.runner import _logging, read_env_file, run_table, warehouse_factory
+    from sndw.settings import dw_url, lake_root
+    from sndw.sync import render, source_access
+
+    progress = _logging(args)
+    read_env_file()
+    try:
+        source = _source(args.config)
+        url = dw_url()
+        access = source_access(source, args.config, warehouse_factory(url))
+        tables = [t for t in source.tables if not args.table or t.name in args.table]
+        if args.table and len(tables) != len(set(args.table)):
+            known = ", ".join(t.name for t in source.tables)
+            raise ConfigError(args.config, "tables", f"no table {sorted(set(args.table) - {t.name for t in tables})} "
+                                                     f"(known: {known})")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    partition = args.date or datetime.now(UTC).date()
+    lake = str(Path(args.lake or lake_root()).resolve())
+    results = []
+    print(f"sync {source.name} ({source.kind}), partition {partition}, lake {lake}", file=sys.stderr)
+    for table in tables:
+        result = run_table(url=url, pipeline=source.name, source=source.name, kind=source.kind,
+                           table=render(table, partition), access=access, lake=lake,
+                           schema=source.target_schema, partition=partition, what=table.name)
+        progress.end()
+        results.append(result)
+        status = "ok" if result["status"] == "success" else "FAILED"
+        print(f"{status:6} {table.name:30} {result['rows_loaded']:>10} rows {result['seconds']:>8.1f}s  "
+              f"{result['write_mode']:9} -> {result['target_table']}"
+              + (f"\n       {result['error']}" if result["error"] else ""), file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, default=str))
+    failed = [r for r in results if r["status"] != "success"]
+    total = sum(r["rows_loaded"] for r in results)
+    print(f"{len(results) - len(failed)} of {len(results)} tables synced, {total} rows", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from sndw.check import check_counts, format_counts
+    from sndw.runner import read_env_file, warehouse_factory
+    from sndw.settings import dw_url
+
+    read_env_file()
+    try:
+        source = _source(args.config) if args.config else None
+        url = dw_url()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = check_counts(warehouse_factory(url), source, args.config, schema=args.schema)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+    else:
+        print(format_counts(rows))
+    return 1 if any(r.get("agrees") is False for r in rows) else 0
+
+
 def _date(text: str) -> date:
     return date.fromisoformat(text)
 
@@ -152,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     from sndw.runner import add_commands  # run, test-connection (the runner seed's commands)
 
     add_commands(sub)
+
+    sync = sub.add_parser("sync", help="run every table of a source config without Airflow (extract, load, audit)")
+    sync.add_argument("config", help="the source's config file, e.g. dags/sources/manufacturing.yaml")
+    sync.add_argument("--table", action="append", help="only this table (repeatable)")
+    sync.add_argument("--date", type=_date, help="partition date (default: today, UTC)")
+    sync.add_argument("--lake", help="lake root (default: SNDW_LAKE_ROOT)")
+    sync.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    sync.add_argument("-v", "--verbose", action="store_true", help="log progress and each step")
+    sync.set_defaults(func=cmd_sync)
+
+    check = sub.add_parser("check", help="row counts of the loaded warehouse tables, beside the source's")
+    check.add_argument("config", nargs="?", help="a source config: its tables, with the source's counts")
+    check.add_argument("--schema", help="only tables of this warehouse schema")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

@@ -1,24 +1,19 @@
-"""The pipeline runner of the command line: `sndw run` and `sndw test-connection`, without Airflow.
+"""The pipeline runner of the command line: ``run``, ``test-connection``, ``sync`` and ``check``, without Airflow.
 
-Compatible with the runner seed's CLI: a connector file ``{"protocol": "http", "base_url": ...}``
-and a relative path as ``--query``::
+The runner seed's command line, for every source kind (``python -m etl.cli`` is ``sndw``)::
 
-    python -m sndw.cli run --config connector.json --query /users --source api_users \\
+    python -m etl.cli run --config connector.json --query /users --source api_users \\
         --table stg_users --lake ./lake [--schema public] [--pipeline default]
+    python -m etl.cli run --config examples/postgres_connector.json --query "SELECT 1 AS n" \\
+        --source test --table dw_test --lake ./lake
 
-One run extracts the resource with the same HTTP client as the DAGs (pagination, retries, rate
-limit, auth), writes the lake partition of today's UTC date, loads it into the warehouse
-(``AIRFLOW_CONN_DW`` or the ``DW_*`` variables; ``.env`` in the working folder is read for the
-ones not set) and records one row in ``etl_audit_log``, success or failure (a row the warehouse
-cannot take waits in ``<lake>/_audit_spool/``; the next run that reaches it writes it). It prints a JSON
-result on stdout and a summary on stderr; exit 0 on success, 1 on a failure (audited), 2 when
-the arguments or the connector file are wrong (nothing ran, nothing audited).
-
-Connector keys: ``protocol`` (``http``/``https``), ``base_url``; optional ``auth`` with ``login``,
-``password`` and ``extra`` (the fields of an Airflow connection; ``${VAR}`` takes a value from the
-environment, so the file needs no secret), ``headers``, and any http table key except ``name``,
-``endpoint``, ``write_mode``, ``primary_key``, ``incremental`` and ``unnest``
-(``records_path``, ``pagination``, ``params``, ``retries``, ...).
+The connector file (``sndw.connectors``) says which kind of source ``--query`` reads: a path of an
+HTTP API, SQL on PostgreSQL or SQLite, a file path or glob. One run goes through the same core
+pipeline as the DAGs (``sndw.pipeline``): the lake partition of today's UTC date, the load into the
+warehouse (``AIRFLOW_CONN_DW`` or the ``DW_*`` variables; ``.env`` in the working folder is read for
+the ones not set) and one row in ``etl_audit_log``, success or failure. It prints a JSON result on
+stdout and a summary on stderr; exit 0 on success, 1 on a failure (audited), 2 when the arguments or
+the connector file are wrong (nothing ran, nothing audited).
 """
 
 from __future__ import annotations
@@ -27,33 +22,17 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from sndw.connectors import Connector, load_connector
 from sndw.errors import ConfigError, SndwError
 
 log = logging.getLogger(__name__)
-
-CONNECTION_KEYS = {"protocol", "base_url", "login", "password", "extra", "headers"}
-NOT_IN_CONNECTOR = {"name", "endpoint", "write_mode", "primary_key", "incremental", "unnest", "target_table",
-                    "batch_rows"}
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-@dataclass
-class Connector:
-    path: str
-    base_url: str
-    login: str | None = None
-    password: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    table_options: dict[str, Any] = field(default_factory=dict)
 
 
 def read_env_file(path: str | os.PathLike[str] = ".env") -> list[str]:
@@ -76,123 +55,79 @@ def read_env_file(path: str | os.PathLike[str] = ".env") -> list[str]:
     return added
 
 
-def _expand(value: Any, path: str, where: str) -> Any:
-    if isinstance(value, str):
-        def variable(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                raise ConfigError(path, where, f"${{{name}}} is not set in the environment")
-            return os.environ[name]
-
-        return _VAR.sub(variable, value)
-    if isinstance(value, dict):
-        return {k: _expand(v, path, f"{where}.{k}" if where else k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
-def load_connector(path: str) -> Connector:
-    """Read a connector file (JSON or YAML); errors name the file and the key."""
-    import yaml
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read the file: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(path, "", f"not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(path, "", "the file must hold an object with protocol and base_url")
-    protocol = str(data.get("protocol") or "").lower()
-    if protocol not in ("http", "https"):
-        raise ConfigError(path, "protocol", f"`run` supports protocol 'http' (REST/JSON APIs); got {protocol!r}")
-    base_url = data.get("base_url")
-    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        raise ConfigError(path, "base_url", "must be an http:// or https:// URL")
-    from sndw.config import HttpTable
-
-    unknown = sorted(k for k in data if k not in CONNECTION_KEYS and (k in NOT_IN_CONNECTOR or k not in HttpTable.model_fields))
-    if unknown:
-        raise ConfigError(path, unknown[0], "unknown key for a connector file")
-    data = _expand(data, path, "")
-    extra = data.get("extra") or {}
-    headers = data.get("headers") or {}
-    if not isinstance(extra, dict) or not isinstance(headers, dict):
-        raise ConfigError(path, "extra" if not isinstance(extra, dict) else "headers", "must be an object")
-    return Connector(path=path, base_url=data["base_url"], login=data.get("login"), password=data.get("password"),
-                     extra=extra, headers={str(k): str(v) for k, v in headers.items()},
-                     table_options={k: v for k, v in data.items() if k not in CONNECTION_KEYS})
-
-
-def http_table(connector: Connector, name: str, endpoint: str, write_mode: str = "replace") -> Any:
-    from sndw.config import table_spec
-
-    return table_spec("http", {**connector.table_options, "name": name, "endpoint": endpoint,
-                               "write_mode": write_mode}, where=connector.path)
-
-
-def _client(connector: Connector, table: Any) -> Any:
-    from sndw.extract.http import requests_client
-
-    return requests_client(connector.base_url, table, login=connector.login, password=connector.password,
-                           extra=connector.extra, headers=connector.headers, where=connector.path)
-
-
 # ---------------------------------------------------------------------------------- run
 
 
-def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    """Extract, stage, load and audit one resource; the result as a JSON-ready dict (never raises SndwError)."""
+def warehouse_factory(url: str) -> Callable[[], Any]:
+    def connect() -> Any:
+        import psycopg
+
+        return psycopg.connect(url)
+    return connect
+
+
+def run_table(*, url: str, pipeline: str, source: str, kind: str, table: Any, access: Any, lake: str,
+              schema: str, partition: date, what: str = "", source_name: str | None = None) -> dict[str, Any]:
+    """Extract, stage, load and audit one table through the core pipeline; never raises on a failure.
+
+    Returns the JSON-ready result: the plan's ``run_id, status, rows_loaded, parquet_files,
+    duration_seconds`` and the details. Unnested child tables of an http table are loaded after it.
+    ``source`` names the lake folder; ``source_name`` (default: the same) is what the audit rows say.
+    """
     import psycopg
 
-    from sndw.audit import AuditRecord, error_text, write_audit_record
-    from sndw.extract.http import iter_http_batches, join_url, safe_url
-    from sndw.lake import write_partition
-    from sndw.naming import normalize_identifier, qualified
-    from sndw.settings import dw_url
-    from sndw.spool import spool_record
-    from sndw.warehouse import LoadSpec, load_manifest
+    from sndw.audit import AuditRecord, error_text
+    from sndw.lake import Manifest
+    from sndw.naming import qualified
+    from sndw.pipeline import ExtractRequest, extract_table, load_table
+    from sndw.spool import flush_spool, spool_record
+    from sndw.warehouse import LoadSpec
 
-    connector = load_connector(args.config)  # ConfigError: a usage error, raised to the caller
-    url = dw_url()  # no warehouse configured: a usage error too, before anything runs
-    schema, target = normalize_identifier(args.schema), normalize_identifier(args.table)
-    source = normalize_identifier(args.source)
-    table = http_table(connector, target, args.query, args.write_mode)
-    lake = str(Path(args.lake).resolve())
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    partition = started.date()
-    audit = AuditRecord(pipeline_name=args.pipeline, source_name=args.source, protocol="http",
-                        target_table=qualified(schema, target), status="success", started_at=started,
+    audit = AuditRecord(pipeline_name=pipeline, source_name=source_name or source, protocol=kind,
+                        target_table=qualified(schema, table.target), status="success", started_at=started,
                         step="extract", partition_date=partition)
     audit.attempt_id = f"cli|{audit.run_id}"  # one row per run, also when it comes from the spool
     result: dict[str, Any] = {
-        "status": "success", "run_id": audit.run_id, "pipeline": args.pipeline, "source": args.source,
-        "protocol": "http", "query": args.query, "target_table": audit.target_table, "write_mode": args.write_mode,
+        "run_id": audit.run_id, "status": "success", "pipeline": pipeline, "source": source, "protocol": kind,
+        "query": what, "target_table": audit.target_table, "write_mode": table.write_mode,
         "partition": partition.isoformat(), "rows_extracted": 0, "rows_loaded": 0, "parquet_files": 0,
-        "lake_paths": [], "schema_changes": [], "error": None, "url": safe_url(join_url(connector.base_url, args.query)),
+        "lake_paths": [], "schema_changes": [], "error": None,
     }
+    children: list[tuple[Any, Manifest]] = []
+    request = ExtractRequest(pipeline=pipeline, source=source, kind=kind, table=table, partition=partition,
+                             lake_root=lake, run_id=audit.run_id)
     try:
-        with _client(connector, table) as client:
-            manifest = write_partition(iter_http_batches(client, table), lake, "http", source, table.name,
-                                       partition, run_id=audit.run_id)
+        manifest = extract_table(request, access, on_child=lambda child, m: children.append((child, m)))
         result.update(rows_extracted=manifest.rows, parquet_files=len(manifest.paths), lake_paths=manifest.paths)
         audit.step = "load"
         audit.rows_extracted, audit.bytes, audit.lake_paths = manifest.rows, manifest.bytes, manifest.paths
         with psycopg.connect(url) as conn:
-            _flush_spool(conn, lake)  # rows of earlier runs first: ids stay in time order
-            loaded = load_manifest(conn, manifest, LoadSpec(schema=schema, table=target, write_mode=args.write_mode),
-                                   audit=audit)
-        result.update(rows_loaded=loaded.rows_loaded, schema_changes=loaded.schema_changes)
-    except Exception as exc:  # every failure leaves its audit row
+            _flush(conn, lake, flush_spool)
+            spec = LoadSpec(schema=schema, table=table.target, write_mode=table.write_mode,
+                            primary_key=table.key_columns, allow_empty=getattr(table, "allow_empty", False))
+            loaded = load_table(conn, manifest, spec, pipeline=pipeline, audit=audit)
+            result.update(rows_loaded=loaded.rows_loaded, schema_changes=loaded.schema_changes)
+            for child, child_manifest in children:
+                child_audit = AuditRecord(pipeline_name=pipeline, source_name=audit.source_name, protocol=kind,
+                                          target_table=qualified(schema, child.target), status="success",
+                                          started_at=datetime.now(UTC), step="load", partition_date=partition,
+                                          rows_extracted=child_manifest.rows, lake_paths=child_manifest.paths)
+                child_audit.attempt_id = f"cli|{audit.run_id}|{child.name}"
+                child_spec = LoadSpec(schema=schema, table=child.target, write_mode=child.write_mode,
+                                      primary_key=child.key_columns, allow_empty=True)
+                child_loaded = load_table(conn, child_manifest, child_spec, pipeline=pipeline, audit=child_audit)
+                result.setdefault("children", []).append(
+                    {"target_table": child_audit.target_table, "rows_loaded": child_loaded.rows_loaded})
+    except Exception as exc:  # every failure leaves its audit row (spooled when the warehouse is down)
         result.update(status="failure", step=audit.step, error=error_text(exc))
         audit.status, audit.error_message, audit.finished_at = "failure", error_text(exc), datetime.now(UTC)
         try:
+            from sndw.audit import write_audit_record
+
             with psycopg.connect(url) as conn:
-                _flush_spool(conn, lake)
+                _flush(conn, lake, flush_spool)
                 write_audit_record(conn, audit)
             result["audited"] = True
         except (SndwError, psycopg.Error, OSError) as audit_exc:
@@ -202,55 +137,117 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
                 result["audit_spooled"] = str(spool_record(lake, audit))
             except OSError as spool_exc:
                 result["audit_spool_error"] = error_text(spool_exc)
-    result["seconds"] = round(time.perf_counter() - clock, 3)
+    seconds = round(time.perf_counter() - clock, 3)
+    result["duration_seconds"] = result["seconds"] = seconds
     return result
 
 
-def _flush_spool(conn: Any, lake: str) -> None:
-    """Write the audit rows that earlier runs left in the lake's spool; never fails the run."""
+def _flush(conn: Any, lake: str, flush: Callable[[Any, str], int]) -> None:
+    """Write the audit rows that earlier runs left in the lake's spool first (ids stay in time
+    order); a flush problem never fails the run."""
     from sndw.audit import error_text
-    from sndw.spool import flush_spool
 
     try:
-        flush_spool(conn, lake)
-    except Exception as exc:
-        log.warning("the audit spool in %s was not flushed: %s", lake, error_text(exc))
+        flush(conn, lake)
+    except Exception as exc:  # the spool waits for the next run; this one goes on
+        log.warning("audit: the spool in %s was not flushed: %s", lake, error_text(exc))
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """``run``: one resource of a connector. ConfigError (exit 2) before anything runs."""
+    from sndw.naming import normalize_identifier
+    from sndw.settings import dw_url
+
+    connector = load_connector(args.config)
+    url = dw_url()  # no warehouse configured: a usage error too, before anything runs
+    schema, target = normalize_identifier(args.schema), normalize_identifier(args.table)
+    source = normalize_identifier(args.source)
+    table = connector.table(target, args.query, args.write_mode)
+    lake = str(Path(args.lake).resolve())
+    result = run_table(url=url, pipeline=args.pipeline, source=source, kind=connector.kind, table=table,
+                       access=connector.access(warehouse=warehouse_factory(url)), lake=lake, schema=schema,
+                       partition=datetime.now(UTC).date(), what=args.query, source_name=args.source)
+    result["source"] = args.source
+    result["connector"] = connector.describe()
+    if connector.kind == "http":
+        from sndw.extract.http import join_url, safe_url
+
+        result["url"] = safe_url(join_url(connector.settings["base_url"], args.query))
+    return result
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _logging()
+    progress = _logging(args)
     read_env_file()
     try:
         result = run_pipeline(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        progress.end()
     print(json.dumps(result, default=str))
     if result["status"] == "success":
-        print(f"ok: {result['rows_loaded']} rows from {result.get('url', args.query)} loaded into "
+        print(f"ok: {result['rows_loaded']} rows from {result.get('url') or result['connector']} loaded into "
               f"{result['target_table']} ({args.write_mode}) in {result['seconds']:.1f}s; lake: "
               f"{len(result['lake_paths'])} files, partition {result['partition']}", file=sys.stderr)
         return 0
-    print(f"FAILED ({result['step']}): {result['error']}", file=sys.stderr)
+    _failed(result)
+    return 1
+
+
+def _failed(result: dict[str, Any]) -> None:
+    print(f"FAILED ({result.get('step')}): {result['target_table']}: {result['error']}", file=sys.stderr)
     if not result.get("audited"):
         print(f"the audit row could not be written either: {result.get('audit_error')}", file=sys.stderr)
         if result.get("audit_spooled"):
             print(f"it waits in {result['audit_spooled']}; the next run that reaches the warehouse writes it",
                   file=sys.stderr)
-    return 1
 
 
 # ----------------------------------------------------------------------- test-connection
 
 
 def test_source(connector: Connector, query: str | None) -> dict[str, Any]:
-    """One request to the base URL (or ``query``): reachable, and the credentials are accepted."""
+    """Reach the connector's source: one request (http), ``SELECT 1`` (sql), the folder or glob (file)."""
+    from sndw.audit import error_text
+
+    clock = time.perf_counter()
+    target = connector.describe()
+    try:
+        if connector.kind == "http":
+            return _test_http(connector, query)
+        if connector.protocol == "sqlite":
+            import sqlite3
+
+            with sqlite3.connect(f"file:{connector.sqlite_path()}?mode=ro", uri=True) as db:
+                db.execute(query or "SELECT 1").fetchone()
+        elif connector.kind == "sql":
+            import psycopg
+
+            connector.access()  # registers the password with the redaction
+            with psycopg.connect(connector.postgres_conninfo(), connect_timeout=10) as conn:
+                conn.execute(query or "SELECT 1").fetchone()
+        else:
+            from sndw.extract.files import resolve_paths
+
+            base = connector.base_path()
+            if not Path(base).is_dir():
+                return {"ok": False, "target": target, "error": f"no folder {base}"}
+            if query and not resolve_paths(query, base):
+                return {"ok": False, "target": target, "error": f"no file matches {query} under {base}"}
+    except Exception as exc:  # any failure to connect is the answer
+        return {"ok": False, "target": target, "error": error_text(f"{type(exc).__name__}: {exc}")}
+    return {"ok": True, "target": target, "seconds": round(time.perf_counter() - clock, 3)}
+
+
+def _test_http(connector: Connector, query: str | None) -> dict[str, Any]:
     from sndw.audit import error_text
     from sndw.extract.http import join_url
 
-    table = http_table(connector, "connection_test", query or "")
+    table = connector.table("connection_test", query or "")
     clock = time.perf_counter()
-    with _client(connector, table) as client:
+    with connector.http_client(table) as client:
         target = join_url(client.base_url, query or "")
         url = client.safe(target)
         try:
@@ -287,7 +284,7 @@ def test_warehouse() -> dict[str, Any]:
 
 
 def cmd_test_connection(args: argparse.Namespace) -> int:
-    _logging()
+    _logging(args)
     read_env_file()
     try:
         if args.config:
@@ -310,15 +307,23 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
     return 1
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+def _logging(args: argparse.Namespace | None = None) -> Any:
+    """Warnings (``-v``: every step) on stderr, and the progress of long extracts and loads: one live
+    line on a terminal, plain lines otherwise. Returns the progress handler (``.end()`` it)."""
+    from sndw.progress import show_progress
+
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    return show_progress(sys.stderr)
 
 
 def add_commands(sub: Any) -> None:
     """The runner's subcommands on the CLI's subparsers (``sndw.cli.build_parser``)."""
     run = sub.add_parser("run", help="extract one resource of a connector, stage it in the lake, load it, audit it")
-    run.add_argument("--config", required=True, help="connector file (JSON or YAML): protocol, base_url, ...")
-    run.add_argument("--query", required=True, help="the resource: a path relative to base_url, e.g. /users")
+    run.add_argument("--config", required=True, help="connector file (JSON or YAML): protocol and how to reach it")
+    run.add_argument("--query", required=True,
+                     help="the resource: a path relative to base_url (http), SQL (postgres, sqlite), a file "
+                          "path or glob (file)")
     run.add_argument("--source", required=True, help="logical name of the source system")
     run.add_argument("--table", required=True, help="target table in the warehouse")
     run.add_argument("--lake", required=True, help="folder where the Parquet files are staged")
@@ -326,9 +331,10 @@ def add_commands(sub: Any) -> None:
     run.add_argument("--pipeline", default="default", help="logical name of this pipeline (default: default)")
     run.add_argument("--write-mode", default="replace", choices=["replace", "append", "partition"],
                      help="how the load writes the table (default: replace)")
+    run.add_argument("-v", "--verbose", action="store_true", help="log progress and each step")
     run.set_defaults(func=cmd_run)
     test = sub.add_parser("test-connection", help="check a connector's source, or the warehouse (--source dw)")
     test.add_argument("--config", help="connector file to test")
     test.add_argument("--source", help="'dw' tests the warehouse connection")
-    test.add_argument("--query", help="a path to request instead of the base URL (must answer 2xx)")
+    test.add_argument("--query", help="http: a path that must answer 2xx; sql: a query to run; file: a glob that must match")
     test.set_defaults(func=cmd_test_connection)

@@ -38,6 +38,7 @@ from sndw.naming import (
     partition_child_table,
     qualified,
 )
+from sndw.progress import Progress
 from sndw.state import Watermark, save_watermark
 
 log = logging.getLogger(__name__)
@@ -470,7 +471,8 @@ class _BoundedQueuedWriter(QueuedLibpqWriter):
 
 
 def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, columns: dict[str, str],
-              table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000) -> tuple[int, int]:
+              table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000,
+              progress: Progress | None = None) -> tuple[int, int]:
     """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements."""
     file_schema = pq.read_schema(path)
     plans: list[ColumnPlan] = []
@@ -494,8 +496,11 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
         for batch in iter_file_batches(path, batch_rows):
             if batch.num_rows == 0:
                 continue
-            copy.write(encoder.encode(batch))
+            data = encoder.encode(batch)
+            copy.write(data)
             rows += batch.num_rows
+            if progress is not None:
+                progress.add(batch.num_rows, len(data))
         copy.write(encoder.finish())
     if staged:
         names = encoder.column_names
@@ -681,10 +686,11 @@ def register_file(cur: psycopg.Cursor[Any], spec: LoadSpec, path: str, partition
 def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, paths: Sequence[str],
               columns: dict[str, str], partition: date, run_id: str | None, result: LoadResult,
               batch_rows: int) -> None:
+    progress = Progress(f"load {spec.qualified}")
     for path in paths:
         file_id = register_file(cur, spec, path, partition, run_id)
         rows, nul = copy_file(cur, target, path, columns, spec.qualified, _constants(file_id, partition),
-                              batch_rows)
+                              batch_rows, progress)
         result.rows_loaded += rows
         result.nul_replaced += nul
 

@@ -1,0 +1,84 @@
+"""``check``: row counts of the warehouse tables the product loaded, beside the source's own counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from psycopg import sql
+
+from sndw.audit import AUDIT_TABLE
+
+_LOADED = sql.SQL("""
+SELECT target_table, max(finished_at) FILTER (WHERE status = 'success') AS last_load,
+       (array_agg(status ORDER BY id DESC))[1] AS last_status
+FROM {}
+WHERE step IN ('load', 'replay')
+GROUP BY target_table
+ORDER BY target_table
+""").format(sql.Identifier(AUDIT_TABLE))
+
+
+def check_counts(connect: Callable[[], Any], source: Any = None, config_path: str | None = None,
+                 schema: str | None = None) -> list[dict[str, Any]]:
+    """One row per warehouse table: rows now, last successful load, last status; with a source
+    config its tables only, each with the source's count and whether they agree (``replace`` and
+    ``merge`` tables hold what the source holds; ``append``/``partition`` tables keep every date, and
+    a templated query reads one date: those are shown, not compared)."""
+    with connect() as conn:
+        known = conn.execute("SELECT to_regclass(%s)", (AUDIT_TABLE,)).fetchone()
+        loaded = {r[0]: r for r in conn.execute(_LOADED).fetchall()} if known and known[0] else {}
+        wanted: list[tuple[str, Any]]
+        if source is not None:
+            wanted = [(f"{source.target_schema}.{t.target}", t) for t in source.tables]
+        else:
+            wanted = [(name, None) for name in loaded]
+        if schema:
+            wanted = [(name, t) for name, t in wanted if name.split(".", 1)[0] == schema]
+        out = []
+        for name, table in wanted:
+            schema_name, _, table_name = name.partition(".")
+            exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema_name, table_name).as_string(conn),)
+                                  ).fetchone()
+            rows = None
+            if exists and exists[0]:
+                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema_name, table_name))
+                                   ).fetchone()
+                rows = int(row[0]) if row else None
+            audit = loaded.get(name)
+            entry: dict[str, Any] = {"table": name, "rows": rows, "last_load": audit[1] if audit else None,
+                                     "last_status": audit[2] if audit else None}
+            if table is not None:
+                entry["write_mode"] = table.write_mode
+                # A templated table reads one partition: its count is not the warehouse table's.
+                templated = "{{" in table.model_dump_json()
+                entry["source_rows"] = None if templated else _source_rows(source, table, config_path)
+                if entry["source_rows"] is not None and table.write_mode in ("replace", "merge"):
+                    entry["agrees"] = rows == entry["source_rows"]
+            out.append(entry)
+    return out
+
+
+def _source_rows(source: Any, table: Any, config_path: str | None) -> int | None:
+    from datetime import UTC, datetime
+
+    from sndw.sync import render, source_access, source_count
+
+    try:
+        access = source_access(source, config_path or ".", None)
+        return source_count(source, render(table, datetime.now(UTC).date()), access)
+    except Exception:  # a source that cannot be counted shows as unknown, not as a disagreement
+        return None
+
+
+def format_counts(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no tables loaded yet (etl_audit_log has no load)"
+    lines = [f"{'table':40} {'rows':>12} {'source':>12}  {'last load':25} status"]
+    for r in rows:
+        source = "" if r.get("source_rows") is None else str(r["source_rows"])
+        mark = {True: "", False: "  DIFFERS", None: ""}[r.get("agrees")]
+        last = r["last_load"].isoformat(timespec="seconds") if r["last_load"] else "-"
+        rows_text = "missing" if r["rows"] is None else str(r["rows"])
+        lines.append(f"{r['table']:40} {rows_text:>12} {source:>12}  {last:25} {r['last_status'] or '-'}{mark}")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""One pipeline for the DAGs and the command line: `python -m etl.cli run|test-connection|sync|check`
+for every kind of source, through a real subprocess with an `airflow` package that refuses to import."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import yaml
+
+from tests.conftest import ROOT, count, run, states
+
+
+def pg_fields(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    return {"host": parts.hostname, "port": parts.port, "database": parts.path.lstrip("/"),
+            "username": parts.username, "password": parts.password}
+
+
+def write(tmp_path: Path, name: str, data: dict[str, Any]) -> str:
+    (tmp_path / name).write_text(json.dumps(data))
+    return name
+
+
+def audit(dw: psycopg.Connection) -> list[tuple]:
+    return dw.execute("SELECT pipeline_name, source_name, protocol, target_table, status, rows_loaded, error_message "
+                      "FROM etl_audit_log ORDER BY id").fetchall()
+
+
+def no_secret(secret: str, *texts: Any) -> None:
+    for text in texts:
+        assert secret not in json.dumps(text, default=str), text
+
+
+def test_the_plans_verification_step_on_postgres(cli: Any, tmp_path: Path, source_db: str, dw_url: str) -> None:
+    """`run --config examples/postgres_connector.json --query "SELECT 1 AS n"` (env_prefix PG) exits 0
+    and leaves one success row; the JSON result has the plan's keys."""
+    example = json.loads((ROOT / "examples" / "postgres_connector.json").read_text())
+    assert example == {"protocol": "postgres", "env_prefix": "PG"}
+    config = write(tmp_path, "postgres_connector.json", example)
+    fields = pg_fields(source_db)
+    env = {f"PG_{k.upper()}": str(v) for k, v in fields.items()}
+    code, out, err = cli("run", "--config", config, "--query", "SELECT 1 AS n", "--source", "test",
+                         "--table", "dw_test", "--lake", "./lake", env=env)
+    assert code == 0, err
+    assert {"run_id", "status", "rows_loaded", "parquet_files", "duration_seconds"} <= set(out)
+    assert out["status"] == "success" and out["rows_loaded"] == 1 and out["parquet_files"] == 1
+    assert "ok: 1 rows" in err and "public.dw_test" in err
+    no_secret(fields["password"], out, err)
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT n, pg_typeof(n)::text FROM dw_test").fetchall() == [(1, "integer")]
+        assert audit(dw) == [("default", "test", "sql", "public.dw_test", "success", 1, None)]
+
+
+def test_postgres_connector_fields_exact_types_and_failures(cli: Any, tmp_path: Path, source_db: str,
+                                                             dw_url: str) -> None:
+    with psycopg.connect(source_db) as src:
+        src.execute("CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2), tags text[], at timestamp)")
+        src.execute("INSERT INTO orders VALUES (1, 12.34, '{a,b}', '2024-01-02 03:04:05'), (2, -1, '{}', 'infinity')")
+    fields = pg_fields(source_db)
+    config = write(tmp_path, "pg.json", {"protocol": "postgresql", **fields})
+    code, out, err = cli("run", "--config", config, "--query", "SELECT * FROM orders ORDER BY id", "--source", "shop",
+                         "--table", "orders", "--schema", "raw", "--pipeline", "shop_daily", "--lake", "lake")
+    assert code == 0, err
+    with psycopg.connect(dw_url) as dw, psycopg.connect(source_db) as src:
+        query = "SELECT id::text, amount::text, tags::text, at::text FROM {} ORDER BY id"
+        assert dw.execute(query.format("raw.orders")).fetchall() == src.execute(query.format("orders")).fetchall()
+    # A failing query: exit 1, one failure row naming the problem, no password anywhere.
+    code, out, err = cli("run", "--config", config, "--query", "SELECT * FROM no_such_table", "--source", "shop",
+                         "--table", "broken", "--lake", "lake")
+    assert code == 1 and out["status"] == "failure" and "no_such_table" in out["error"]
+    assert "FAILED" in err
+    no_secret(fields["password"], out, err)
+    with psycopg.connect(dw_url) as dw:
+        rows = audit(dw)
+        assert [r[4] for r in rows] == ["success", "failure"] and "no_such_table" in rows[1][6]
+        no_secret(fields["password"], rows)
+    # A wrong password: test-connection exits 1 and names no secret.
+    bad = write(tmp_path, "bad.json", {"protocol": "postgres", **{**fields, "password": "Wr0ng-Pa55word!"}})
+    code, out, err = cli("test-connection", "--config", bad)
+    assert code == 1 and out["ok"] is False
+    no_secret("Wr0ng-Pa55word!", out, err)
+    code, out, err = cli("test-connection", "--config", config)
+    assert code == 0 and out["ok"] is True, err
+
+
+def test_sqlite_and_file_connectors(cli: Any, tmp_path: Path, dw_url: str) -> None:
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER, name TEXT, score REAL)")
+        conn.executemany("INSERT INTO users VALUES (?, ?, ?)", [(1, "ada", 1.5), (2, "bob", None)])
+    config = write(tmp_path, "sqlite.json", {"protocol": "sqlite", "path": "app.db"})
+    code, out, err = cli("run", "--config", config, "--query", "SELECT * FROM users", "--source", "app",
+                         "--table", "users", "--lake", "lake")
+    assert code == 0 and out["rows_loaded"] == 2, err
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("zip,city\n01234,Adams\n")
+    (data / "b.csv").write_text("zip,city\n00501,Holtsville\n")
+    files = write(tmp_path, "files.json", {"protocol": "file", "path": "data"})
+    code, out, err = cli("run", "--config", files, "--query", "*.csv", "--source", "zips", "--table", "zips",
+                         "--lake", "lake")
+    assert code == 0 and out["rows_loaded"] == 2, err
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT id, name, score FROM users ORDER BY id").fetchall() == [(1, "ada", 1.5), (2, "bob", None)]
+        assert dw.execute("SELECT zip FROM zips ORDER BY zip").fetchall() == [("00501",), ("01234",)]
+        assert [r[2] for r in audit(dw)] == ["sql", "file"]
+    assert cli("test-connection", "--config", files, "--query", "*.csv")[0] == 0
+    code, out, _ = cli("test-connection", "--config", files, "--query", "*.parquet")
+    assert code == 1 and "no file matches" in out["error"]
+    assert cli("test-connection", "--config", config)[0] == 0
+    # Bad connectors are usage errors: exit 2, nothing ran.
+    missing = write(tmp_path, "missing.json", {"protocol": "sqlite", "path": "nope.db"})
+    code, _, err = cli("run", "--config", missing, "--query", "SELECT 1", "--source", "s", "--table", "t",
+                       "--lake", "lake")
+    assert code == 2 and "missing.json: path: no SQLite database" in err
+    unknown = write(tmp_path, "unknown.json", {"protocol": "postgres", "hostname": "x"})
+    code, _, err = cli("run", "--config", unknown, "--query", "SELECT 1", "--source", "s", "--table", "t",
+                       "--lake", "lake")
+    assert code == 2 and "unknown.json: hostname: unknown key" in err
+
+
+@pytest.mark.slow
+def test_sync_and_check_match_a_dag_run(cli: Any, tmp_path: Path, source_db: str, env: dict[str, Any],
+                                         configs: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same source config run by its DAG and by `sync` gives the same warehouse rows; `check`
+    counts both sides and exits 1 once they disagree."""
+    with psycopg.connect(source_db) as src:
+        src.execute("CREATE TABLE parts (id int PRIMARY KEY, name text, weight real, made date)")
+        src.execute("INSERT INTO parts SELECT g, 'part ' || g, g / 4.0, DATE '2024-01-01' + g FROM generate_series(1, 50) g")
+    monkeypatch.setenv("AIRFLOW_CONN_CLI_PARTS_SRC", source_db)
+    config = {"name": "cli_parts", "kind": "sql", "conn_id": "cli_parts_src", "start_date": "2024-01-01",
+              "target_schema": "raw", "retries": 0,
+              "tables": [{"name": "parts", "table": "public.parts", "write_mode": "replace"},
+                         {"name": "heavy", "query": "SELECT * FROM parts WHERE made <= DATE '{{ partition_date }}'",
+                          "write_mode": "merge", "primary_key": ["id"]}]}
+    assert set(states(run(config, configs)).values()) == {"success"}
+    columns = "id, name, weight, made, _partition_date"
+    with psycopg.connect(env["dw_url"]) as dw:
+        by_dag = {t: dw.execute(f"SELECT {columns} FROM raw.{t} ORDER BY id").fetchall() for t in ("parts", "heavy")}  # noqa: S608
+        dw.execute("DROP TABLE raw.parts, raw.heavy")
+    path = tmp_path / "cli_parts.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli_env = {"AIRFLOW_CONN_CLI_PARTS_SRC": source_db, "AIRFLOW_CONN_DW": env["dw_url"]}
+    code, out, err = cli("sync", str(path), "--date", "2024-01-02", "--lake", str(env["lake"]), "--json", env=cli_env)
+    assert code == 0, err
+    assert [(r["target_table"], r["rows_loaded"], r["write_mode"]) for r in out] == [
+        ("raw.parts", 50, "replace"), ("raw.heavy", 1, "merge")]
+    assert "2 of 2 tables synced, 51 rows" in err
+    with psycopg.connect(env["dw_url"]) as dw:
+        by_cli = {t: dw.execute(f"SELECT {columns} FROM raw.{t} ORDER BY id").fetchall() for t in ("parts", "heavy")}  # noqa: S608
+        assert by_cli == by_dag
+        sources = {r[0] for r in dw.execute("SELECT DISTINCT pipeline_name FROM etl_audit_log").fetchall()}
+        assert sources == {"cli_parts"}
+    code, out, err = cli("check", str(path), "--json", env=cli_env)
+    assert code == 0, err
+    # heavy's query is templated (one date): shown, not compared.
+    assert [(r["table"], r["rows"], r["source_rows"], r.get("agrees")) for r in out] == [
+        ("raw.parts", 50, 50, True), ("raw.heavy", 1, None, None)]
+    with psycopg.connect(env["dw_url"]) as dw:
+        dw.execute("DELETE FROM raw.parts WHERE id = 7")
+        assert count(dw, "raw.parts") == 49
+    code, _, text = cli("check", str(path), env=cli_env)
+    assert code == 1, text
+    code, out, err = cli("check", env=cli_env, module="sndw.cli")
+    assert code == 0 and "raw.parts" in out and "49" in out, err
+
+
+def test_progress_lines_on_long_work(cli: Any, tmp_path: Path, source_db: str, dw_url: str) -> None:
+    """Plain progress lines when stderr is not a terminal (rows, MiB, rows/s, elapsed)."""
+    config = write(tmp_path, "pg.json", {"protocol": "postgres", **pg_fields(source_db)})
+    code, out, err = cli("run", "--config", config, "--query",
+                         "SELECT g AS id, md5(g::text) AS hash FROM generate_series(1, 600000) g",
+                         "--source", "big", "--table", "big", "--lake", "lake", env={"SNDW_PROGRESS_SECONDS": "0.1"})
+    assert code == 0 and out["rows_loaded"] == 600_000, err
+    lines = [line for line in err.splitlines() if "rows/s" in line]
+    assert lines and all("\r" not in line for line in lines), err
+    assert any(line.startswith(("extract big.big: ", "load public.big: ")) and " MiB, " in line for line in lines), lines
+
+
+def test_progress_line_is_live_on_a_terminal() -> None:
+    import io
+    import logging
+    import time
+
+    from sndw.progress import LiveLine, Progress, log
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    handler = LiveLine(stream)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        progress = Progress("extract s.t")
+        progress.every = 0.05
+        for _ in range(3):
+            time.sleep(0.06)
+            progress.add(1000, 2**20)
+        handler.end()
+    finally:
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert text.count("\r\x1b[2K") == 3 and text.endswith("\n") and text.count("\n") == 1
+    assert "extract s.t: 3,000 rows, 3.0 MiB" in text
