@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -210,3 +211,33 @@ def test_progress_line_is_live_on_a_terminal() -> None:
     text = stream.getvalue()
     assert text.count("\r\x1b[2K") == 3 and text.endswith("\n") and text.count("\n") == 1
     assert "extract s.t: 3,000 rows, 3.0 MiB" in text
+
+
+def test_column_types_on_a_dbapi_source(tmp_path: Path) -> None:
+    """column_types works for SQL sources without ADBC too (SQLite): exact conversions, or an error."""
+    from sndw.config import table_spec
+    from sndw.errors import ExtractError
+    from sndw.pipeline import ExtractRequest, SourceAccess, extract_table
+
+    db = tmp_path / "codes.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE codes (id INTEGER, zip, amount)")
+        conn.executemany("INSERT INTO codes VALUES (?, ?, ?)", [(1, "01234", 2.5), (2, "00501", 3)])
+    access = SourceAccess(dbapi_connect=lambda: sqlite3.connect(db))
+
+    def extract(types: dict[str, str]) -> Any:
+        table = table_spec("sql", {"name": "codes", "query": "SELECT * FROM codes ORDER BY id", "column_types": types})
+        request = ExtractRequest(pipeline="p", source="s", kind="sql", table=table, partition=date(2024, 1, 2),
+                                 lake_root=str(tmp_path / "lake"))
+        return extract_table(request, access)
+
+    import pyarrow.parquet as pq
+
+    manifest = extract({"zip": "text", "amount": "numeric"})
+    data = pq.read_table(manifest.paths[0])
+    assert data.column("zip").to_pylist() == ["01234", "00501"]
+    assert [str(v) for v in data.column("amount").to_pylist()] == ["2.5", "3.0"]
+    with pytest.raises(ExtractError, match=r"column 'zip' is declared bigint .* holds '01234'"):
+        extract({"zip": "bigint"})
+    with pytest.raises(ExtractError, match="column_types names columns the query does not return: nope"):
+        extract({"nope": "text"})

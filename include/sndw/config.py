@@ -481,7 +481,7 @@ def _problems(exc: ValidationError, data: Any) -> list[tuple[str, str]]:
         field = _field_path(tuple(err["loc"]), data)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling in the README's source-config reference)"
+            message = "unknown key (check its spelling in docs/guides/sources.md)"
         elif err["type"] == "union_tag_invalid" and field.endswith("pagination"):
             message = f"type must be one of {', '.join(PAGINATION_TYPES)}; got {(err.get('input') or {}).get('type') if isinstance(err.get('input'), dict) else err.get('input')!r}"
         elif err["type"] == "union_tag_invalid":

@@ -9,7 +9,7 @@ lists, progress) lives here, once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
@@ -222,16 +222,18 @@ def _sql_batches(request: ExtractRequest, spec: SqlTable, access: SourceAccess, 
                                         column_types=spec.column_types)
     else:
         assert access.dbapi_connect is not None
-        batches = _dbapi_batches(access.dbapi_connect, query, spec.batch_rows)
+        batches = _dbapi_batches(access.dbapi_connect, query, spec.batch_rows, sql_label(request.source, spec),
+                                 spec.column_types)
     yield from with_key_positions(batches, spec.primary_key) if positioned else batches
 
 
-def _dbapi_batches(connect: Callable[[], Any], query: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _dbapi_batches(connect: Callable[[], Any], query: str, batch_rows: int, label: str,
+                   column_types: Mapping[str, str]) -> Iterator[pa.RecordBatch]:
     from sndw.extract.sql import iter_query_batches
 
     conn = connect()
     try:
-        yield from iter_query_batches(conn, query, batch_rows)
+        yield from iter_query_batches(conn, query, batch_rows, table=label, column_types=column_types)
     finally:
         conn.close()
 

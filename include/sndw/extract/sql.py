@@ -113,17 +113,26 @@ def _column_type(description: Any) -> pa.DataType | None:
     return None
 
 
-def iter_query_batches(conn: Any, query: str, batch_rows: int = 100_000, *, server_side: bool = True) -> Iterator[pa.RecordBatch]:
+def iter_query_batches(conn: Any, query: str, batch_rows: int = 100_000, *, server_side: bool = True,
+                       table: str = "query", column_types: Mapping[str, str] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream ``query``'s rows in batches of ``batch_rows``; memory stays bounded by one batch.
 
     With a psycopg connection the rows come through a named (server-side) cursor; other DB-API
     drivers use ``fetchmany``. The first batch fixes the column types unless the driver reports them.
+    ``column_types`` fixes a column's kind (text, bigint, double, numeric, boolean, json); a value
+    that does not convert exactly fails the extract naming table, column and value.
     """
+    declared = {normalize_identifier(k): v for k, v in (column_types or {}).items()}
     cursor = _open_cursor(conn, server_side)
     try:
         cursor.execute(query)
         description = cursor.description or []
         names = [d[0] for d in description]
+        unknown = sorted(set(declared) - {normalize_identifier(n) for n in names})
+        if unknown:
+            raise ExtractError(f"{table}: column_types names columns the query does not return: "
+                               f"{', '.join(unknown)} (columns: {', '.join(names)})")
+        kinds = [declared.get(normalize_identifier(n)) for n in names]
         hints: list[pa.DataType | None] = [_column_type(d) for d in description]
         total = 0
         first = True
@@ -132,7 +141,8 @@ def iter_query_batches(conn: Any, query: str, batch_rows: int = 100_000, *, serv
             if not rows and not first:
                 break
             columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-            arrays = [column_array(list(values), hint) for values, hint in zip(columns, hints, strict=True)]
+            arrays = [_declared_array(table, name, kind, list(values)) if kind else column_array(list(values), hint)
+                      for name, kind, values, hint in zip(names, kinds, columns, hints, strict=True)]
             if rows:
                 # Later batches keep the types the first one found.
                 hints = [h or a.type for h, a in zip(hints, arrays, strict=True)]
@@ -146,6 +156,20 @@ def iter_query_batches(conn: Any, query: str, batch_rows: int = 100_000, *, serv
         log.info("extracted %d rows", total)
     finally:
         cursor.close()
+
+
+def _declared_array(table: str, column: str, kind: str, values: list[Any]) -> pa.Array:
+    """A column of ``column_types`` kind ``kind``: every value converted exactly, or an error."""
+    from sndw.extract import _MISFIT, convert, kind_array
+
+    converted = [convert(kind, v) for v in values]
+    bad = next((v for v, c in zip(values, converted, strict=True) if c is _MISFIT), _MISFIT)
+    array = None if bad is not _MISFIT else kind_array(kind, converted)
+    if array is None:
+        shown = bad if bad is not _MISFIT else next(v for v in values if v is not None)
+        raise ExtractError(f"{table}: column {column!r} is declared {kind} in column_types, but holds {shown!r}, "
+                           "which does not convert to it exactly")
+    return array
 
 
 def _open_cursor(conn: Any, server_side: bool) -> Any:
