@@ -752,9 +752,14 @@ def summarise(info: dict[str, dict[str, Any]], samples: dict[str, list[Sample]],
         seconds = statistics.median(s.seconds for s in runs)
         n = statistics.median(s.rows for s in runs)
         rate = n / seconds if seconds else 0.0
+        # Paired: each round's ratio against the reference's run of the same round (the machine's
+        # load changes between rounds, not within one); the median and range of those.
+        paired = [(s.rows / s.seconds) / (r.rows / r.seconds) if ratio == "speed" else s.seconds / r.seconds
+                  for s, r in zip(runs, ref_runs, strict=False) if s.seconds and r.seconds]
         entry.update({
             "rows": int(n), "seconds": round(seconds, 3), "rows_per_s": round(rate),
-            "ratio": round(rate / ref_rate, 3) if ratio == "speed" else round(seconds / ref_seconds, 3),
+            "ratio": round(statistics.median(paired), 3) if paired else round(rate / ref_rate, 3),
+            "ratio_range": [round(min(paired), 3), round(max(paired), 3)] if paired else None,
             "peak_rss_mib": round(statistics.median(s.rss_kib for s in runs) / 1024, 1),
             "rounds": [round(s.seconds, 3) for s in runs],
         })

@@ -9,6 +9,7 @@ from typing import Any
 LOAD_TARGET = 0.85  # x psql \copy FROM binary
 EXTRACT_TARGET = 1.0  # x psql \copy TO csv
 PARTITION_TARGET = 1.3  # x append of the same rows
+MERGE_TARGET = 1.5  # x append of the same rows (issue 14)
 RSS_GROWTH_TARGET = 1.10  # peak RSS at 4N / at N
 SIZE_TARGET = 1.15  # loaded bench table / its source table (pg_table_size)
 PARSE_TARGET_SECONDS = 2.0  # DagBag of 100 source configs
@@ -36,6 +37,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     part = _method(results, "write_modes", "partition")
     add("partition replace", f"<= {PARTITION_TARGET}x append", part and part["ratio"],
         part and part["ratio"] <= PARTITION_TARGET, f"{part['ratio']:.2f}x" if part else "not measured")
+    merge = _method(results, "write_modes", "merge")
+    add("merge", f"<= {MERGE_TARGET}x append", merge and merge["ratio"],
+        merge and merge["ratio"] <= MERGE_TARGET, f"{merge['ratio']:.2f}x" if merge else "not measured")
     for row in results.get("memory") or []:
         add(f"{row['step']} RSS at 4N", f"<= {RSS_GROWTH_TARGET:.2f}x RSS at N", row["growth"],
             row["growth"] <= RSS_GROWTH_TARGET,
@@ -56,6 +60,15 @@ def _n(value: float | int | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _ratio(m: dict[str, Any], digits: int = 2) -> str:
+    """The median of the per-round paired ratios, with their range over the rounds."""
+    spread = m.get("ratio_range")
+    text = f"{m['ratio']:.{digits}f}"
+    if spread and len(m.get("rounds") or []) > 1:
+        text += f" ({spread[0]:.{digits}f}-{spread[1]:.{digits}f})"
+    return text
+
+
 def _speed_table(block: dict[str, Any], ref_label: str, total_rows: int) -> list[str]:
     lines = [f"| method | rows | s | rows/s | x {ref_label} | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|"]
     for m in block["methods"]:
@@ -67,13 +80,13 @@ def _speed_table(block: dict[str, Any], ref_label: str, total_rows: int) -> list
             lines.append(f"| {label} | {_n(m['rows'])} | - | - | {m['skipped']} | - |")
             continue
         lines.append(f"| {label} | {_n(m['rows'])} | {m['seconds']:.2f} | {_n(m['rows_per_s'])} | "
-                     f"{m['ratio']:.3f} | {m['peak_rss_mib']:.0f} |")
+                     f"{_ratio(m)} | {m['peak_rss_mib']:.0f} |")
     return lines
 
 
 def render(results: dict[str, Any]) -> str:
     meta = results["meta"]
-    lines = [f"sndw benchmark: N = {meta['rows']:,} rows, median of {meta['rounds']} rounds (methods interleaved), "
+    lines = [f"sndw benchmark: N = {meta['rows']:,} rows, ratios paired per round: median (range) of {meta['rounds']} rounds, methods interleaved; "
              f"PostgreSQL {meta['server']} (fsync {meta['settings']['fsync']}, synchronous_commit "
              f"{meta['settings']['synchronous_commit']}), {meta['cpus']} CPUs, commit {meta['commit']}", ""]
     if results.get("load"):
@@ -86,7 +99,7 @@ def render(results: dict[str, Any]) -> str:
         lines += ["Write modes (sndw load_files of the same rows)", "",
                   "| mode | rows | s | x append | peak RSS MiB | what |", "|---|---:|---:|---:|---:|---|"]
         for m in results["write_modes"]["methods"]:
-            lines.append(f"| {m['method']} | {_n(m['rows'])} | {m['seconds']:.2f} | {m['ratio']:.2f} | "
+            lines.append(f"| {m['method']} | {_n(m['rows'])} | {m['seconds']:.2f} | {_ratio(m)} | "
                          f"{m['peak_rss_mib']:.0f} | {m['note']} |")
         lines.append("")
     if results.get("memory"):

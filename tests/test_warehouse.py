@@ -145,6 +145,29 @@ def test_merge_upserts_and_the_last_row_of_a_key_wins(tmp_path: Path, dw: psycop
     assert rows(dw, "SELECT id, name FROM users ORDER BY id") == [(1, "a"), (2, "b-new"), (3, "c")]
 
 
+def test_merge_on_a_composite_key_and_a_table_other_tables_point_at(tmp_path: Path, dw: psycopg.Connection) -> None:
+    """Composite keys, duplicates in two files of one load; a table that a foreign key points at is
+    updated in place (its child rows stay, ON DELETE CASCADE included)."""
+    spec = LoadSpec("public", "stock", "merge", ["site", "sku"])
+    first = pa.record_batch({"site": ["a", "a", "b"], "sku": [1, 2, 1], "qty": [10, 20, 30]})
+    load_manifest(dw, lake(tmp_path, first), spec)
+    dw.execute("CREATE TABLE moves (site text, sku bigint, FOREIGN KEY (site, sku) REFERENCES stock (site, sku) "
+               "ON DELETE CASCADE)")
+    dw.execute("INSERT INTO moves VALUES ('a', 1), ('b', 1)")
+    dw.commit()
+    files = lake(tmp_path, pa.record_batch({"site": ["a", "b"], "sku": [1, 2], "qty": [11, 40]}),
+                 pa.record_batch({"site": ["a"], "sku": [1], "qty": [12]}))
+    load_manifest(dw, files, spec)
+    assert rows(dw, "SELECT site, sku, qty FROM stock ORDER BY 1, 2") == [("a", 1, 12), ("a", 2, 20), ("b", 1, 30),
+                                                                            ("b", 2, 40)]
+    assert rows(dw, "SELECT site, sku FROM moves ORDER BY 1") == [("a", 1), ("b", 1)]
+    dw.execute("DROP TABLE moves")
+    dw.commit()
+    load_manifest(dw, lake(tmp_path, pa.record_batch({"site": ["b", "b"], "sku": [1, 1], "qty": [31, 32]})), spec)
+    assert rows(dw, "SELECT site, sku, qty FROM stock ORDER BY 1, 2") == [("a", 1, 12), ("a", 2, 20), ("b", 1, 32),
+                                                                            ("b", 2, 40)]
+
+
 def test_merge_rejects_null_keys(tmp_path: Path, dw: psycopg.Connection) -> None:
     spec = LoadSpec("public", "users", "merge", ["id"])
     with pytest.raises(Exception, match="NULL primary key"):

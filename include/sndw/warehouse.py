@@ -785,32 +785,52 @@ def _partition(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], c
 
 def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
            partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
-    """Upsert on the primary key; within one load the last row of a key wins."""
-    staging = f"_sndw_stage_{spec.table[:40]}"
+    """Upsert on the primary key; within one load the last row of a key wins; NULL keys fail the load.
+
+    The rows go to a staging table by COPY; then the keys they bring are deleted from the table and
+    the rows inserted: no full-row UPDATE per key and no sort (``make bench``: about a third of
+    ``INSERT ... ON CONFLICT DO UPDATE`` here). A table that other tables' foreign keys point at
+    keeps its rows as the same rows: it is updated in place with ON CONFLICT instead. One
+    transaction either way: readers never see half a merge.
+    """
+    staging = sql.Identifier(f"_sndw_stage_{spec.table[:40]}")
     cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
-        sql.Identifier(staging), spec.ident()))
-    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _sndw_row bigint GENERATED ALWAYS AS IDENTITY").format(
-        sql.Identifier(staging)))
-    _copy_all(cur, sql.Identifier(staging), spec, paths, columns, partition, run_id, result, batch_rows)
-    keys = [sql.Identifier(k) for k in spec.primary_key]
+        staging, spec.ident()))
+    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _sndw_row bigint GENERATED ALWAYS AS IDENTITY").format(staging))
+    _copy_all(cur, staging, spec, paths, columns, partition, run_id, result, batch_rows)
     missing = [k for k in spec.primary_key if k not in columns]
     if missing:
         raise PermanentError(f"{spec.qualified}: primary key columns {missing} are not in the data")
+    keys = [sql.Identifier(k) for k in spec.primary_key]
+    key_list = sql.SQL(", ").join(keys)
     cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-        sql.Identifier(staging), sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(k) for k in keys)))
+        staging, sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(k) for k in keys)))
     row = cur.fetchone()
     if row and row[0]:
         raise PermanentError(f"{spec.qualified}: {row[0]} rows have a NULL primary key ({', '.join(spec.primary_key)})")
+    cur.execute(sql.SQL("ANALYZE {}").format(staging))  # a temporary table has no statistics: the joins need them
+    # The key joins hash the load's keys: in memory instead of spilling at the default 4 MB (this
+    # transaction only).
+    cur.execute("SET LOCAL work_mem = '128MB'")
+    cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} GROUP BY {} HAVING count(*) > 1)").format(staging, key_list))
+    row = cur.fetchone()
+    if row and row[0]:  # a key more than once in this load: the last row wins
+        cur.execute(sql.SQL("DELETE FROM {staging} s USING {staging} t WHERE {match} AND s._sndw_row < t._sndw_row").format(
+            staging=staging, match=sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=k) for k in keys)))
     names = [c for c in columns if c != LOADED_AT]
-    cols = [sql.Identifier(c) for c in names]
-    updates = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-               for c in names if c not in spec.primary_key]
-    updates.append(sql.SQL("{} = now()").format(sql.Identifier(LOADED_AT)))
-    cur.execute(sql.SQL(
-        "INSERT INTO {target} ({cols}) SELECT DISTINCT ON ({keys}) {cols} FROM {staging} "
-        "ORDER BY {keys}, _sndw_row DESC ON CONFLICT ({keys}) DO UPDATE SET {updates}").format(
-        target=spec.ident(), cols=sql.SQL(", ").join(cols), keys=sql.SQL(", ").join(keys),
-        staging=sql.Identifier(staging), updates=sql.SQL(", ").join(updates)))
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in names)
+    if _referenced_keys(cur, spec):
+        updates = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                   for c in names if c not in spec.primary_key]
+        updates.append(sql.SQL("{} = now()").format(sql.Identifier(LOADED_AT)))
+        cur.execute(sql.SQL("INSERT INTO {target} ({cols}) SELECT {cols} FROM {staging} "
+                            "ON CONFLICT ({keys}) DO UPDATE SET {updates}").format(
+            target=spec.ident(), cols=cols, staging=staging, keys=key_list, updates=sql.SQL(", ").join(updates)))
+        return
+    cur.execute(sql.SQL("DELETE FROM {target} t USING {staging} s WHERE {match}").format(
+        target=spec.ident(), staging=staging,
+        match=sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=k) for k in keys)))
+    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(spec.ident(), cols, cols, staging))
 
 
 _WRITERS = {"append": _append, "replace": _replace, "partition": _partition, "merge": _merge,
