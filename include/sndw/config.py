@@ -77,11 +77,22 @@ class TableBase(_Model):
         "Fixed warehouse types of (flattened) columns, e.g. {zip: text}, instead of the inferred ones. "
         "A value that does not fit its declared type is an error naming the column and the value "
         "(http: a type change, see on_type_change)."))
+    transform: str | None = Field(default=None, description=(
+        "package.module:function applied to each batch between the lake and the warehouse (the lake "
+        "keeps the data as extracted); it takes and returns a pyarrow.RecordBatch or a polars.DataFrame. "
+        "Imported at run time, from the transforms/ package beside the DAGs or include/."))
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return validate_source_name(value)
+
+    @field_validator("transform")
+    @classmethod
+    def _transform(cls, value: str | None) -> str | None:
+        from sndw.transform import validate_reference
+
+        return None if value is None else validate_reference(value)
 
     @model_validator(mode="after")
     def _keys(self) -> TableBase:
@@ -306,6 +317,30 @@ def _cron_problem(expression: str) -> str | None:
     return None
 
 
+class SqlStep(_Model):
+    """SQL run in the warehouse after the source's loads, as a task ``sql_<name>`` of its DAG."""
+
+    name: str = Field(description="Task id sql_<name>; steps run one after another, in the listed order.")
+    sql: str | None = Field(default=None, description="The SQL, inline (templated: {{ partition_date }}).")
+    file: str | None = Field(default=None, description="A .sql file, relative to the config's folder (templated).")
+    target: str | None = Field(default=None, description="The table the step builds (schema.table), for the audit log.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_source_name(value)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SqlStep:
+        if bool(self.sql) == bool(self.file):
+            raise ValueError("set exactly one of 'sql' or 'file'")
+        return self
+
+    def text(self, config_dir: str | os.PathLike[str]) -> str:
+        """The step's SQL: inline, or read from its file (checked to exist when the config is parsed)."""
+        return self.sql if self.sql else (Path(config_dir) / str(self.file)).read_text(encoding="utf-8")
+
+
 class SourceBase(_Model):
     name: str
     description: str | None = None
@@ -324,6 +359,8 @@ class SourceBase(_Model):
     max_retry_delay_seconds: int = Field(default=3600, ge=0)
     target_schema: str = "public"
     dw_conn_id: str = "dw"
+    sql_steps: list[SqlStep] = Field(default_factory=list, description=(
+        "SQL run in the warehouse after every load of the source, one task each, in order."))
 
     @field_validator("name")
     @classmethod
@@ -364,6 +401,15 @@ class SourceBase(_Model):
     @classmethod
     def _schema(cls, value: str) -> str:
         return normalize_identifier(value)
+
+    @field_validator("sql_steps")
+    @classmethod
+    def _unique_steps(cls, steps: list[SqlStep]) -> list[SqlStep]:
+        names = [s.name for s in steps]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"step names must differ (they are task ids): {', '.join(repeated)} repeated")
+        return steps
 
     @field_validator("tables", check_fields=False)
     @classmethod
@@ -464,13 +510,19 @@ def parse_source(data: Any, path: str) -> HttpSource | SqlSource | FileSource:
     data = dict(data)
     data.setdefault("name", Path(path).stem)
     try:
-        return _SOURCE_ADAPTER.validate_python(data)
+        source = _SOURCE_ADAPTER.validate_python(data)
     except ValidationError as exc:
         problems = _problems(exc, data)
         if not named:
             problems = [(f, f"{m} (the name comes from the file name: set 'name' or rename the file)")
                         if f == "name" else (f, m) for f, m in problems]
         raise ConfigError(path, *problems[0], more=problems[1:]) from None
+    folder = Path(path).parent
+    missing = [(f"sql_steps[{i}].file", f"no file {folder / str(s.file)} (paths start at the config's folder)")
+               for i, s in enumerate(source.sql_steps) if s.file and not (folder / s.file).is_file()]
+    if missing:
+        raise ConfigError(path, *missing[0], more=missing[1:])
+    return source
 
 
 def _problems(exc: ValidationError, data: Any) -> list[tuple[str, str]]:

@@ -106,7 +106,8 @@ def run_table(*, url: str, pipeline: str, source: str, kind: str, table: Any, ac
         with psycopg.connect(url) as conn:
             _flush(conn, lake, flush_spool)
             spec = LoadSpec(schema=schema, table=table.target, write_mode=table.write_mode,
-                            primary_key=table.key_columns, allow_empty=getattr(table, "allow_empty", False))
+                            primary_key=table.key_columns, allow_empty=getattr(table, "allow_empty", False),
+                            transform=getattr(table, "transform", None))
             loaded = load_table(conn, manifest, spec, pipeline=pipeline, audit=audit)
             result.update(rows_loaded=loaded.rows_loaded, schema_changes=loaded.schema_changes)
             for child, child_manifest in children:

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from sndw.naming import (
 )
 from sndw.progress import Progress
 from sndw.state import Watermark, save_watermark
+from sndw.transform import BatchTransform, load_transform, output_schema, transformed_batches
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,8 @@ class LoadSpec:
     primary_key: Sequence[str] = ()
     # replace/partition: an extract of 0 rows would empty the table (or the date); refused unless set.
     allow_empty: bool = False
+    # A table's ``transform`` (``package.module:function``), resolved by load_files; see sndw.transform.
+    transform: str | BatchTransform | None = None
 
     @property
     def qualified(self) -> str:
@@ -472,9 +475,10 @@ class _BoundedQueuedWriter(QueuedLibpqWriter):
 
 def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, columns: dict[str, str],
               table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000,
-              progress: Progress | None = None) -> tuple[int, int]:
-    """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements."""
-    file_schema = pq.read_schema(path)
+              progress: Progress | None = None, transform: BatchTransform | None = None) -> tuple[int, int]:
+    """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements. With a
+    ``transform``, each batch goes through it first (the first batch's output is the schema)."""
+    file_schema = output_schema(transform, table, path, batch_rows) if transform else pq.read_schema(path)
     plans: list[ColumnPlan] = []
     for f in file_schema:
         planned = plan_column(table, f.name, columns[f.name], f.type, _declared(f))
@@ -493,9 +497,17 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
     # the next batch (shared/POSTGRES-LOADING.md: 0.94x of psql's binary COPY against 0.86x).
     with cur.copy(statement, writer=_BoundedQueuedWriter(cur)) as copy:
         copy.write(encoder.header())
-        for batch in iter_file_batches(path, batch_rows):
+        batches = iter_file_batches(path, batch_rows)
+        if transform is not None:
+            batches = transformed_batches(transform, table, path, batches)
+        for number, batch in enumerate(batches, 1):
             if batch.num_rows == 0:
                 continue
+            if transform is not None and batch.schema.names != file_schema.names:
+                raise PermanentError(
+                    f"{table}: transform {transform.reference} returned the columns {batch.schema.names} for "
+                    f"batch {number} of {path}, but {file_schema.names} for its first batch: a transform must "
+                    "return the same columns for every batch")
             data = encoder.encode(batch)
             copy.write(data)
             rows += batch.num_rows
@@ -565,6 +577,9 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
     started = time.perf_counter()
     _check_files(paths)
     _check_not_empty(paths, spec, partition)
+    if isinstance(spec.transform, str):  # imported before anything is written: a bad one changes nothing
+        spec = replace(spec, transform=load_transform(spec.transform))
+    transform = spec.transform if isinstance(spec.transform, BatchTransform) else None
     if audit is not None:
         ensure_audit_table(conn, audit_schema)
     ensure_lake_files_table(conn)
@@ -584,7 +599,9 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
             else:
                 if paths:
                     for path in paths:  # evolve with each file's schema: types may differ across files
-                        _, changes = evolve_table(cur, spec, pq.read_schema(path))
+                        schema = (output_schema(transform, spec.qualified, path, batch_rows) if transform
+                                  else pq.read_schema(path))
+                        _, changes = evolve_table(cur, spec, schema)
                         result.schema_changes.extend(changes)
                 columns = table_columns(cur, spec.schema, spec.table)
                 _WRITERS[spec.write_mode](cur, spec, paths, columns, partition, run_id, result, batch_rows)
@@ -690,7 +707,8 @@ def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, 
     for path in paths:
         file_id = register_file(cur, spec, path, partition, run_id)
         rows, nul = copy_file(cur, target, path, columns, spec.qualified, _constants(file_id, partition),
-                              batch_rows, progress)
+                              batch_rows, progress,
+                              spec.transform if isinstance(spec.transform, BatchTransform) else None)
         result.rows_loaded += rows
         result.nul_replaced += nul
 
