@@ -1,0 +1,219 @@
+"""The warehouse over HTTP inside Airflow's API server, behind Airflow's own login.
+
+The FastAPI app that plugins/sndw_plugin.py mounts under /sndw: it resolves the user (Airflow's
+JWT, as a bearer token or the UI's cookie), keeps to the sources whose DAG the user may read, and
+calls sndw.stats / sndw.reconcile, where the SQL lives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
+from sndw import stats
+from sndw.audit import redact, register_secret
+from sndw.config import iter_sources
+from sndw.errors import ConfigError
+from sndw.naming import dag_id_for, qualified
+from sndw.reconcile import reconcile
+
+from sndw_airflow.context import lake_root
+from sndw_airflow.etl_page import PAGE_HTML
+
+DW_CONN_ID = os.environ.get("SNDW_API_DW_CONN_ID", "dw")
+RESERVED_PARAMS = {"page", "page_size", "search", "order_by", "order"}
+
+app = FastAPI(
+    title="sndw warehouse",
+    version="1.0",
+    description=(
+        "Health, run statistics, loaded tables and partition gaps of the warehouse, from `etl_audit_log`. "
+        "Authenticate as for Airflow's REST API (`POST /auth/token`, then `Authorization: Bearer <token>`; "
+        "the UI's session cookie works too). A user sees only the sources whose DAG they may read."),
+)
+
+
+_bearer = HTTPBearer(auto_error=False)
+# Only for the OpenAPI page's login form; the token arrives as the same Authorization header.
+_oauth2 = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+
+
+async def current_user(request: Request, _token: Annotated[str | None, Depends(_oauth2)] = None,
+                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> Any:
+    """Airflow's own ``get_user`` (the bearer token, else the UI's cookie; 401 without either).
+
+    Imported on first use, not with this module: every task process loads the plugins folder (for
+    macros), and Airflow's API security module would add seconds to each task's start.
+    """
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return await get_user(request, None, credentials)
+
+
+GetUserDep = Annotated[Any, Depends(current_user)]
+
+
+class WarehouseUnavailable(Exception):
+    pass
+
+
+@app.exception_handler(WarehouseUnavailable)
+def _unavailable(request: Request, exc: WarehouseUnavailable) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"status": "unhealthy", "detail": str(exc),
+                                                  "warehouse": {"reachable": False, "error": str(exc)}})
+
+
+def sources_folder() -> Path:
+    configured = os.environ.get("SNDW_SOURCES_DIR")
+    if configured:
+        return Path(configured)
+    from airflow.configuration import conf
+
+    return Path(conf.get("core", "dags_folder")) / "sources"
+
+
+def all_sources() -> list[Any]:
+    return [s for _, s in iter_sources(sources_folder()) if not isinstance(s, ConfigError)]
+
+
+def readable_sources(user: Any) -> list[Any]:
+    """The sources whose DAG the user may read, as the auth manager decides (roles, teams, FAB)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+    from airflow.models.dag import DagModel
+
+    sources = all_sources()
+    teams = DagModel.get_dag_id_to_team_name_mapping([dag_id_for(s.name) for s in sources])
+    manager = get_auth_manager()
+    return [s for s in sources if manager.is_authorized_dag(
+        method="GET", user=user, details=DagDetails(id=dag_id_for(s.name), team_name=teams.get(dag_id_for(s.name))))]
+
+
+@contextmanager
+def warehouse() -> Iterator[psycopg.Connection[Any]]:
+    """A read-only connection to the warehouse's Airflow connection (``dw``); 503 when unreachable."""
+    from airflow.models.connection import Connection
+
+    try:
+        conn_info = Connection.get_connection_from_secrets(DW_CONN_ID)
+    except Exception as exc:  # AirflowNotFoundException: the connection is not defined
+        raise WarehouseUnavailable(f"the warehouse connection {DW_CONN_ID!r} is not defined") from exc
+    register_secret(conn_info.password)
+    try:
+        conn = psycopg.connect(
+            host=conn_info.host or "localhost", port=conn_info.port or 5432, user=conn_info.login or None,
+            password=conn_info.password or None, dbname=conn_info.schema or None, connect_timeout=5,
+            autocommit=True, application_name="sndw-api",
+            options="-c default_transaction_read_only=on -c statement_timeout=30000")
+    except psycopg.OperationalError as exc:
+        raise WarehouseUnavailable(redact(f"the warehouse is unreachable: {exc}".strip())) from exc
+    try:
+        yield conn
+    except psycopg.OperationalError as exc:
+        raise WarehouseUnavailable(redact(f"the warehouse connection failed: {exc}".strip())) from exc
+    finally:
+        conn.close()
+
+
+def _source(user: Any, name: str) -> Any:
+    found = {s.name: s for s in all_sources()}
+    if name not in found:
+        raise HTTPException(404, f"no source named {name!r}")
+    if name not in {s.name for s in readable_sources(user)}:
+        raise HTTPException(403, f"you may not read the DAG {dag_id_for(name)!r} of source {name!r}")
+    return found[name]
+
+
+@app.get("/health", summary="Warehouse reachable, and per source its last run and freshness",
+         responses={503: {"description": "The warehouse is unreachable"}})
+def health(user: GetUserDep) -> JSONResponse:
+    sources = readable_sources(user)
+    with warehouse() as conn:
+        report = stats.health(conn, sources)
+    stale = [n for n, s in report["sources"].items() if s["freshness"]["status"] in ("stale", "never")]
+    failed = [n for n, s in report["sources"].items() if (s["last_run"] or {}).get("status") == "failure"]
+    status = "healthy" if not stale and not failed else "degraded"
+    return JSONResponse({"status": status, **report, "stale_sources": stale, "failed_sources": failed})
+
+
+@app.get("/stats", summary="Records, duration, last success and failure, runs: overall, per source and table")
+def get_stats(user: GetUserDep) -> dict[str, Any]:
+    names = [s.name for s in readable_sources(user)]
+    with warehouse() as conn:
+        return stats.stats(conn, names)
+
+
+@app.get("/sources/{source}", summary="One source: its tables, rows per partition date and recent failures")
+def get_source(user: GetUserDep, source: str) -> dict[str, Any]:
+    found = _source(user, source)
+    with warehouse() as conn:
+        chart = stats.partition_chart(conn, found.name)
+        failures = stats.recent_failures(conn, found.name)
+    tables = [{"name": t.name, "target": qualified(found.target_schema, t.target), "write_mode": t.write_mode,
+               "lake": f"lake:{found.kind}/{found.name}/{t.name}"} for t in found.tables]
+    return {"source": found.name, "dag_id": dag_id_for(found.name), "kind": found.kind,
+            "schedule": found.schedule, "tables": tables, "rows_per_partition": chart, "failures": failures}
+
+
+@app.get("/partitions/{source}", summary="The gap report: per table and date, expected, loaded, failed or missing")
+def partitions(user: GetUserDep, source: str, date_from: date | None = None, date_to: date | None = None
+               ) -> dict[str, Any]:
+    found = _source(user, source)
+    with warehouse() as conn:
+        report = reconcile(conn, found, lake_root(), date_from, date_to)
+    summary: dict[str, int] = {}
+    for item in report:
+        summary[item.status] = summary.get(item.status, 0) + 1
+    return {"source": found.name, "summary": summary, "partitions": [r.to_dict() for r in report]}
+
+
+@app.get("/data/{schema}/{table}", summary="Rows of a table the product loaded, paged, filtered and searched",
+         description=("Any query parameter besides page, page_size, search, order_by and order is an equality "
+                      "filter on the column of that name (compared as text), e.g. `?status=shipped`. Unknown "
+                      "columns are 400; tables the product did not load are 404."),
+         responses={400: {"description": "Unknown column"}, 404: {"description": "Not a loaded table"}})
+def data(
+    request: Request,
+    user: GetUserDep,
+    schema: Annotated[str, PathParam()],
+    table: Annotated[str, PathParam()],
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=stats.MAX_PAGE_SIZE)] = 10,
+    search: Annotated[str | None, Query(description="Case-insensitive substring over the text columns")] = None,
+    order_by: Annotated[str | None, Query(description="A column; default: the first")] = None,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
+) -> dict[str, Any]:
+    filters: dict[str, str] = {}
+    for key in request.query_params:
+        if key in RESERVED_PARAMS:
+            continue
+        values = request.query_params.getlist(key)
+        if len(values) != 1:
+            raise HTTPException(400, f"filter {key!r} is given {len(values)} times; give one value")
+        filters[key] = values[0]
+    with warehouse() as conn:
+        try:
+            owners = stats.table_sources(conn, schema, table)
+            readable = {s.name for s in readable_sources(user)}
+            if not owners <= readable:
+                raise HTTPException(403, f"you may not read the DAG of every source that loads {schema}.{table}")
+            return stats.query_table(conn, schema, table, page=page, page_size=page_size, filters=filters,
+                                     search=search, order_by=order_by, descending=order == "desc")
+        except stats.NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except stats.BadRequest as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+
+@app.get("/ui", response_class=HTMLResponse, summary="The ETL page (shown in Airflow's UI as a plugin view)")
+def page(user: GetUserDep) -> HTMLResponse:
+    return HTMLResponse(PAGE_HTML)

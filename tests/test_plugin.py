@@ -1,0 +1,448 @@
+"""The sndw plugin inside Airflow's own API server (create_app, served by uvicorn on a real port):
+Airflow's JWT login, /health, /stats, /data, /partitions, and the ETL page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from tests.conftest import DAY, PG_LOCAL, ROOT, run, states
+
+pytestmark = pytest.mark.slow
+
+USERS = {"admin": "admin-Pw-7391", "outsider": "outsider-Pw-5120", "teamb": "teamb-Pw-8842"}
+INSPECTIONS = "id,station,result,note\n" + "".join(
+    f"{i},{'press' if i % 2 else 'lathe'},{'pass' if i % 3 else 'fail'},note {i}\n" for i in range(1, 26))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Client:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def call(self, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                raw = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        try:
+            return status, json.loads(raw)
+        except json.JSONDecodeError:
+            return status, raw.decode()
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        return self.call("GET", path, token)
+
+    def token(self, user: str) -> str:
+        status, body = self.call("POST", "/auth/token", body={"username": user, "password": USERS[user]})
+        assert status in (200, 201), body
+        return str(body["access_token"])
+
+
+@pytest.fixture(scope="module")
+def site(pg_url: str, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A warehouse after a demo-like run (one CSV source through dag.test, one failed run of a
+    second source), and Airflow's API server with the plugin; users: admin, a user with no role,
+    and a viewer of team_b, which does not own plugin_csv's DAG bundle."""
+    from tests.conftest import TEMPLATE_DB, with_database
+
+    tmp = tmp_path_factory.mktemp("plugin")
+    name = f"sndw_t_plugin_{os.getpid()}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    dw_url = with_database(pg_url, name)
+    data = tmp / "data"
+    data.mkdir()
+    (data / "inspections.csv").write_text(INSPECTIONS)
+    passwords = tmp / "passwords.json"
+    passwords.write_text(json.dumps(USERS))
+    sources = tmp / "sources"
+    sources.mkdir()
+    good = {"name": "plugin_csv", "kind": "file", "base_path": str(data), "schedule": "@daily",
+            "start_date": "2024-01-01", "tables": [{"name": "inspections", "path": "inspections.csv",
+                                                     "write_mode": "partition"}]}
+    bad = {"name": "plugin_broken", "kind": "file", "base_path": str(data), "schedule": "@daily",
+           "start_date": "2024-01-01", "retries": 0,
+           "tables": [{"name": "gone", "path": "does_not_exist.csv", "write_mode": "replace"}]}
+    # Airflow 3.3's way to restrict a user to some DAGs with its SimpleAuthManager: multi-team mode.
+    # plugin_csv lives in a DAG bundle of its own owned by team_a; plugin_broken in the DAG folder's
+    # bundle, which no team owns. The user "teamb" (viewer of team_b) may read only the latter.
+    team_dags = tmp / "team_a_dags"
+    (team_dags / "sources").mkdir(parents=True)
+    (team_dags / "sndw_sources.py").write_text((ROOT / "dags" / "sndw_sources.py").read_text())
+    bundles = [{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {}},
+               {"name": "sndw-team-a", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": str(team_dags)}, "team_name": "team_a"},
+               {"name": "sndw-team-b", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": str(tmp / "team_b_dags")}, "team_name": "team_b"}]
+    (tmp / "team_b_dags").mkdir()
+    configs: list[Path] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_CONN_DW", dw_url)
+        mp.setenv("SNDW_LAKE_ROOT", str(tmp / "lake"))
+        mp.setenv("SNDW_SOURCES_DIR", str(sources))
+        mp.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+        mp.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,outsider:,teamb:viewer:team_b")
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+        synced = subprocess.run([sys.executable, "-m", "airflow", "teams", "sync"], capture_output=True, text=True,
+                                check=False)
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        from airflow.api.common.delete_dag import delete_dag
+        from airflow.exceptions import DagNotFound
+
+        for dag_id in ("plugin_csv", "plugin_broken"):  # a bundle recorded by an earlier session
+            try:
+                delete_dag(dag_id)
+            except DagNotFound:
+                pass
+        try:
+            from sndw.config import parse_source
+            from sndw_airflow.factory import build_dag
+
+            good_path = team_dags / "sources" / "plugin_csv.yaml"
+            good_path.write_text(yaml.safe_dump(good))
+            dag = build_dag(parse_source(good, str(good_path)), good_path)
+            assert set(states(dag.test(logical_date=DAY)).values()) == {"success"}
+            assert "failed" in states(run(bad, configs)).values()
+        finally:
+            for path in configs:
+                path.unlink(missing_ok=True)
+        for config in (good, bad):
+            (sources / f"{config['name']}.yaml").write_text(yaml.safe_dump(config))
+
+        import uvicorn
+        from airflow.api_fastapi.app import create_app
+
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.started, "the API server did not start"
+        client = Client(f"http://127.0.0.1:{port}")
+        try:
+            yield {"client": client, "dw_url": dw_url, "tmp": tmp, "mp": mp,
+                   "admin": client.token("admin"), "outsider": client.token("outsider"),
+                   "teamb": client.token("teamb")}
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_plugin_is_registered_and_documented(site: dict[str, Any]) -> None:
+    client, token = site["client"], site["admin"]
+    status, plugins = client.get("/api/v2/plugins", token)
+    assert status == 200
+    ours = [p for p in plugins["plugins"] if p["name"] == "sndw"]
+    assert ours and ours[0]["fastapi_apps"][0]["url_prefix"] == "/sndw"
+    assert ours[0]["external_views"][0]["href"] == "/sndw/ui"
+    status, spec = client.get("/sndw/openapi.json")
+    assert status == 200
+    assert {"/health", "/stats", "/data/{schema}/{table}", "/partitions/{source}"} <= set(spec["paths"])
+
+
+def test_no_token_is_401_and_a_token_is_200(site: dict[str, Any]) -> None:
+    client = site["client"]
+    for path in ("/sndw/health", "/sndw/stats", "/sndw/data/public/inspections", "/sndw/partitions/plugin_csv",
+                 "/sndw/ui"):
+        assert client.get(path)[0] == 401, path
+        assert client.get(path, "not-a-jwt")[0] in (401, 403), path
+    status, body = client.get("/sndw/health", site["admin"])
+    assert status == 200, body
+    assert body["warehouse"]["reachable"] is True and body["warehouse"]["latency_ms"] >= 0
+    csv, broken = body["sources"]["plugin_csv"], body["sources"]["plugin_broken"]
+    assert csv["last_run"]["status"] == "success" and csv["last_run"]["dag_id"] == "plugin_csv"
+    assert csv["freshness"]["schedule"] == "@daily" and csv["freshness"]["status"] == "fresh"
+    assert broken["last_run"]["status"] == "failure" and broken["freshness"]["status"] == "never"
+    assert body["status"] == "degraded" and body["failed_sources"] == ["plugin_broken"]
+
+
+def test_stats_overall_per_source_and_table(site: dict[str, Any]) -> None:
+    status, body = site["client"].get("/sndw/stats", site["admin"])
+    assert status == 200, body
+    fields = {"total_records_processed", "total_duration_seconds", "last_success", "last_failure",
+              "last_failure_reason", "run_count"}
+    assert fields <= set(body["overall"])
+    assert body["overall"]["total_records_processed"] == 25 and body["overall"]["run_count"] == 2
+    csv = body["sources"]["plugin_csv"]
+    assert csv["total_records_processed"] == 25 and csv["last_failure"] is None and csv["run_count"] == 1
+    assert csv["tables"]["public.inspections"]["total_records_processed"] == 25
+    broken = body["sources"]["plugin_broken"]
+    assert broken["last_success"] is None and "does_not_exist.csv" in broken["last_failure_reason"]
+
+
+def test_data_pages_filters_search_and_order(site: dict[str, Any]) -> None:
+    get, token = site["client"].get, site["admin"]
+    status, first = get("/sndw/data/public/inspections", token)
+    assert status == 200, first
+    assert (first["total"], first["page"], first["page_size"], first["has_more"]) == (25, 1, 10, True)
+    assert [r["id"] for r in first["data"]] == list(range(1, 11))
+    status, last = get("/sndw/data/public/inspections?page=3&page_size=10", token)
+    assert [r["id"] for r in last["data"]] == list(range(21, 26)) and last["has_more"] is False
+    status, beyond = get("/sndw/data/public/inspections?page=9", token)
+    assert status == 200 and beyond["data"] == [] and beyond["has_more"] is False
+    assert get("/sndw/data/public/inspections?page_size=100", token)[1]["page_size"] == 100
+    for bad in ("page_size=101", "page_size=0", "page=0", "page=-1", "page_size=x"):
+        assert get(f"/sndw/data/public/inspections?{bad}", token)[0] == 422, bad
+    status, fails = get("/sndw/data/public/inspections?result=fail&order_by=id&order=desc", token)
+    assert status == 200 and fails["total"] == 8
+    assert [r["id"] for r in fails["data"]] == [24, 21, 18, 15, 12, 9, 6, 3]
+    status, found = get("/sndw/data/public/inspections?search=NOTE%201&station=press", token)
+    assert status == 200 and sorted(r["id"] for r in found["data"]) == [1, 11, 13, 15, 17, 19]
+    assert get("/sndw/data/public/inspections?search=100%25", token)[1]["total"] == 0  # % is literal
+
+
+def test_unknown_tables_404_and_unknown_columns_400(site: dict[str, Any]) -> None:
+    get, token = site["client"].get, site["admin"]
+    for path in ("/sndw/data/public/nope", "/sndw/data/public/etl_audit_log", "/sndw/data/pg_catalog/pg_authid",
+                 "/sndw/data/nope/inspections"):
+        status, body = get(path, token)
+        assert status == 404, (path, body)
+    status, body = get("/sndw/data/public/inspections?colour=red", token)
+    assert status == 400 and "colour" in body["detail"] and "station" in body["detail"]
+    status, body = get("/sndw/data/public/inspections?order_by=nope", token)
+    assert status == 400 and "nope" in body["detail"]
+    assert get("/sndw/partitions/nope", token)[0] == 404
+
+
+def test_injection_attempts_change_nothing(site: dict[str, Any]) -> None:
+    get, token = site["client"].get, site["admin"]
+    with psycopg.connect(site["dw_url"]) as dw:
+        before = dw.execute("SELECT count(*), sum(hashtext(t::text)) FROM public.inspections t").fetchone()
+        tables_before = dw.execute("SELECT count(*) FROM pg_tables").fetchone()
+    attacks = [urllib.parse.urlencode(pair) for pair in (
+        {"station": "press'; DROP TABLE public.inspections; --"},
+        {"search": "x' OR 1=1; DELETE FROM public.inspections; --"},
+        {"search": "%' UNION SELECT * FROM etl_audit_log --"},
+        {'id" = id; DROP TABLE public.inspections; --': "1"},
+        {"order_by": "id; DROP TABLE public.inspections"},
+        {"order_by": "(SELECT 1)"},
+        {"order": "asc; DROP TABLE public.inspections"},
+    )]
+    for query in attacks:
+        status, body = get(f"/sndw/data/public/inspections?{query}", token)
+        assert status in (200, 400, 422), (query, body)
+        if status == 200:
+            assert body["total"] == 0, (query, body)
+    status, _ = get("/sndw/data/public/" + urllib.parse.quote('inspections"; DROP TABLE x; --', safe=""), token)
+    assert status == 404
+    with psycopg.connect(site["dw_url"]) as dw:
+        assert dw.execute("SELECT count(*), sum(hashtext(t::text)) FROM public.inspections t").fetchone() == before
+        assert dw.execute("SELECT count(*) FROM pg_tables").fetchone() == tables_before
+
+
+def test_partitions_report_gaps(site: dict[str, Any]) -> None:
+    status, body = site["client"].get("/sndw/partitions/plugin_csv?date_from=2024-01-01&date_to=2024-01-03",
+                                      site["admin"])
+    assert status == 200, body
+    by_date = {p["partition"]: p for p in body["partitions"]}
+    assert by_date["2024-01-02"]["status"] == "loaded" and by_date["2024-01-02"]["rows_loaded"] == 25
+    assert by_date["2024-01-01"]["status"] == "missing" and by_date["2024-01-03"]["status"] == "missing"
+    assert body["summary"] == {"loaded": 1, "missing": 2}
+
+
+def test_a_user_who_may_not_read_the_dags_sees_nothing(site: dict[str, Any]) -> None:
+    get, token = site["client"].get, site["outsider"]
+    assert get("/sndw/data/public/inspections", token)[0] == 403
+    assert get("/sndw/partitions/plugin_csv", token)[0] == 403
+    assert get("/sndw/sources/plugin_csv", token)[0] == 403
+    status, body = get("/sndw/stats", token)
+    assert status == 200 and body["sources"] == {} and body["overall"]["total_records_processed"] == 0
+    status, body = get("/sndw/health", token)
+    assert status == 200 and body["sources"] == {}
+    assert get("/api/v2/dags/plugin_csv", token)[0] == 403  # Airflow itself agrees
+
+
+def test_a_user_restricted_to_some_dags_sees_only_their_sources(site: dict[str, Any]) -> None:
+    get, token = site["client"].get, site["teamb"]
+    assert get("/api/v2/dags/plugin_csv", token)[0] == 403  # Airflow's own answer for the DAG
+    assert get("/api/v2/dags/plugin_broken", token)[0] == 200
+    assert get("/sndw/data/public/inspections", token)[0] == 403
+    assert get("/sndw/sources/plugin_csv", token)[0] == 403
+    assert get("/sndw/partitions/plugin_csv", token)[0] == 403
+    assert get("/sndw/partitions/plugin_broken", token)[0] == 200
+    status, body = get("/sndw/stats", token)
+    assert status == 200 and set(body["sources"]) == {"plugin_broken"}
+    assert body["overall"]["total_records_processed"] == 0 and body["overall"]["run_count"] == 1
+    status, body = get("/sndw/health", token)
+    assert status == 200 and set(body["sources"]) == {"plugin_broken"}
+
+
+def test_health_is_503_with_the_warehouse_stopped(site: dict[str, Any], tmp_path: Path) -> None:
+    env = {**os.environ, "PG_LOCAL_DIR": str(tmp_path / "pg")}
+    started = subprocess.run([str(PG_LOCAL), "start"], env=env, capture_output=True, text=True, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        url = subprocess.run([str(PG_LOCAL), "url"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+        site["mp"].setenv("AIRFLOW_CONN_DW", url)
+        status, body = site["client"].get("/sndw/health", site["admin"])
+        assert status == 200 and body["warehouse"]["reachable"] is True, body
+    finally:
+        subprocess.run([str(PG_LOCAL), "stop"], env=env, capture_output=True, text=True, check=False)
+    try:
+        status, body = site["client"].get("/sndw/health", site["admin"])
+        assert status == 503, body
+        assert body["warehouse"]["reachable"] is False and "unreachable" in body["detail"]
+        assert site["client"].get("/sndw/data/public/inspections", site["admin"])[0] == 503
+    finally:
+        site["mp"].setenv("AIRFLOW_CONN_DW", site["dw_url"])
+    assert site["client"].get("/sndw/health", site["admin"])[0] == 200
+
+
+# ------------------------------------------------------------------ the page in headless Chromium
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("headless Chromium is not installed: `apt-get install -y chromium` (Debian) to run the page test")
+
+
+class DevTools:
+    """Chrome DevTools Protocol over the browser's websocket: just what the page test needs."""
+
+    def __init__(self, url: str) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(url, max_size=64 * 1024 * 1024)
+        self.next_id = 0
+
+    def send(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self.ws.send(json.dumps(message))
+        while True:
+            reply = json.loads(self.ws.recv(timeout=60))
+            if reply.get("id") == self.next_id:
+                assert "error" not in reply, reply
+                return dict(reply.get("result", {}))
+
+
+def test_the_etl_page_shows_the_tables_and_numbers(site: dict[str, Any]) -> None:
+    browser = _chromium()
+    profile = site["tmp"] / "chromium"
+    proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
+                             f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        active = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (active.exists() and len(active.read_text().splitlines()) == 2) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        port, path = active.read_text().splitlines()
+        tools = DevTools(f"ws://127.0.0.1:{port}{path}")
+        target = tools.send("Target.createTarget", url="about:blank")["targetId"]
+        session = tools.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        base = site["client"].base
+        # The UI's session cookie, as Airflow's login sets it.
+        tools.send("Network.setCookie", session, name="_token", value=site["admin"], url=base + "/", path="/")
+        tools.send("Page.navigate", session, url=base + "/sndw/ui")
+        ready = None
+        deadline = time.monotonic() + 60
+        while ready not in ("1", "error") and time.monotonic() < deadline:
+            time.sleep(0.3)
+            ready = tools.send("Runtime.evaluate", session, expression="document.body && "
+                               "document.body.getAttribute('data-ready')", returnByValue=True)["result"].get("value")
+        text = tools.send("Runtime.evaluate", session, expression="document.body.innerText",
+                          returnByValue=True)["result"]["value"]
+        bars = tools.send("Runtime.evaluate", session, expression="document.querySelectorAll('svg.chart rect').length",
+                          returnByValue=True)["result"]["value"]
+        links = tools.send("Runtime.evaluate", session, returnByValue=True, expression=(
+            "[...document.querySelectorAll('a')].map(a => a.getAttribute('href')).join(' ')"))["result"]["value"]
+        shot = tools.send("Page.captureScreenshot", session, format="png", captureBeyondViewport=True)
+        screenshot = site["tmp"] / "etl-page.png"
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        print(f"screenshot: {screenshot}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert ready == "1", text
+    assert "plugin_csv" in text and "plugin_broken" in text and "public.inspections" in text
+    assert "records loaded 25" in text and "fresh" in text and "does_not_exist.csv" in text
+    assert "Rows per partition date: public.inspections" in text and bars >= 1
+    assert "/dags/plugin_csv" in links and "/dags/plugin_broken/runs/" in links
+    assert screenshot.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------ the config in the UI
+
+
+def test_the_dag_doc_shows_the_tables_and_the_yaml(site: dict[str, Any], tmp_path: Path) -> None:
+    """A source DAG's doc (as Airflow's REST API gives it to the UI) holds its table list and YAML;
+    every task has a doc line."""
+    client, token = site["client"], site["admin"]
+    status, details = client.get("/api/v2/dags/plugin_csv/details", token)
+    assert status == 200, details
+    doc = details["doc_md"]
+    assert "| inspections | path: inspections.csv | public.inspections | partition |" in doc
+    assert "```yaml" in doc and "write_mode: partition" in doc and "name: plugin_csv" in doc
+    status, tasks = client.get("/api/v2/dags/plugin_csv/tasks", token)
+    assert status == 200
+    docs = {t["task_id"]: t["doc_md"] for t in tasks["tasks"]}
+    assert docs["extract_inspections"].startswith("Extract `inspections` (path: inspections.csv)")
+    assert "into `public.inspections` (partition)" in docs["load_inspections"]
+
+
+def test_the_doc_of_a_sql_source_with_keys_and_a_cursor(tmp_path: Path) -> None:
+    from sndw.config import load_source_file
+    from sndw_airflow.factory import build_dag
+
+    config = {"name": "doc_sql", "kind": "sql", "conn_id": "src", "schedule": "0 3 * * *",
+              "start_date": "2024-01-01", "description": "Orders | and more",
+              "tables": [{"name": "orders", "query": "SELECT * FROM orders WHERE a | b = 1",
+                          "write_mode": "merge", "primary_key": ["OrderId"],
+                          "incremental": {"cursor": "updated_at"}},
+                         {"name": "items", "table": "sales.items"}]}
+    path = tmp_path / "doc_sql.yaml"
+    path.write_text(yaml.safe_dump(config) + "# a note with ``` backticks\n")
+    dag = build_dag(load_source_file(path), path)
+    doc = dag.doc_md
+    assert "**Schedule:** `0 3 * * *`" in doc and "**Connection:** `src`" in doc
+    assert ("| orders | query: SELECT * FROM orders WHERE a \\| b = 1 | public.orders | merge | order_id "
+            "| updated_at |") in doc
+    assert "| items | table: sales.items | public.items | replace | - | - |" in doc
+    assert "````yaml" in doc and "# a note with ``` backticks" in doc
+    assert {t.task_id: bool(t.doc_md) for t in dag.tasks} == {
+        "extract_orders": True, "load_orders": True, "extract_items": True, "load_items": True}
+    assert "from the watermark of `updated_at`" in dag.get_task("extract_orders").doc_md
+    assert "(merge, keys order_id)" in dag.get_task("load_orders").doc_md
