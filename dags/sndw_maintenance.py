@@ -19,16 +19,17 @@ with DAG(
     default_args={"owner": "data-eng", "retries": 1},
     params={
         "source": Param("manufacturing", type="string", description="source name (its config's name)"),
-        "table": Param("", type="string", description="one table; empty for every table of the source"),
-        "date_from": Param("", type="string", description="first partition, YYYY-MM-DD; empty for the first"),
-        "date_to": Param("", type="string", description="last partition, YYYY-MM-DD; empty for the last"),
+        # Optional: null allowed, so the trigger form shows them as optional and accepts them empty.
+        "table": Param(None, type=["null", "string"], description="one table; empty for every table of the source"),
+        "date_from": Param(None, type=["null", "string"], description="first partition, YYYY-MM-DD; empty for the first"),
+        "date_to": Param(None, type=["null", "string"], description="last partition, YYYY-MM-DD; empty for the last"),
     },
 ):
     ReplayFromLakeOperator(
         task_id="replay",
         sources_folder=str(Path(__file__).parent / "sources"),
         source="{{ params.source }}",
-        table="{{ params.table }}",
-        date_from="{{ params.date_from }}",
-        date_to="{{ params.date_to }}",
+        table="{{ params.table or '' }}",
+        date_from="{{ params.date_from or '' }}",
+        date_to="{{ params.date_to or '' }}",
     )

@@ -1,26 +1,36 @@
 """`make demo`: create the sample sources, run every sample DAG with `airflow dags test`, report.
 
-Runs after `. scripts/dev-env`, so AIRFLOW_HOME, AIRFLOW_CONN_DW and SNDW_DEMO_DATA are set.
+Runs after `. scripts/dev-env` and scripts/airflow-init, so AIRFLOW_HOME, AIRFLOW_CONN_DW,
+SNDW_DEMO_DATA and the PostgreSQL metadata DB are set. The sample connections (manufacturing_src,
+demo_api) go into that metadata DB (Admin > Connections) from $SNDW_DEMO_DATA/connections.json,
+mode 600, made here; the JSON API listens on a fixed port (SNDW_DEMO_API_PORT, default 8790) that
+scripts/airflow-up serves again while Airflow runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 from sndw.config import iter_sources
-from sndw.demo import files, manufacturing
+from sndw.demo import files, manufacturing, pagila
 from sndw.naming import qualified
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_DATE = "2024-01-02"
+# Yesterday (UTC): the runs sit next to the ones the scheduler makes, so the UI's charts stay readable.
+DEMO_DATE = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+DEMO_API_PORT = int(os.environ.get("SNDW_DEMO_API_PORT", "8790"))
 SOURCE_DB = "sndw_demo_source"
+PAGILA_DB = "sndw_demo_pagila"
 DEMO_DAGS = ["manufacturing", "demo_api", "demo_csv", "example_manual_pipeline"]
 
 
@@ -41,19 +51,100 @@ def create_sources(dw_url: str, data_dir: Path) -> str:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SOURCE_DB)))
     source_url = _with_database(dw_url, SOURCE_DB)
     with psycopg.connect(source_url) as conn:
-        counts = manufacturing.create(conn)
+        # ~26 days of production around the demo date (12 before, ~2 weeks after): yesterday's springs
+        # partition has rows, and so do the runs `make up` makes or the UI triggers in the next two weeks.
+        counts = manufacturing.create(conn, start=date.fromisoformat(DEMO_DATE) - timedelta(days=12))
     print(f"- PostgreSQL source {_safe(source_url)}: " + ", ".join(f"{t} {n} rows" for t, n in counts.items()))
     rows = files.write_inspections(data_dir / "inspections.csv")
     print(f"- CSV file {data_dir / 'inspections.csv'}: {rows} rows")
     return source_url
 
 
-def start_api() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "sndw.demo.api", "--port", "0"], stdout=subprocess.PIPE, text=True)
+def api_serves(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/users", timeout=3) as response:
+            return isinstance(json.load(response), list)
+    except (OSError, ValueError):
+        return False
+
+
+def start_api(port: int) -> tuple[subprocess.Popen[str] | None, str]:
+    """The demo API on ``port``; the one `make up` serves when it already answers there."""
+    url = f"http://127.0.0.1:{port}"
+    if api_serves(url):
+        print(f"- JSON API already served on {url} (by make up)")
+        return None, url
+    proc = subprocess.Popen([sys.executable, "-m", "sndw.demo.api", "--port", str(port)], stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    print(f"- JSON API on {url} (users, paged todos)")
+    line = proc.stdout.readline().strip()
+    if not line:
+        proc.wait(timeout=10)
+        raise SystemExit(f"the demo API could not listen on port {port}: set SNDW_DEMO_API_PORT to a free port")
+    print(f"- JSON API on {line} (users, paged todos)")
     return proc, url
+
+
+def write_connections(data_dir: Path, source_url: str, api_port: int) -> Path:
+    """The sample connections as `airflow connections import` reads them; mode 600 (a password)."""
+    source = urlsplit(source_url)
+    connections = {
+        "manufacturing_src": {"conn_type": "postgres", "host": source.hostname, "port": source.port,
+                              "login": unquote(source.username or ""), "password": unquote(source.password or ""),
+                              "schema": source.path.lstrip("/"), "description": "make demo: sample PostgreSQL source"},
+        "demo_api": {"conn_type": "http", "host": "127.0.0.1", "port": api_port, "schema": "http",
+                     "description": "make demo: sample JSON API (served by make up)"},
+    }
+    path = data_dir / "connections.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(connections, out, indent=2)
+    os.chmod(path, 0o600)
+    (data_dir / "api.port").write_text(f"{api_port}\n")
+    return path
+
+
+def import_connections(path: Path, env: dict[str, str]) -> None:
+    result = subprocess.run(["airflow", "connections", "import", "--overwrite", str(path)], env=env,
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"airflow connections import {path} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    stamp = Path(env["AIRFLOW_HOME"]) / ".demo-connections-imported"
+    stamp.touch()
+    print("- connections manufacturing_src and demo_api in Airflow's metadata DB (Admin > Connections)")
+
+
+def create_pagila(dw_url: str) -> str | None:
+    """Pagila from ../shared/datasets/pagila into a fresh source database; None (and why) when the
+    dataset or psql is not here: the pagila sample is then skipped, not failed."""
+    reason = pagila.unavailable()
+    if reason:
+        print(f"- Pagila sample skipped: {reason}")
+        return None
+    with psycopg.connect(dw_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(PAGILA_DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(PAGILA_DB)))
+    url = _with_database(dw_url, PAGILA_DB)
+    with psycopg.connect(url) as conn:
+        counts = pagila.load(url, conn)
+    print(f"- Pagila in {_safe(url)}: " + ", ".join(f"{t} {n} rows" for t, n in counts.items()))
+    return url
+
+
+def import_pagila_connection(data_dir: Path, url: str, env: dict[str, str]) -> None:
+    """The connection pagila_src in Airflow's metadata DB, so the DAG also runs from the UI."""
+    parts = urlsplit(url)
+    path = data_dir / "pagila-connection.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"pagila_src": {"conn_type": "postgres", "host": parts.hostname, "port": parts.port,
+                                  "login": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+                                  "schema": PAGILA_DB, "description": "make demo: Pagila sample source"}}, out)
+    result = subprocess.run(["airflow", "connections", "import", "--overwrite", str(path)], env=env,
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"airflow connections import {path} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    print("- connection pagila_src in Airflow's metadata DB")
 
 
 def run_dag(dag_id: str, env: dict[str, str]) -> bool:
@@ -73,7 +164,7 @@ def report(dw_url: str) -> None:
         if isinstance(source, Exception):
             continue
         targets += [(source.target_schema, t.target) for t in source.tables]
-    targets.append(("staging", "api_users"))
+    targets += [("staging", "api_users"), ("analytics", "film_dim")]
     with psycopg.connect(dw_url) as conn:
         print("\nWarehouse tables:")
         for schema, table in targets:
@@ -102,18 +193,22 @@ def main() -> int:
     print(f"Warehouse: {_safe(dw_url)}   lake: {os.environ['SNDW_LAKE_ROOT']}")
     print("Creating the sample sources:")
     source_url = create_sources(dw_url, data_dir)
-    api, api_url = start_api()
+    pagila_url = create_pagila(dw_url)
+    api, _api_url = start_api(DEMO_API_PORT)
     try:
-        env = dict(os.environ)
-        env["AIRFLOW_CONN_MANUFACTURING_SRC"] = source_url
-        env["AIRFLOW_CONN_DEMO_API"] = api_url
-        (data_dir / "env").write_text(f"AIRFLOW_CONN_MANUFACTURING_SRC='{source_url}'\n")
-        os.chmod(data_dir / "env", 0o600)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("AIRFLOW_CONN_MANUFACTURING_SRC", "AIRFLOW_CONN_DEMO_API")}
+        (data_dir / "env").unlink(missing_ok=True)  # older demos kept the connections there
+        import_connections(write_connections(data_dir, source_url, DEMO_API_PORT), env)
         print(f"\nRunning the sample DAGs for {DEMO_DATE}:")
         ok = all([run_dag(dag_id, env) for dag_id in DEMO_DAGS])
+        if pagila_url:  # raw Pagila tables, then the film_dim SQL step
+            import_pagila_connection(data_dir, pagila_url, env)
+            ok = run_dag("pagila", env) and ok
     finally:
-        api.terminate()
-        api.wait(timeout=10)
+        if api is not None:
+            api.terminate()
+            api.wait(timeout=10)
     report(dw_url)
     if not ok:
         print("\nSome sample DAGs failed: see the logs named above.", file=sys.stderr)

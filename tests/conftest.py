@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,11 +33,37 @@ TEST_SOURCES = TEST_DAGS / "sources"
 TEST_SOURCES.mkdir(parents=True, exist_ok=True)
 for dag_file in ("sndw_sources.py", "example_manual_pipeline.py", "sndw_maintenance.py"):
     (TEST_DAGS / dag_file).write_text((ROOT / "dags" / dag_file).read_text())
+# The transforms package beside the DAGs (``transform: transforms.<module>:<function>``), as in dags/.
+(TEST_DAGS / "transforms").mkdir(exist_ok=True)
+for module in (ROOT / "dags" / "transforms").glob("*.py"):
+    (TEST_DAGS / "transforms" / module.name).write_text(module.read_text())
 os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", uuid.uuid4().hex * 2)
+
+_metadb_spec = importlib.util.spec_from_file_location("airflow_metadb", ROOT / "scripts" / "airflow_metadb.py")
+assert _metadb_spec is not None and _metadb_spec.loader is not None
+metadb = importlib.util.module_from_spec(_metadb_spec)
+_metadb_spec.loader.exec_module(metadb)
+
+
+def _start_test_cluster() -> str:
+    """Start the tests' PostgreSQL (idempotent, fast when it runs) and return its URL."""
+    env = {**os.environ, "PG_LOCAL_DIR": str(TEST_PG_DIR)}
+    started = subprocess.run([str(PG_LOCAL), "start"], env=env, capture_output=True, text=True, check=False)
+    if started.returncode != 0:
+        raise RuntimeError(f"could not start the test PostgreSQL:\n{started.stdout}\n{started.stderr}")
+    return subprocess.run([str(PG_LOCAL), "url"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+# Airflow's metadata DB: the database `airflow` on the tests' cluster, whatever .env says. Set before
+# Airflow is imported; created and migrated (once per cluster and Airflow version) by `airflow_db`.
+PG_URL = _start_test_cluster()
+AIRFLOW_METADATA_URL = metadb.metadata_url(PG_URL, "airflow")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = AIRFLOW_METADATA_URL
+os.environ.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC", None)
 
 
 DAY = datetime(2024, 1, 2, tzinfo=UTC)
@@ -49,11 +76,7 @@ def with_database(url: str, database: str) -> str:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL server of the test session's own (scripts/pg-local in .local/pg-test)."""
-    env = {**os.environ, "PG_LOCAL_DIR": str(TEST_PG_DIR)}
-    started = subprocess.run([str(PG_LOCAL), "start"], env=env, capture_output=True, text=True, check=False)
-    if started.returncode != 0:
-        pytest.fail(f"could not start the test PostgreSQL:\n{started.stdout}\n{started.stderr}")
-    url = subprocess.run([str(PG_LOCAL), "url"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    url = _start_test_cluster()
     with psycopg.connect(url, autocommit=True) as conn:
         stale = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                              (TEST_DB_PREFIX + "%",)).fetchall()
@@ -102,17 +125,18 @@ def count(conn: psycopg.Connection, table: str) -> int:
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
-    """The tests' Airflow metadata DB (SQLite), migrated once and kept between sessions."""
-    import airflow
-
-    stamp = TEST_AIRFLOW_HOME / f".migrated-{airflow.__version__}"
-    if not stamp.exists():
-        result = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True,
-                                text=True, check=False)
-        if result.returncode != 0:
-            pytest.fail(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        stamp.touch()
+    """The tests' Airflow metadata DB (PostgreSQL: the database `airflow` on the tests' cluster),
+    migrated once per cluster and Airflow version and kept between sessions."""
+    try:
+        metadb.ensure(AIRFLOW_METADATA_URL, TEST_AIRFLOW_HOME / "db-migrate.log")
+    except SystemExit as exc:
+        pytest.fail(str(exc))
     return TEST_AIRFLOW_HOME
+
+
+def metadata_db() -> psycopg.Connection:
+    """A connection to the tests' Airflow metadata DB, to read what Airflow stored."""
+    return psycopg.connect(metadb.libpq_url(AIRFLOW_METADATA_URL))
 
 
 # ------------------------------------------------------------------ end-to-end runs through Airflow

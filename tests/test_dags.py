@@ -12,7 +12,7 @@ from airflow.dag_processing.dagbag import DagBag
 from sndw_airflow.factory import INVALID_CONFIG_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_DAGS = {"manufacturing", "demo_api", "demo_csv", "example_manual_pipeline"}
+SAMPLE_DAGS = {"manufacturing", "demo_api", "demo_csv", "example_manual_pipeline", "manufacturing_daily_summary"}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from sndw.audit import error_text, redact, register_secret, secret_variants
 from sndw.config import HttpTable, table_spec
 from sndw.extract.http import HttpRequestError, iter_http_batches, requests_client
 
-from tests.conftest import ROOT, TEST_AIRFLOW_HOME, run, states
+from tests.conftest import ROOT, TEST_AIRFLOW_HOME, metadata_db, run, states
 from tests.http_api import Req, Resp, TestApi, items
 
 # Every character that one of the encodings changes: "!" and "/" (URL), '"' and "é" (JSON), " " and
@@ -192,8 +191,8 @@ def lake_text(root: Path) -> str:
 
 
 def xcom_text(dag_id: str) -> str:
-    with sqlite3.connect(TEST_AIRFLOW_HOME / "airflow.db") as db:
-        rows = db.execute("SELECT task_id, key, value FROM xcom WHERE dag_id = ?", (dag_id,)).fetchall()
+    with metadata_db() as db:
+        rows = db.execute("SELECT task_id, key, value::text FROM xcom WHERE dag_id = %s", (dag_id,)).fetchall()
     return "\n".join(str(value) for row in rows for value in row)
 
 

@@ -9,8 +9,13 @@ class SndwError(Exception):
     """Base class of every error this project raises on purpose."""
 
 
-class ConfigError(SndwError, ValueError):
-    """A source config is invalid; the message names the file and the field.
+class PermanentError(SndwError):
+    """An error that no retry can fix (bad config, schema conflict, unreadable input)."""
+
+
+class ConfigError(PermanentError, ValueError):
+    """A source config is invalid; the message names the file and the field. Permanent: a task
+    that meets one at run time fails at once instead of retrying.
 
     A file with several problems gives one line ``<file>: <field>: <message>`` per problem, so a
     user fixes them all in one go; ``field`` and ``detail`` are the first problem's.
@@ -22,10 +27,6 @@ class ConfigError(SndwError, ValueError):
         self.detail = message
         self.problems: list[tuple[str, str]] = [(field, message), *more]
         super().__init__("\n".join(f"{path}: {f}: {m}" if f else f"{path}: {m}" for f, m in self.problems))
-
-
-class PermanentError(SndwError):
-    """An error that no retry can fix (bad config, schema conflict, unreadable input)."""
 
 
 class SchemaConflictError(PermanentError):

@@ -95,7 +95,7 @@ def dag_id_for(source: str) -> str:
 # DAG ids the project defines itself (dags/*.py besides the sources): a source of the same name
 # would replace that DAG, so source names may not take them, nor start with a reserved prefix.
 INVALID_CONFIG_PREFIX = "invalid_config_"
-RESERVED_DAG_IDS = frozenset({"example_manual_pipeline"})
+RESERVED_DAG_IDS = frozenset({"example_manual_pipeline", "manufacturing_daily_summary"})
 RESERVED_DAG_PREFIXES = ("sndw_", INVALID_CONFIG_PREFIX)  # maintenance DAGs (sndw_replay), error DAGs
 _DAG_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _MAX_DAG_ID = 250

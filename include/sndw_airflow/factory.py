@@ -11,12 +11,14 @@ from typing import Any
 
 from airflow.sdk import DAG, BaseOperator, Param, XComArg
 from airflow.sdk.exceptions import AirflowFailException
-from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
+from sndw.config import CRON_PRESETS, FileSource, HttpSource, SqlSource, iter_sources
 from sndw.errors import ConfigError
 from sndw.naming import INVALID_CONFIG_PREFIX as INVALID_CONFIG_PREFIX
 from sndw.naming import dag_id_for, extract_task_id, invalid_config_dag_id, load_task_id
 
+from sndw_airflow.docs import dag_doc, document_tasks
 from sndw_airflow.operators import ExtractToParquetOperator, ParquetToDwOperator
+from sndw_airflow.timetables import PresetCronTriggerTimetable
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,14 @@ class ConfigErrorWarning(UserWarning):
 
 def _utc(day: Any) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def schedule_for(schedule: str | None) -> Any:
+    """A cron preset (``@daily``) as a timetable whose summary the UI shows as written; anything
+    else as Airflow takes it. The runs are those of ``schedule="@daily"`` (CronTriggerTimetable)."""
+    if schedule in CRON_PRESETS:
+        return PresetCronTriggerTimetable(schedule, timezone="UTC")
+    return schedule
 
 
 def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os.PathLike[str] | None = None) -> DAG:
@@ -52,14 +62,12 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
             "watermark_from": Param(None, type=["null", "string"],
                                     description="Read incremental tables from this cursor value instead."),
         }
-    doc = source.description or f"{source.kind} source {source.name}"
-    if config_path:
-        doc += f"\n\nConfig: `{Path(config_path).name}`"
+    doc = dag_doc(source, config_path)  # the tables and the YAML itself, for the UI's DAG docs
     with DAG(
         dag_id=dag_id_for(source.name),
         description=source.description,
         doc_md=doc,
-        schedule=source.schedule,
+        schedule=schedule_for(source.schedule),
         start_date=_utc(source.start_date),
         end_date=_utc(source.end_date) if source.end_date else None,
         catchup=source.catchup,
@@ -68,6 +76,7 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
         default_args=default_args,
         params=params,
     ) as dag:
+        loads: list[BaseOperator] = []
         for table in source.tables:
             extract = ExtractToParquetOperator(
                 task_id=extract_task_id(table.name),
@@ -80,10 +89,24 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
             )
             load = _load_task(source, table, extract.output)
             extract >> load
+            loads.append(load)
             # http tables that unnest lists: one more load per child table, after the parent's load,
             # of the child partition the same extract wrote (its manifest is the XCom child.xcom_key).
             for child in getattr(table, "child_tables", []):
-                load >> _load_task(source, child, XComArg(extract, key=child.xcom_key))
+                child_load = _load_task(source, child, XComArg(extract, key=child.xcom_key))
+                load >> child_load
+                loads.append(child_load)
+        # SQL steps: after every load, one after another (a step may read what the one before built).
+        previous: list[BaseOperator] = loads
+        for step in source.sql_steps:
+            from sndw_airflow.sql_steps import SqlStepOperator
+
+            task = SqlStepOperator(task_id=f"sql_{step.name}", source=source.name, kind=source.kind,
+                                   step=step.name, sql=step.text(Path(config_path).parent if config_path else Path.cwd()),
+                                   target=step.target, dw_conn_id=source.dw_conn_id)
+            previous >> task
+            previous = [task]
+    document_tasks(dag, source)
     return dag
 
 
@@ -98,6 +121,7 @@ def _load_task(source: HttpSource | SqlSource | FileSource, table: Any, manifest
         # A child table (unnested lists) may be empty: its parent's load, which runs first, already
         # refused an empty extract unless allowed.
         allow_empty=getattr(table, "allow_empty", True),
+        transform=getattr(table, "transform", None),
         dw_conn_id=source.dw_conn_id,
         source=source.name,
         kind=source.kind,

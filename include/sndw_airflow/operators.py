@@ -16,6 +16,7 @@ from sndw.pipeline import SourceAccess
 
 from sndw_airflow.callbacks import audit_failure, audit_success
 from sndw_airflow.context import attempt, lake_root, partition_date, started_at
+from sndw_airflow.lineage import table_asset
 from sndw_airflow.masking import mask_registered_secrets
 
 mask_registered_secrets()  # the core's registered secrets, in every encoding, masked in task logs too
@@ -37,6 +38,7 @@ class _SndwTask:
     """What both operators share: ``{{ partition_date }}`` in templates, and the warehouse."""
 
     dw_conn_id: str
+    dw_location: _Location | None = None
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         _add_partition_date(context)
@@ -47,8 +49,21 @@ class _SndwTask:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         hook = PostgresHook(postgres_conn_id=self.dw_conn_id)
-        register_secret(hook.get_connection(self.dw_conn_id).password)
+        connection = hook.get_connection(self.dw_conn_id)
+        register_secret(connection.password)
+        self.dw_location = _Location(connection)
         return hook.get_conn()
+
+
+class _Location:
+    """Where a connection points (type, host, port, database), without its credentials: what lineage
+    and asset events may name."""
+
+    def __init__(self, connection: Any) -> None:
+        self.conn_type = connection.conn_type
+        self.host = connection.host
+        self.port = connection.port
+        self.schema = connection.schema
 
 
 class ExtractToParquetOperator(_SndwTask, BaseOperator):
@@ -83,6 +98,8 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
         self.lake_root = lake_root
         self.dw_conn_id = dw_conn_id
         self.sndw_result: dict[str, Any] | None = None
+        self.source_location: _Location | None = None
+        self.lineage_manifest: Manifest | None = None
 
     def audit_fields(self) -> dict[str, str]:
         name = self.table.get("name", self.task_id) if isinstance(self.table, dict) else self.task_id
@@ -112,7 +129,41 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
             raise AirflowFailException(str(exc)) from exc
         self.sndw_result = {"rows_extracted": manifest.rows, "files": len(manifest.paths),
                             "bytes": manifest.bytes, "paths": manifest.paths}
+        self.lineage_manifest = manifest
         return manifest.to_dict()
+
+    def _lineage(self, manifest: Manifest | None) -> Any:
+        """The source dataset (connection namespace plus table, query, endpoint or file) -> the lake partition."""
+        from sndw_airflow import lineage
+
+        spec = table_spec(self.kind, self.table, where=f"{self.dag_id}.{self.task_id}")
+        inputs: list[Any] = []
+        job_facets: dict[str, Any] = {}
+        if self.kind == "file":
+            inputs = [lineage.file_input(self.base_path, str(getattr(spec, "path", "")))]
+        elif self.conn_id:
+            from airflow.sdk import BaseHook
+
+            location = self.source_location or _Location(BaseHook.get_connection(self.conn_id))
+            if self.kind == "sql":
+                inputs, job_facets = lineage.sql_inputs(location, getattr(spec, "table", None),
+                                                        getattr(spec, "query", None))
+            elif isinstance(spec, HttpTable):
+                inputs = [lineage.http_input(location, spec.endpoint)]
+        outputs: list[Any] = []
+        if manifest is not None:
+            lake = lineage.lake_dataset(self.lake_root or lake_root(), self.kind, self.source, spec.name,
+                                        manifest.partition_date, manifest.columns)
+            outputs = [lineage.lake_output(lake, manifest.rows, manifest.bytes)]
+        return lineage.operator_lineage(inputs, outputs, job_facets)
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """OpenLineage (START): what the task reads; the lake partition follows on completion."""
+        return self._lineage(None)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (COMPLETE): the source, and the lake partition with its schema, rows and bytes."""
+        return self._lineage(self.lineage_manifest)
 
     def source_access(self, spec: TableBase) -> SourceAccess:
         """The source as the core reads it, from the Airflow connection. A connection that does not
@@ -131,6 +182,7 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
                 f"{self.task_id}: the connection {self.conn_id!r} is not defined: add it in Admin > Connections "
                 f"or as AIRFLOW_CONN_{self.conn_id.upper()}") from exc
         register_secret(connection.password, login=connection.login)
+        self.source_location = _Location(connection)
         if self.kind == "sql":
             if connection.conn_type in ("postgres", "postgresql"):
                 from psycopg.conninfo import make_conninfo
@@ -162,7 +214,11 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
     :param write_mode: ``replace``, ``append``, ``merge`` or ``partition``
     :param primary_key: key columns, needed by ``merge``
     :param allow_empty: let an extract of 0 rows empty a ``replace`` table or a ``partition`` date
+    :param transform: ``package.module:function`` applied to each batch on its way in (sndw.transform)
     :param dw_conn_id: the warehouse's Airflow connection
+
+    Unless ``outlets`` is given, the task declares the table's Asset (``sndw_airflow.lineage.table_asset``)
+    and emits one event per load, keyed by the run's partition date, with rows and manifest in its extra.
     """
 
     template_fields: Sequence[str] = ("manifest", "target_table", "target_schema")
@@ -171,7 +227,10 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
     def __init__(self, *, manifest: Any, target_table: str, target_schema: str = "public",
                  write_mode: str = "replace", primary_key: Sequence[str] = (), allow_empty: bool = False,
                  dw_conn_id: str = "dw", source: str | None = None, kind: str | None = None,
-                 **kwargs: Any) -> None:
+                 transform: str | None = None, **kwargs: Any) -> None:
+        if "outlets" not in kwargs and "{{" not in f"{target_schema}{target_table}":
+            kwargs["outlets"] = [table_asset(dw_conn_id, normalize_identifier(target_schema),
+                                             normalize_identifier(target_table))]
         super().__init__(**_with_audit_callbacks(kwargs))
         if write_mode not in ("replace", "append", "merge", "partition"):
             raise ValueError(f"write_mode must be replace, append, merge or partition; got {write_mode!r}")
@@ -183,10 +242,12 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
         self.write_mode = write_mode
         self.primary_key = list(primary_key)
         self.allow_empty = allow_empty
+        self.transform = transform
         self.dw_conn_id = dw_conn_id
         self.source = source
         self.kind = kind
         self.sndw_result: dict[str, Any] | None = None
+        self.table_columns: dict[str, str] | None = None
 
     def _manifest(self) -> Manifest | None:
         if isinstance(self.manifest, Manifest):
@@ -227,7 +288,7 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
         spec = LoadSpec(schema=normalize_identifier(self.target_schema),
                         table=normalize_identifier(self.target_table), write_mode=self.write_mode,
                         primary_key=[normalize_identifier(k) for k in self.primary_key],
-                        allow_empty=self.allow_empty)
+                        allow_empty=self.allow_empty, transform=self.transform)
         fields = self.audit_fields()
         audit = AuditRecord(
             pipeline_name=fields["pipeline_name"], source_name=fields["source_name"],
@@ -240,10 +301,67 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
         try:
             self._flush_audit_spool(conn)
             result = load_table(conn, manifest, spec, pipeline=self.dag_id, audit=audit)
+            self.table_columns = _committed_columns(conn, spec.schema, spec.table)
         except PermanentError as exc:
             raise AirflowFailException(str(exc)) from exc
         finally:
             conn.close()
         self.sndw_result = {**result.to_dict(), "rows_extracted": manifest.rows, "bytes": manifest.bytes,
                             "paths": manifest.paths}
+        self._emit_table_event(context, manifest, spec.schema, spec.table, result.rows_loaded)
         return result.to_dict()
+
+    def _emit_table_event(self, context: Any, manifest: Manifest, schema: str, table: str, rows: int) -> None:
+        """The table's asset event: the run's partition date as its partition key (consumers on a
+        PartitionedAssetTimetable run once per loaded date); rows, manifest and the table's
+        OpenLineage location in its extra."""
+        from sndw_airflow.lineage import warehouse_location
+
+        asset = table_asset(self.dw_conn_id, schema, table)
+        if asset not in self.outlets:
+            return
+        event = context["outlet_events"][asset]
+        event.add_partitions(partition_date(context).isoformat())
+        event.extra.update({
+            "table": qualified(schema, table), "partition": manifest.partition, "rows": rows,
+            "rows_extracted": manifest.rows, "manifest_id": manifest.manifest_id, "write_mode": self.write_mode,
+            "source": self.source or manifest.source,
+            **({"openlineage": warehouse_location(self.dw_location, schema, table)} if self.dw_location else {}),
+        })
+
+    def _lineage(self, complete: bool) -> Any:
+        """The lake partition -> the warehouse table (its columns and the rows loaded, once complete)."""
+        from sndw_airflow import lineage
+
+        schema, table = normalize_identifier(self.target_schema), normalize_identifier(self.target_table)
+        location = self.dw_location
+        if location is None:
+            from airflow.sdk import BaseHook
+
+            location = _Location(BaseHook.get_connection(self.dw_conn_id))
+        manifest = self._manifest()
+        inputs = []
+        if manifest is not None:
+            inputs = [lineage.lake_dataset(lake_root(), manifest.protocol, manifest.source, manifest.table,
+                                           manifest.partition_date, manifest.columns)]
+        rows = (self.sndw_result or {}).get("rows_loaded") if complete else None
+        output = lineage.warehouse_output(location, schema, table, self.table_columns if complete else None, rows)
+        return lineage.operator_lineage(inputs, [output])
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """OpenLineage (START): the lake partition it loads and the warehouse table."""
+        return self._lineage(complete=False)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (COMPLETE): plus the table's columns and the rows this load wrote."""
+        return self._lineage(complete=True)
+
+
+def _committed_columns(conn: Any, schema: str, table: str) -> dict[str, str]:
+    """The warehouse table's columns and types after the load, for its lineage schema."""
+    from sndw.warehouse import table_columns
+
+    with conn.cursor() as cur:
+        columns = table_columns(cur, schema, table)
+    conn.rollback()  # a read-only look: end its transaction before the connection closes
+    return columns

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -23,8 +23,11 @@ TABLES = {
 }
 
 
-def _rows(table: str, count: int, rng: random.Random) -> list[tuple[Any, ...]]:
-    base = datetime(2024, 1, 1, tzinfo=UTC)
+DEFAULT_START = date(2024, 1, 1)
+
+
+def _rows(table: str, count: int, rng: random.Random, start: date = DEFAULT_START) -> list[tuple[Any, ...]]:
+    base = datetime(start.year, start.month, start.day, tzinfo=UTC)
     rows: list[tuple[Any, ...]] = []
     for i in range(1, count + 1):
         at = base + timedelta(minutes=37 * i)
@@ -43,15 +46,16 @@ def _rows(table: str, count: int, rng: random.Random) -> list[tuple[Any, ...]]:
     return rows
 
 
-def create(conn: Any, rows_per_table: int = 1000, seed: int = 42) -> dict[str, int]:
-    """(Re)create the three tables with deterministic rows; returns the row counts."""
+def create(conn: Any, rows_per_table: int = 1000, seed: int = 42, start: date = DEFAULT_START) -> dict[str, int]:
+    """(Re)create the three tables with deterministic rows, one every 37 minutes from ``start``
+    (1000 rows: ~26 days); returns the row counts."""
     rng = random.Random(seed)
     counts: dict[str, int] = {}
     with conn.transaction(), conn.cursor() as cur:
         for table, columns in TABLES.items():
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
             cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(columns)))
-            rows = _rows(table, rows_per_table, rng)
+            rows = _rows(table, rows_per_table, rng, start)
             width = len(rows[0])
             with cur.copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))) as copy:
                 for row in rows:
