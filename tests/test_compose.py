@@ -34,6 +34,8 @@ AIRFLOW_SERVICES = {
 }
 LONG_RUNNING = AIRFLOW_SERVICES - {"airflow-init"}
 DB_SERVICES = {"warehouse", "airflow-db"}
+# Started only with their compose profile (`docker compose --profile <name> up`).
+OPTIONAL_SERVICES = {"elasticsearch": "elasticsearch"}
 REQUIRED_MOUNTS = {
     "./dags:/opt/airflow/dags",
     "./plugins:/opt/airflow/plugins",
@@ -188,7 +190,21 @@ def test_schema_rejects_broken_copies(mutate) -> None:
 
 
 def test_expected_services() -> None:
-    assert set(_load()["services"]) == AIRFLOW_SERVICES | DB_SERVICES
+    services = _load()["services"]
+    assert set(services) == AIRFLOW_SERVICES | DB_SERVICES | set(OPTIONAL_SERVICES)
+    for name, profile in OPTIONAL_SERVICES.items():
+        assert services[name]["profiles"] == [profile], name
+    for name in set(services) - set(OPTIONAL_SERVICES):  # the default `up` starts no optional one
+        assert "profiles" not in services[name], name
+        assert not set(OPTIONAL_SERVICES) & set(services[name].get("depends_on") or {}), name
+
+
+def test_optional_elasticsearch() -> None:
+    es = _load()["services"]["elasticsearch"]
+    assert es["image"].startswith("docker.elastic.co/elasticsearch/elasticsearch:8.")
+    assert es["environment"]["discovery.type"] == "single-node"
+    assert es["ports"] == ["127.0.0.1:${ES_PORT:-9200}:9200"]  # security off: this host only
+    assert "_cluster/health" in " ".join(es["healthcheck"]["test"])
 
 
 def test_airflow_services_merge_the_common_anchor() -> None:

@@ -59,6 +59,28 @@ class Incremental(_Model):
     param: str | None = Field(default=None, description="http: query parameter that carries the watermark.")
 
 
+class ElasticsearchSink(_Model):
+    """Also index the table into Elasticsearch, as a task ``index_<table>`` after its load."""
+
+    conn_id: str = Field(description="Airflow connection of the cluster (host, port, scheme, login, password).")
+    index: str = Field(description="The index the documents go to.")
+    id_columns: list[str] = Field(default_factory=list, description=(
+        "Columns that make the document _id; default: the table's primary_key, so re-runs overwrite."))
+    chunk_size: int = Field(default=500, ge=1, description="Documents per _bulk request.")
+    max_retries: int = Field(default=5, ge=0, description="Retries of documents answered 429 (with backoff).")
+    initial_backoff_seconds: float = Field(default=1.0, ge=0, description="First 429 retry delay; doubles per retry.")
+
+    @field_validator("index")
+    @classmethod
+    def _index(cls, value: str) -> str:
+        # Elasticsearch's own rules for index names, checked before a run meets them.
+        if (not value or value != value.lower() or value.startswith(("-", "_", "+")) or value in (".", "..")
+                or any(c in value for c in '\\/*?"<>| ,#:') or len(value.encode()) > 255):
+            raise ValueError(f"{value!r} is not an Elasticsearch index name: lowercase, no \\ / * ? \" < > | , # : "
+                             "or space, not starting with - _ +")
+        return value
+
+
 class TableBase(_Model):
     name: str = Field(description="Table name in the lake and in task ids.")
     target_table: str | None = Field(default=None, description="Warehouse table; default: name.")
@@ -81,6 +103,8 @@ class TableBase(_Model):
         "package.module:function applied to each batch between the lake and the warehouse (the lake "
         "keeps the data as extracted); it takes and returns a pyarrow.RecordBatch or a polars.DataFrame. "
         "Imported at run time, from the transforms/ package beside the DAGs or include/."))
+    elasticsearch: ElasticsearchSink | None = Field(default=None, description=(
+        "Also index the table into Elasticsearch after its load (the lake's rows, as extracted)."))
 
     @field_validator("name")
     @classmethod
@@ -100,6 +124,9 @@ class TableBase(_Model):
             raise ValueError("write_mode 'merge' needs primary_key: the columns that identify a row")
         if self.incremental and self.incremental.lookback and self.write_mode != "merge":
             raise ValueError("incremental.lookback re-reads rows: it needs write_mode 'merge' to deduplicate them")
+        if self.elasticsearch and not (self.elasticsearch.id_columns or self.primary_key):
+            raise ValueError("elasticsearch needs id_columns or a primary_key: documents without an id would be "
+                             "duplicated by every re-run")
         return self
 
     @property

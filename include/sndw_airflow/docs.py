@@ -78,6 +78,12 @@ def task_docs(source: Any) -> dict[str, str]:
             docs[load_task_id(item.name)] = (
                 f"Load the lake partition of `{item.name}` into `{qualified(source.target_schema, item.target)}` "
                 f"({item.write_mode}{', keys ' + keys if keys else ''}) and write its audit row.")
+        sink = getattr(table, "elasticsearch", None)
+        if sink:
+            docs[f"index_{table.name}"] = (
+                f"Index the lake partition of `{table.name}` into Elasticsearch index `{sink.index}` "
+                f"(connection `{sink.conn_id}`, ids from {', '.join(sink.id_columns or table.primary_key)}) "
+                "after its load.")
     for step in getattr(source, "sql_steps", []):
         target = getattr(step, "target", None)
         docs[f"sql_{step.name}"] = (f"Run SQL step `{step.name}` in the warehouse after the loads"

@@ -90,6 +90,8 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
             load = _load_task(source, table, extract.output)
             extract >> load
             loads.append(load)
+            if table.elasticsearch:  # the same manifest the load read, indexed once it is in the warehouse
+                load >> _index_task(source, table, extract.output)
             # http tables that unnest lists: one more load per child table, after the parent's load,
             # of the child partition the same extract wrote (its manifest is the XCom child.xcom_key).
             for child in getattr(table, "child_tables", []):
@@ -122,6 +124,27 @@ def _load_task(source: HttpSource | SqlSource | FileSource, table: Any, manifest
         # refused an empty extract unless allowed.
         allow_empty=getattr(table, "allow_empty", True),
         transform=getattr(table, "transform", None),
+        dw_conn_id=source.dw_conn_id,
+        source=source.name,
+        kind=source.kind,
+    )
+
+
+def _index_task(source: HttpSource | SqlSource | FileSource, table: Any, manifest: Any) -> BaseOperator:
+    from sndw.naming import normalize_identifier
+
+    from sndw_airflow.es_sink import ParquetToElasticsearchOperator
+
+    sink = table.elasticsearch
+    return ParquetToElasticsearchOperator(
+        task_id=f"index_{table.name}",
+        manifest=manifest,
+        conn_id=sink.conn_id,
+        index=sink.index,
+        id_columns=[normalize_identifier(c) for c in sink.id_columns] or table.key_columns,
+        chunk_size=sink.chunk_size,
+        max_retries=sink.max_retries,
+        initial_backoff=sink.initial_backoff_seconds,
         dw_conn_id=source.dw_conn_id,
         source=source.name,
         kind=source.kind,
