@@ -304,6 +304,34 @@ def test_a_user_restricted_to_some_dags_sees_only_their_sources(site: dict[str, 
     assert status == 200 and set(body["sources"]) == {"plugin_broken"}
 
 
+def test_pause_and_resume_a_source_as_the_dag_s_editors_may(site: dict[str, Any]) -> None:
+    from tests.conftest import metadata_db
+
+    def paused(dag_id: str) -> bool:
+        with metadata_db() as db:
+            row = db.execute("SELECT is_paused FROM dag WHERE dag_id = %s", (dag_id,)).fetchone()
+        assert row is not None
+        return bool(row[0])
+
+    call, admin = site["client"].call, site["admin"]
+    before = paused("plugin_broken")
+    assert call("POST", "/sndw/sources/plugin_csv/pause")[0] == 401
+    assert call("POST", "/sndw/sources/plugin_csv/pause", site["outsider"])[0] == 403  # may not read it
+    status, body = call("POST", "/sndw/sources/plugin_broken/pause", site["teamb"])  # reads, may not edit
+    assert status == 403 and "pause" in body["detail"], body
+    assert call("POST", "/sndw/sources/no_such_source/pause", admin)[0] == 404
+    assert paused("plugin_broken") == before
+    status, body = call("POST", "/sndw/sources/plugin_csv/pause", admin)
+    assert (status, body) == (200, {"source": "plugin_csv", "dag_id": "plugin_csv", "is_paused": True})
+    assert paused("plugin_csv") and site["client"].get("/api/v2/dags/plugin_csv", admin)[1]["is_paused"] is True
+    status, body = call("POST", "/sndw/sources/plugin_csv/resume", admin)
+    assert status == 200 and body["is_paused"] is False and not paused("plugin_csv")
+    with metadata_db() as db:
+        events = db.execute("SELECT event, owner FROM log WHERE dag_id = 'plugin_csv' AND event LIKE 'sndw_%%' "
+                            "ORDER BY id DESC LIMIT 2").fetchall()
+    assert events == [("sndw_resume", "admin"), ("sndw_pause", "admin")]
+
+
 def test_health_is_503_with_the_warehouse_stopped(site: dict[str, Any], tmp_path: Path) -> None:
     env = {**os.environ, "PG_LOCAL_DIR": str(tmp_path / "pg")}
     started = subprocess.run([str(PG_LOCAL), "start"], env=env, capture_output=True, text=True, check=False)

@@ -47,6 +47,21 @@ class ExtractError(SndwError):
     """A source could not be read."""
 
 
+class Paused(SndwError):
+    """A checkpointed extract stopped at a batch boundary because its pipeline was paused.
+
+    Its progress is in the lake's in-progress folder: the next attempt with the same resume key
+    continues after ``position`` instead of starting over.
+    """
+
+    def __init__(self, table: str, rows: int, position: object) -> None:
+        self.table = table
+        self.rows = rows
+        self.position = position
+        super().__init__(f"{table}: paused after {rows} rows (checkpoint at position {position}); "
+                         "resuming the pipeline continues from there")
+
+
 class PartitionValidationError(PermanentError):
     """An extract's files failed the checks made before they may replace a lake partition."""
 

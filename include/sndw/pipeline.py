@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from sndw.config import ChildTable, FileTable, HttpTable, SqlTable, TableBase
-from sndw.errors import PermanentError
+from sndw.errors import Paused, PermanentError
 from sndw.lake import Manifest, PartitionWriter
 from sndw.naming import normalize_identifier
 from sndw.progress import Progress
@@ -68,11 +68,15 @@ ChildCallback = Callable[[ChildTable, Manifest], None]
 
 
 def extract_table(request: ExtractRequest, access: SourceAccess, *,
-                  on_child: ChildCallback | None = None) -> Manifest:
+                  on_child: ChildCallback | None = None,
+                  should_pause: Callable[[], bool] | None = None) -> Manifest:
     """Extract one table into its lake partition and return the manifest (for the load).
 
     The partition is replaced only when the whole extract completed and validated. Incremental
     tables start after the watermark and record the new one in the manifest (the load commits it).
+    A checkpointed table asks ``should_pause`` after each checkpoint; when it answers yes, the
+    extract stops there with ``Paused`` and keeps its in-progress folder, so the next attempt with
+    the same ``resume_key`` continues after that batch.
     """
     spec = request.table
     log.info("Extracting %s.%s (%s) into partition %s of %s", request.source, spec.name, request.kind,
@@ -94,6 +98,10 @@ def extract_table(request: ExtractRequest, access: SourceAccess, *,
             progress.add(batch.num_rows, batch.nbytes)
             if resume_key:
                 writer.checkpoint(new_position)
+                if should_pause is not None and should_pause():
+                    log.info("Pipeline paused: %s.%s stops after %d rows, checkpoint at position %s",
+                             request.source, spec.name, writer.manifest.rows, new_position)
+                    raise Paused(f"{request.source}.{spec.name}", writer.manifest.rows, new_position)
         manifest = writer.commit()
     if tracker is not None:
         new = tracker.watermark(previous)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 from sndw.audit import AuditRecord, register_secret
 from sndw.config import HttpTable, TableBase, table_spec
-from sndw.errors import ConfigError, PermanentError
+from sndw.errors import ConfigError, Paused, PermanentError
 from sndw.lake import Manifest
 from sndw.naming import normalize_identifier, qualified
 from sndw.pipeline import SourceAccess
@@ -85,6 +87,10 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
     template_fields: Sequence[str] = ("table", "lake_root")
     template_fields_renderers = {"table": "json"}
     ui_color = "#d9ecff"
+    #: A checkpointed extract asks whether its DAG is paused at most this often (seconds).
+    pause_check_seconds: float = 5.0
+    #: A paused extract is up for reschedule this long after it stopped (it runs once the DAG is resumed).
+    pause_retry_seconds: float = 30.0
 
     def __init__(self, *, source: str, kind: str, table: dict[str, Any], conn_id: str | None = None,
                  base_path: str | None = None, lake_root: str | None = None, dw_conn_id: str = "dw",
@@ -122,15 +128,52 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
             watermark_from=str(params["watermark_from"]) if params.get("watermark_from") else None,
             reset_watermark=bool(params.get("reset_watermark")))
         ti = context["ti"]
+        should_pause = self._pause_check(ti) if spec.checkpoint else None
+        if should_pause is not None and should_pause():
+            if context.get("task_reschedule_count"):  # stopped by the pause before: wait for the resume
+                self._reschedule("the pipeline is still paused; the extract waits for it to be resumed")
+            # Started while paused (`airflow dags test` of a DAG that was never unpaused; the scheduler
+            # starts no task of a paused DAG): run, as Airflow does; only a pause after a resume stops it.
+            self.log.info("DAG %s is paused but this run started anyway: the extract stops only for a new pause",
+                          self.dag_id)
+            should_pause = _new_pause(should_pause)
         try:
-            manifest = extract_table(request, self.source_access(spec),
+            manifest = extract_table(request, self.source_access(spec), should_pause=should_pause,
                                      on_child=lambda child, m: ti.xcom_push(key=child.xcom_key, value=m.to_dict()))
         except PermanentError as exc:
             raise AirflowFailException(str(exc)) from exc
+        except Paused as exc:
+            self._reschedule(str(exc))
         self.sndw_result = {"rows_extracted": manifest.rows, "files": len(manifest.paths),
                             "bytes": manifest.bytes, "paths": manifest.paths}
         self.lineage_manifest = manifest
         return manifest.to_dict()
+
+    def _pause_check(self, ti: Any) -> Callable[[], bool]:
+        """Whether this task's DAG is paused, asked of Airflow through the Task SDK (the Execution API's
+        ``GET /dags/{dag_id}``) at most every ``pause_check_seconds``; a failed look counts as not paused."""
+        last = [0.0, False]
+
+        def paused() -> bool:
+            now = time.monotonic()
+            if last[0] and now - last[0] < self.pause_check_seconds:
+                return bool(last[1])
+            last[0] = now
+            try:
+                last[1] = bool(ti.get_dag(self.dag_id).is_paused)
+            except Exception as exc:  # the API answers again at the next batch: never fail an extract over it
+                self.log.warning("could not read whether DAG %s is paused: %s", self.dag_id, exc)
+                last[1] = False
+            return bool(last[1])
+
+        return paused
+
+    def _reschedule(self, why: str) -> NoReturn:
+        """Up for reschedule: the scheduler does not start tasks of a paused DAG, so the task runs again
+        (same run, same resume key) once the DAG is resumed, and continues from its checkpoint."""
+        self.log.info("%s; up for reschedule in %.0fs (or once the DAG is resumed)", why, self.pause_retry_seconds)
+        raise AirflowRescheduleException(
+            reschedule_date=datetime.now(tz=UTC) + timedelta(seconds=self.pause_retry_seconds))
 
     def _lineage(self, manifest: Manifest | None) -> Any:
         """The source dataset (connection namespace plus table, query, endpoint or file) -> the lake partition."""
@@ -355,6 +398,19 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage (COMPLETE): plus the table's columns and the rows this load wrote."""
         return self._lineage(complete=True)
+
+
+def _new_pause(is_paused: Callable[[], bool]) -> Callable[[], bool]:
+    """``is_paused`` that answers yes only once it has answered no: a pause made after the start."""
+    resumed = False
+
+    def paused() -> bool:
+        nonlocal resumed
+        now = is_paused()
+        resumed = resumed or not now
+        return now and resumed
+
+    return paused
 
 
 def _committed_columns(conn: Any, schema: str, table: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ calls sndw.stats / sndw.reconcile, where the SQL lives.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -162,6 +163,47 @@ def get_source(user: GetUserDep, source: str) -> dict[str, Any]:
                "lake": f"lake:{found.kind}/{found.name}/{t.name}"} for t in found.tables]
     return {"source": found.name, "dag_id": dag_id_for(found.name), "kind": found.kind,
             "schedule": found.schedule, "tables": tables, "rows_per_partition": chart, "failures": failures}
+
+
+def set_paused(user: Any, source: str, paused: bool) -> dict[str, Any]:
+    """Pause or resume the source's DAG in Airflow's metadata database, as the REST API's
+    ``PATCH /api/v2/dags/{dag_id}`` does: the user must be allowed to edit (PUT) that DAG. The change
+    is written to Airflow's audit log (Browse > Audit Log) under the user's name."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+    from airflow.models.dag import DagModel
+    from airflow.models.log import Log
+    from airflow.utils.session import create_session
+
+    found = _source(user, source)
+    dag_id = dag_id_for(found.name)
+    team = DagModel.get_dag_id_to_team_name_mapping([dag_id]).get(dag_id)
+    if not get_auth_manager().is_authorized_dag(method="PUT", user=user, details=DagDetails(id=dag_id, team_name=team)):
+        raise HTTPException(403, f"you may not pause or resume the DAG {dag_id!r} of source {source!r}")
+    with create_session() as session:
+        dag = session.get(DagModel, dag_id)
+        if dag is None:
+            raise HTTPException(404, f"the DAG {dag_id!r} of source {source!r} is not in Airflow yet (not parsed)")
+        dag.is_paused = paused
+        session.add(Log(event="sndw_pause" if paused else "sndw_resume", dag_id=dag_id,
+                        owner=user.get_name(), extra=json.dumps({"source": found.name})))
+    return {"source": found.name, "dag_id": dag_id, "is_paused": paused}
+
+
+@app.post("/sources/{source}/pause",
+          summary="Pause the source's DAG: running checkpointed extracts stop at their next batch boundary",
+          description=("Sets the DAG's `is_paused` (as the Airflow UI's toggle does). An extract of a table with "
+                       "`checkpoint: true` notices within a few seconds, stops after the batch it is writing with "
+                       "its progress saved, and waits up for reschedule; `/resume` continues it from there."),
+          responses={403: {"description": "The user may not edit the DAG"}, 404: {"description": "No such source"}})
+def pause(user: GetUserDep, source: str) -> dict[str, Any]:
+    return set_paused(user, source, True)
+
+
+@app.post("/sources/{source}/resume", summary="Resume (unpause) the source's DAG: paused extracts continue",
+          responses={403: {"description": "The user may not edit the DAG"}, 404: {"description": "No such source"}})
+def resume(user: GetUserDep, source: str) -> dict[str, Any]:
+    return set_paused(user, source, False)
 
 
 @app.get("/partitions/{source}", summary="The gap report: per table and date, expected, loaded, failed or missing")
