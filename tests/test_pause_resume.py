@@ -99,7 +99,15 @@ class Pauser(threading.Thread):
     def run(self) -> None:
         try:
             deadline = time.monotonic() + 120
-            while (state := self.checkpoint()) is None or state["rows"] < 2 * BATCH:
+            while (state := self.checkpoint()) is None or state["rows"] < BATCH:
+                assert time.monotonic() < deadline, "the extract never checkpointed a batch"
+                time.sleep(0.01)
+            # A DAG that this run created may start paused (a fresh metadata DB): the extract then runs
+            # and stops only for a pause made after it saw the DAG unpaused. Unpause it, let a
+            # checkpoint see that, then pause.
+            _set_paused(self.dag_id, False)
+            unpaused_at = state["rows"]
+            while (state := self.checkpoint()) is None or state["rows"] < max(2 * BATCH, unpaused_at + BATCH):
                 assert time.monotonic() < deadline, "the extract never checkpointed 2 batches"
                 time.sleep(0.01)
             _set_paused(self.dag_id, True)
