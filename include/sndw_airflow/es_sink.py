@@ -8,9 +8,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 from sndw.audit import register_secret
-from sndw.lake import Manifest
 
-from sndw_airflow.operators import _SndwTask, _with_audit_callbacks
+from sndw_airflow.operators import _ManifestTask, _with_audit_callbacks, airflow_connection
 
 
 def client_from_connection(conn_id: str, task_id: str) -> Any:
@@ -18,18 +17,10 @@ def client_from_connection(conn_id: str, task_id: str) -> Any:
     scheme (extra ``scheme``, else ``https`` only when the connection's schema says so), login and
     password (basic auth) or extra ``api_key``; extra ``verify_certs``, ``ca_certs`` and
     ``request_timeout`` pass through. Its secrets are registered for redaction first."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
     from elasticsearch import Elasticsearch
 
-    try:
-        connection = BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException as exc:
-        raise AirflowFailException(
-            f"{task_id}: the connection {conn_id!r} is not defined: add it in Admin > Connections "
-            f"or as AIRFLOW_CONN_{conn_id.upper()}") from exc
+    connection = airflow_connection(conn_id, task_id)
     extra = connection.extra_dejson
-    register_secret(connection.password, login=connection.login)
     register_secret(extra.get("api_key"))
     if not connection.host:
         raise AirflowFailException(f"{task_id}: the connection {conn_id!r} has no host")
@@ -44,7 +35,7 @@ def client_from_connection(conn_id: str, task_id: str) -> Any:
     return Elasticsearch(hosts=[node], **options)
 
 
-class ParquetToElasticsearchOperator(_SndwTask, BaseOperator):
+class ParquetToElasticsearchOperator(_ManifestTask, BaseOperator):
     """Index exactly the files of one lake manifest (the one its table's load read) into an index.
 
     The work is ``sndw.sinks.elasticsearch.index_manifest`` (``streaming_bulk``, 429s retried with
@@ -80,26 +71,13 @@ class ParquetToElasticsearchOperator(_SndwTask, BaseOperator):
         self.kind = kind
         self.sndw_result: dict[str, Any] | None = None
 
-    def _manifest(self) -> Manifest | None:
-        if isinstance(self.manifest, Manifest):
-            return self.manifest
-        if isinstance(self.manifest, dict):
-            return Manifest.from_dict(self.manifest)
-        return None
-
     def audit_fields(self) -> dict[str, str]:
-        manifest = self._manifest()
-        return {"pipeline_name": self.dag_id,
-                "source_name": self.source or (manifest.source if manifest else "unknown"),
-                "protocol": self.kind or (manifest.protocol if manifest else "unknown"),
-                "target_table": f"elasticsearch:{self.index}", "step": "index"}
+        return self.manifest_audit_fields(f"elasticsearch:{self.index}", "index")
 
     def execute(self, context: Any) -> dict[str, Any]:
         from sndw.sinks.elasticsearch import IndexingError, IndexSpec, index_manifest
 
-        manifest = self._manifest()
-        if manifest is None:
-            raise AirflowFailException(f"{self.task_id}: manifest is not a lake manifest: {type(self.manifest).__name__}")
+        manifest = self.lake_manifest()
         spec = IndexSpec(index=self.index, id_columns=self.id_columns, chunk_size=self.chunk_size,
                          max_retries=self.max_retries, initial_backoff=self.initial_backoff)
         client = client_from_connection(self.conn_id, self.task_id)

@@ -57,6 +57,55 @@ class _SndwTask:
         return hook.get_conn()
 
 
+def airflow_connection(conn_id: str, task_id: str) -> Any:
+    """The Airflow connection ``conn_id``, its secrets registered for redaction. One that does not
+    exist fails the task at once: no retry can create it."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        connection = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException as exc:
+        raise AirflowFailException(
+            f"{task_id}: the connection {conn_id!r} is not defined: add it in Admin > Connections "
+            f"or as AIRFLOW_CONN_{conn_id.upper()}") from exc
+    register_secret(connection.password, login=connection.login)
+    return connection
+
+
+class _ManifestTask(_SndwTask):
+    """A task that works on the files of one extract's manifest (the load, the Elasticsearch sink)."""
+
+    manifest: Any
+    source: str | None
+    kind: str | None
+    dag_id: str
+    task_id: str
+
+    def _manifest(self) -> Manifest | None:
+        if isinstance(self.manifest, Manifest):
+            return self.manifest
+        if isinstance(self.manifest, dict):
+            return Manifest.from_dict(self.manifest)
+        return None
+
+    def lake_manifest(self) -> Manifest:
+        manifest = self._manifest()
+        if manifest is None:
+            raise AirflowFailException(f"{self.task_id}: manifest is not a lake manifest: {type(self.manifest).__name__}")
+        return manifest
+
+    def manifest_audit_fields(self, target_table: str, step: str) -> dict[str, str]:
+        manifest = self._manifest()
+        return {
+            "pipeline_name": self.dag_id,
+            "source_name": self.source or (manifest.source if manifest else "unknown"),
+            "protocol": self.kind or (manifest.protocol if manifest else "unknown"),
+            "target_table": target_table,
+            "step": step,
+        }
+
+
 class _Location:
     """Where a connection points (type, host, port, database), without its credentials: what lineage
     and asset events may name."""
@@ -215,16 +264,7 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
             return SourceAccess(base_path=self.base_path, warehouse=self.dw_connection)
         if not self.conn_id:
             raise AirflowFailException(f"{self.task_id}: a {self.kind} source needs conn_id")
-        from airflow.sdk import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
-        try:
-            connection = BaseHook.get_connection(self.conn_id)
-        except AirflowNotFoundException as exc:
-            raise AirflowFailException(
-                f"{self.task_id}: the connection {self.conn_id!r} is not defined: add it in Admin > Connections "
-                f"or as AIRFLOW_CONN_{self.conn_id.upper()}") from exc
-        register_secret(connection.password, login=connection.login)
+        connection = airflow_connection(self.conn_id, self.task_id)
         self.source_location = _Location(connection)
         if self.kind == "sql":
             if connection.conn_type in ("postgres", "postgresql"):
@@ -248,7 +288,7 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
         return SourceAccess(http_client=lambda table: hook_client(hook, table), warehouse=self.dw_connection)
 
 
-class ParquetToDwOperator(_SndwTask, BaseOperator):
+class ParquetToDwOperator(_ManifestTask, BaseOperator):
     """Load exactly the files of one lake manifest into a warehouse table, in one transaction.
 
     :param manifest: the extract task's manifest, usually ``extract.output`` (templated)
@@ -292,23 +332,9 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
         self.sndw_result: dict[str, Any] | None = None
         self.table_columns: dict[str, str] | None = None
 
-    def _manifest(self) -> Manifest | None:
-        if isinstance(self.manifest, Manifest):
-            return self.manifest
-        if isinstance(self.manifest, dict):
-            return Manifest.from_dict(self.manifest)
-        return None
-
     def audit_fields(self) -> dict[str, str]:
-        manifest = self._manifest()
-        return {
-            "pipeline_name": self.dag_id,
-            "source_name": self.source or (manifest.source if manifest else "unknown"),
-            "protocol": self.kind or (manifest.protocol if manifest else "unknown"),
-            "target_table": qualified(normalize_identifier(self.target_schema),
-                                      normalize_identifier(self.target_table)),
-            "step": "load",
-        }
+        return self.manifest_audit_fields(
+            qualified(normalize_identifier(self.target_schema), normalize_identifier(self.target_table)), "load")
 
     def _flush_audit_spool(self, conn: Any) -> None:
         """Rows spooled while the warehouse was down go in before this load's own row (ids keep time
@@ -325,9 +351,7 @@ class ParquetToDwOperator(_SndwTask, BaseOperator):
         from sndw.pipeline import load_table
         from sndw.warehouse import LoadSpec
 
-        manifest = self._manifest()
-        if manifest is None:
-            raise AirflowFailException(f"{self.task_id}: manifest is not a lake manifest: {type(self.manifest).__name__}")
+        manifest = self.lake_manifest()
         spec = LoadSpec(schema=normalize_identifier(self.target_schema),
                         table=normalize_identifier(self.target_table), write_mode=self.write_mode,
                         primary_key=[normalize_identifier(k) for k in self.primary_key],
