@@ -17,7 +17,7 @@ import pytest
 import yaml
 from sndw.demo import manufacturing
 
-from tests.conftest import ROOT, TEST_DAGS, TEST_SOURCES, count, metadata_db
+from tests.conftest import ROOT, TEST_AIRFLOW_HOME, TEST_DAGS, TEST_SOURCES, count, metadata_db
 from tests.test_airflow_postgres import Airflow, _serialized, standalone, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -87,8 +87,10 @@ def check_backfill_and_summary(airflow: Airflow, dag_id: str, dw_url: str, start
 
     def summary_runs() -> list[dict[str, Any]] | None:
         runs = new(airflow.call("GET", f"/api/v2/dags/{SUMMARY_DAG}/dagRuns?limit=100")["dag_runs"], "queued_at")
-        failed = [r for r in runs if r["state"] == "failed"]
-        assert not failed, failed
+        loads = airflow.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+        failed = [r for r in runs + loads if r["state"] == "failed"]
+        if failed:  # say which task failed and why, instead of waiting out the timeout
+            raise AssertionError(f"failed runs: {failed}\n{failed_tasks(dag_id)}")
         return runs if len([r for r in runs if r["state"] == "success"]) >= 3 else None
 
     runs = wait_for("3 successful summary runs", summary_runs, 480)  # a busy 2-core machine: minutes
@@ -125,6 +127,16 @@ def check_backfill_and_summary(airflow: Airflow, dag_id: str, dw_url: str, start
     summarized = new(airflow.call("GET", f"/api/v2/assets/events?source_dag_id={SUMMARY_DAG}")["asset_events"],
                      "timestamp")
     assert sorted(e["partition_key"] for e in summarized) == keys  # the summary's own asset, same partitions
+
+
+def failed_tasks(dag_id: str) -> str:
+    """The failed tasks of ``dag_id`` with the end of each one's log."""
+    lines = []
+    for log in sorted((TEST_AIRFLOW_HOME / "logs" / f"dag_id={dag_id}").glob("*/*/attempt=*.log")):
+        text = log.read_text(errors="replace")
+        if '"level":"error"' in text:
+            lines.append(f"{log.relative_to(TEST_AIRFLOW_HOME)}:\n{text[-1500:]}")
+    return "\n".join(lines)
 
 
 def test_the_summary_refuses_a_partition_key_that_is_not_a_date() -> None:

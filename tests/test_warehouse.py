@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -207,6 +209,38 @@ def test_a_failure_in_the_middle_of_a_load_leaves_the_table_as_before(
     assert rows(dw, "SELECT id, amount, _loaded_at FROM orders ORDER BY id") == before
     assert "extra" not in table_columns(dw.cursor(), "public", "orders")  # the ALTER was rolled back too
     assert rows(dw, "SELECT count(*) FROM etl_audit_log WHERE status = 'success'") == [(0,)]
+
+
+def test_a_load_into_a_new_schema_survives_a_concurrent_creator(
+        tmp_path: Path, dw: psycopg.Connection, dw_url: str) -> None:
+    """Two first loads into one new schema at once (a backfill's parallel tasks): PostgreSQL's CREATE
+    SCHEMA IF NOT EXISTS made the second fail on pg_namespace's unique index."""
+    manifest = lake(tmp_path, pa.record_batch({"id": [1, 2]}))
+    other = psycopg.connect(dw_url)
+    other.execute("CREATE SCHEMA fresh")  # created, not yet committed: the concurrent load's schema
+    outcome: list[BaseException | int] = []
+
+    def load() -> None:
+        with psycopg.connect(dw_url) as conn:
+            try:
+                outcome.append(load_manifest(conn, manifest, LoadSpec("fresh", "t", "append")).rows_loaded)
+            except BaseException as exc:  # noqa: BLE001 (reported to the test below)
+                outcome.append(exc)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    with psycopg.connect(dw_url, autocommit=True) as watcher:  # wait until the load waits on the schema
+        for _ in range(200):
+            if watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the load never waited for the concurrent CREATE SCHEMA")
+    other.commit()
+    other.close()
+    worker.join(30)
+    assert outcome == [2]
+    assert rows(dw, "SELECT count(*) FROM fresh.t") == [(2,)]
 
 
 # --------------------------------------------------------------------- schema evolution

@@ -18,6 +18,8 @@ from urllib.parse import quote, quote_plus
 import psycopg
 from psycopg import sql
 
+from sndw.ddl import create_schema
+
 log = logging.getLogger(__name__)
 
 AUDIT_TABLE = "etl_audit_log"
@@ -254,7 +256,7 @@ def ensure_audit_table(conn: psycopg.Connection[Any], schema: str = "public") ->
     """Create the audit table once; serialised so concurrent first runs do not race on DDL."""
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:audit-ddl'))")
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        create_schema(cur, schema)
         cur.execute(sql.SQL(AUDIT_DDL).format(table=audit_table(schema)))
         # Tables made by an earlier version get the columns added since (ALTER only when missing:
         # it locks the table).

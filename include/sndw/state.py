@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
+from sndw.ddl import create_schema
+
 log = logging.getLogger(__name__)
 
 STATE_TABLE = "etl_state"
@@ -149,7 +151,7 @@ def state_table(schema: str = "public") -> sql.Composed:
 def ensure_state_table(conn: psycopg.Connection[Any], schema: str = "public") -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:state-ddl'))")
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        create_schema(cur, schema)
         cur.execute(sql.SQL(STATE_DDL).format(table=state_table(schema)))
 
 

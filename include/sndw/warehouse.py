@@ -27,6 +27,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
+from sndw.ddl import create_schema
 from sndw.errors import EmptyExtractError, LoadError, PermanentError, SchemaConflictError
 from sndw.lake import PG_TYPE_KEY, Manifest, iter_file_batches, partition_rows
 from sndw.naming import (
@@ -592,7 +593,7 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                             spec.qualified, audit.manifest_id)
                 result.skipped = True
                 return result
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.schema)))
+            create_schema(cur, spec.schema)
             exists = bool(table_columns(cur, spec.schema, spec.table))
             if not paths and not exists:
                 log.info("%s: nothing to load and no table yet", spec.qualified)
@@ -681,7 +682,7 @@ def ensure_lake_files_table(conn: psycopg.Connection[Any], schema: str = "public
         if row is not None and row[0] is not None:
             return
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:lake-files-ddl'))")
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        create_schema(cur, schema)
         cur.execute(sql.SQL(LAKE_FILES_DDL).format(table=lake_files_table(schema)))
 
 
