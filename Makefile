@@ -17,11 +17,11 @@ ENV := . scripts/dev-env
 PYTEST_ARGS ?=
 
 .PHONY: help venv install-dev airflow-init demo test test-fast lint up down status dw-start dw-stop dw-psql \
-	run-pipeline test-dw \
+	run-pipeline test-dw s3-start s3-stop redis-start redis-stop \
 	infra-up infra-down infra-status lock validate clean bench
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(RUNTIME): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,13 +73,17 @@ validate: $(RUNTIME) ## Check every source config in dags/sources
 up: $(RUNTIME) airflow-init ## Start Airflow standalone (UI on localhost:8080) on the local warehouse
 	@$(ENV) && scripts/airflow-up
 
-down: ## Stop Airflow standalone and the local PostgreSQL
+down: ## Stop Airflow standalone, the local PostgreSQL, and the local S3 and Redis if they run
 	@scripts/airflow-down
 	@scripts/pg-local stop
+	@scripts/s3-local stop
+	@scripts/redis-local stop
 
-status: ## Show whether Airflow and the local PostgreSQL are running
+status: ## Show whether Airflow, the local PostgreSQL, S3 and Redis are running
 	@scripts/airflow-down --status || true
 	@scripts/pg-local status || true
+	@scripts/s3-local status || true
+	@scripts/redis-local status || true
 
 # The pipeline runner's targets: make run-pipeline CONFIG=examples/postgres_connector.json QUERY="SELECT 1 AS n" SOURCE=test TABLE=dw_test
 CONFIG ?=
@@ -104,6 +108,18 @@ dw-start: ## Start the local PostgreSQL warehouse only
 dw-stop: ## Stop the local PostgreSQL warehouse
 	@scripts/pg-local stop
 
+s3-start: $(RUNTIME) ## Start the local S3 store (SeaweedFS, bucket sndw-lake); settings: scripts/s3-local env
+	@scripts/s3-local start
+
+s3-stop: ## Stop the local S3 store
+	@scripts/s3-local stop
+
+redis-start: ## Start the local Redis (Celery broker); settings: scripts/redis-local env
+	@scripts/redis-local start
+
+redis-stop: ## Stop the local Redis
+	@scripts/redis-local stop
+
 dw-psql: ## Open psql on the warehouse
 	@$(ENV) && psql "$$AIRFLOW_CONN_DW"
 
@@ -123,4 +139,6 @@ lock: $(RUNTIME) ## Re-resolve requirements.lock and requirements-dev.lock from 
 clean: ## Remove the venv, Airflow home, lake and the local PostgreSQL (asks nothing!)
 	-scripts/airflow-down
 	-scripts/pg-local destroy
+	-scripts/s3-local destroy
+	-scripts/redis-local destroy
 	rm -rf $(VENV) .airflow lake .local

@@ -9,6 +9,7 @@ project's own invariants that the schema cannot express.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -31,11 +32,19 @@ AIRFLOW_SERVICES = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "airflow-worker",
 }
 LONG_RUNNING = AIRFLOW_SERVICES - {"airflow-init"}
 DB_SERVICES = {"warehouse", "airflow-db"}
 # Started only with their compose profile (`docker compose --profile <name> up`).
-OPTIONAL_SERVICES = {"elasticsearch": "elasticsearch"}
+OPTIONAL_SERVICES = {
+    "elasticsearch": "elasticsearch",
+    "redis": "celery",
+    "s3": "celery",
+    "airflow-worker": "celery",
+}
+# The one environment key the Celery workers add to the common environment.
+WORKER_ONLY_ENV = {"DUMB_INIT_SETSID": "0"}
 REQUIRED_MOUNTS = {
     "./dags:/opt/airflow/dags",
     "./plugins:/opt/airflow/plugins",
@@ -207,6 +216,37 @@ def test_optional_elasticsearch() -> None:
     assert "_cluster/health" in " ".join(es["healthcheck"]["test"])
 
 
+def test_optional_celery() -> None:
+    services = _load()["services"]
+    redis, s3, worker = services["redis"], services["s3"], services["airflow-worker"]
+    for svc in (redis, s3):
+        assert "ports" not in svc  # only the compose network reaches them
+    assert redis["image"].startswith("redis:")
+    assert redis["command"][:3] == ["redis-server", "--requirepass", "${REDIS_PASSWORD:-dw}"]
+    assert "ping" in " ".join(redis["healthcheck"]["test"])
+    assert s3["image"].startswith("chrislusf/seaweedfs:")
+    assert s3["command"][:2] == ["server", "-s3"] and "-master.volumeSizeLimitMB=64" in s3["command"]
+    assert "healthz" in " ".join(s3["healthcheck"]["test"])
+    assert worker["deploy"]["replicas"] == 2
+    for dep in ("redis", "s3"):
+        assert worker["depends_on"][dep] == {"condition": "service_healthy"}
+    assert "celery_executor.app inspect ping" in " ".join(worker["healthcheck"]["test"])
+
+
+def test_celery_wiring_uses_the_same_secrets() -> None:
+    """The workers' broker URL and lake connection use the passwords the redis and s3 services get."""
+    env = {**TEST_ENV, "REDIS_PASSWORD": "r3dis", "S3_ACCESS_KEY": "AKEY", "S3_SECRET_KEY": "s3cret"}
+    resolved = _interpolate(_load(), env)["services"]
+    worker_env = resolved["airflow-worker"]["environment"]
+    assert worker_env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:r3dis@redis:6379/0"
+    assert resolved["redis"]["command"][2] == "r3dis"
+    conn = json.loads(worker_env["AIRFLOW_CONN_SNDW_LAKE"])
+    assert conn == {"conn_type": "aws", "login": "AKEY", "password": "s3cret",
+                    "extra": {"endpoint_url": "http://s3:8333", "region_name": "us-east-1"}}
+    assert resolved["s3"]["environment"] == {"AWS_ACCESS_KEY_ID": "AKEY", "AWS_SECRET_ACCESS_KEY": "s3cret"}
+    assert resolved["s3"]["command"][2] == "-s3.port=8333"
+
+
 def test_airflow_services_merge_the_common_anchor() -> None:
     """Each Airflow service is `<<: *airflow-common` (same YAML node), not a hand-made copy."""
     root = yaml.compose(COMPOSE_FILE.read_text())
@@ -229,7 +269,8 @@ def test_airflow_services_share_image_build_env_and_mounts() -> None:
         svc = data["services"][name]
         assert svc["build"] == common["build"], name
         assert svc["image"] == common["image"], name
-        assert _env(svc) == common_env, f"{name}: environment differs from x-airflow-common-env"
+        extra = WORKER_ONLY_ENV if name == "airflow-worker" else {}
+        assert _env(svc) == {**common_env, **extra}, f"{name}: environment differs from x-airflow-common-env"
         assert REQUIRED_MOUNTS <= set(svc["volumes"]), f"{name}: missing mounts"
         assert any(str(v).endswith(":/opt/airflow/logs") for v in svc["volumes"]), name
         assert svc.get("env_file") == [{"path": ".env", "required": False}], name
@@ -237,14 +278,19 @@ def test_airflow_services_share_image_build_env_and_mounts() -> None:
 
 def test_common_environment() -> None:
     env = _load()["x-airflow-common-env"]
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    resolved = _interpolate(env, TEST_ENV)
+    # Executor and lake root are configurable; the defaults stay local.
+    assert resolved["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert resolved["SNDW_LAKE_ROOT"] == "/opt/airflow/lake"
+    celery = _interpolate(env, {**TEST_ENV, "AIRFLOW_EXECUTOR": "CeleryExecutor", "SNDW_LAKE_ROOT": "s3://sndw-lake/l"})
+    assert celery["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert celery["SNDW_LAKE_ROOT"] == "s3://sndw-lake/l"
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
     assert int(env["AIRFLOW__CORE__PARALLELISM"]) == 4
     assert int(env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"]) == 30
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert "@airflow-db:5432/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert "@warehouse:5432/" in env["AIRFLOW_CONN_DW"]
-    assert env["SNDW_LAKE_ROOT"] == "/opt/airflow/lake"
     assert env["PYTHONPATH"] == "/opt/airflow/include"
     assert re.fullmatch(r"\$\{AIRFLOW_JWT_SECRET:\?[^}]+\}", env["AIRFLOW__API_AUTH__JWT_SECRET"])
 
@@ -287,6 +333,7 @@ def test_service_commands_and_healthchecks() -> None:
         "airflow-scheduler": "scheduler",
         "airflow-dag-processor": "dag-processor",
         "airflow-triggerer": "triggerer",
+        "airflow-worker": "celery worker",
     }
     for name, cmd in expected.items():
         assert str(services[name]["command"]).removeprefix("airflow ") == cmd, name
@@ -328,6 +375,11 @@ def test_no_literal_secrets() -> None:
         masked = interp.sub("<var>", value)  # a variable, whatever its default (checked above)
         for password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", masked):
             assert password == "<var>", f"{path}: literal password in URI"
+    # Passwords inside JSON connections (AIRFLOW_CONN_*='{...}') must come from variables.
+    for path, value in _iter_strings(data):
+        if value.lstrip().startswith("{") and '"password"' in value:
+            conn = json.loads(interp.sub("<var>", value))
+            assert conn["password"] == "<var>", f"{path}: literal password in a JSON connection"
     # Secret-like environment keys must be variables.
     envs = [data["x-airflow-common-env"]] + [_env(s) for s in data["services"].values()]
     for env in envs:
