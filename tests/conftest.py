@@ -139,6 +139,47 @@ def metadata_db() -> psycopg.Connection:
     return psycopg.connect(metadb.libpq_url(AIRFLOW_METADATA_URL))
 
 
+# ------------------------------------------------------------------ the lake on an S3-compatible server
+
+S3_LOCAL = ROOT / "scripts" / "s3-local"
+TEST_S3_DIR = Path(os.environ.get("SNDW_TEST_S3_DIR", ROOT / ".local" / "s3-test"))
+
+
+@pytest.fixture(scope="session")
+def s3_env() -> dict[str, str]:
+    """The tests' own SeaweedFS S3 server (scripts/s3-local in .local/s3-test, started once, left
+    running like the tests' PostgreSQL): the ``AWS_*`` and ``AIRFLOW_CONN_SNDW_LAKE`` variables."""
+    env = {**os.environ, "S3_LOCAL_DIR": str(TEST_S3_DIR)}
+    started = subprocess.run([str(S3_LOCAL), "start"], env=env, capture_output=True, text=True, check=False,
+                             timeout=180)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the test S3 server:\n{started.stdout}\n{started.stderr}")
+    out = subprocess.run([str(S3_LOCAL), "env"], env=env, capture_output=True, text=True, check=True).stdout
+    variables = subprocess.run(["bash", "-c", f"{out}\nenv -0"], capture_output=True, check=True, env={}).stdout
+    names = ("AWS_", "AIRFLOW_CONN_SNDW_LAKE", "SNDW_S3_BUCKET")
+    return {k: v for k, _, v in (item.partition("=") for item in variables.decode().split("\0") if item)
+            if k.startswith(names)}
+
+
+@pytest.fixture
+def s3_lake(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh lake root on the test S3 server (``s3://<bucket>/<random prefix>``), with the
+    credentials in the environment only, as the command line and the provider read them."""
+    from sndw import storage
+
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    storage.use_filesystem("s3", _s3fs(s3_env))
+    return f"s3://{s3_env['SNDW_S3_BUCKET']}/t-{uuid.uuid4().hex[:10]}"
+
+
+def _s3fs(s3_env: dict[str, str]) -> Any:
+    import s3fs
+
+    return s3fs.S3FileSystem(key=s3_env["AWS_ACCESS_KEY_ID"], secret=s3_env["AWS_SECRET_ACCESS_KEY"],
+                             endpoint_url=s3_env["AWS_ENDPOINT_URL"], skip_instance_cache=True)
+
+
 # ------------------------------------------------------------------ end-to-end runs through Airflow
 
 

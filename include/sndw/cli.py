@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from sndw import storage
 from sndw.config import FileSource, HttpSource, SqlSource, iter_sources
 from sndw.errors import ConfigError, SndwError
 
@@ -134,7 +135,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     partition = args.date or datetime.now(UTC).date()
-    lake = str(Path(args.lake or lake_root()).resolve())
+    lake = args.lake or lake_root()
+    lake = lake if storage.is_url(lake) else str(Path(lake).resolve())
     results = []
     print(f"sync {source.name} ({source.kind}), partition {partition}, lake {lake}", file=sys.stderr)
     for table in tables:

@@ -1,4 +1,7 @@
-"""The Parquet lake: one folder per date partition, written under a temporary name, swapped in whole."""
+"""The Parquet lake: one folder per date partition, written under a temporary name, swapped in whole.
+
+On an object store (a ``s3://`` lake root) nothing can be renamed: there a partition is published by
+one manifest object written after all its parts (``ObjectPartitionWriter``)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sndw import storage
 from sndw.errors import ExtractError, PartitionValidationError, SchemaConflictError
 from sndw.naming import lake_partition_dir, lake_table_dir, unique_column_names
 
@@ -32,6 +36,8 @@ PARQUET_COMPRESSION = "zstd"
 ROWS_PER_FILE = 1_000_000
 PART_GLOB = "part-*.parquet"
 CHECKPOINT_FILE = "_checkpoint.json"
+# An object-store partition's published manifest: the only thing its readers trust.
+MANIFEST_FILE = "_manifest.json"
 RUN_ID_KEY = b"sndw.run_id"
 MANIFEST_ID_KEY = b"sndw.manifest_id"
 # Batch schema metadata a reader may set: the source file a batch came from, named in validation errors.
@@ -270,7 +276,7 @@ class PartitionWriter:
             self._token = uuid.uuid4().hex[:12]
             self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.tmp-{self._token}"
         self._lock_fd: int | None = None
-        self._origins: dict[Path, set[str]] = {}  # part file -> the source files its rows came from
+        self._origins: dict[Any, set[str]] = {}  # part file -> the source files its rows came from
         self._validated: list[dict[str, str]] | None = None
         self.manifest = Manifest(source=source, protocol=protocol, table=table,
                                  partition=partition.isoformat(), run_id=run_id)
@@ -279,7 +285,7 @@ class PartitionWriter:
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self._file_rows = 0
-        self._files: list[Path] = []
+        self._files: list[Any] = []  # Path in a local lake, a URL string on an object store
         self._names_cache: dict[tuple[str, ...], list[str]] = {}
         self._checkpointed: list[str] | None = None
         self._last_schema: pa.Schema | None = None
@@ -369,9 +375,9 @@ class PartitionWriter:
     def resumed_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
         """The resumed files' batches (only ``columns``), e.g. to recompute a watermark."""
         for path in self._files if self.resumed else []:
-            names = [c for c in columns if c in pq.read_schema(path).names]
+            names = [c for c in columns if c in storage.read_schema(str(path)).names]
             if names:
-                yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=names)
+                yield from storage.open_parquet(str(path)).iter_batches(columns=names)
 
     def _names(self, schema: pa.Schema) -> list[str]:
         key = tuple(schema.names)
@@ -402,16 +408,24 @@ class PartitionWriter:
             self._file_rows += record_batch.num_rows
             self.manifest.rows += record_batch.num_rows
 
+    def _part(self, name: str) -> Any:
+        return self.tmp_dir / name
+
+    def _strays(self) -> list[str]:
+        """Part files in our folder that this extract did not write."""
+        return sorted({p.name for p in self.tmp_dir.glob(PART_GLOB)} - {p.name for p in self._files})
+
     def _open_file(self, schema: pa.Schema) -> None:
         # File names carry the extract's id: a manifest never names another extract's files.
-        path = self.tmp_dir / f"part-{len(self._files):05d}-{self.manifest.manifest_id[:12]}.parquet"
+        path = self._part(f"part-{len(self._files):05d}-{self.manifest.manifest_id[:12]}.parquet")
         # Who wrote the file travels with it, so a replay from the lake restores _run_id exactly.
         metadata = {**(schema.metadata or {}), RUN_ID_KEY: (self.manifest.run_id or "").encode(),
                     MANIFEST_ID_KEY: self.manifest.manifest_id.encode()}
         # No dictionary pages: with a row group per batch they cost 2.4x the write time here, and
         # zstd already shrinks repeated values (files came out 6% smaller without them).
-        self._writer = pq.ParquetWriter(path, schema.with_metadata(metadata), compression=PARQUET_COMPRESSION,
-                                        use_dictionary=False)
+        where, fs = storage.arrow_location(str(path))
+        self._writer = pq.ParquetWriter(where, schema.with_metadata(metadata), filesystem=fs,
+                                        compression=PARQUET_COMPRESSION, use_dictionary=False)
         self._schema = schema
         self._file_rows = 0
         self._files.append(path)
@@ -440,19 +454,20 @@ class PartitionWriter:
         self._close_file()
         table, partition = f"{self.manifest.protocol}/{self.manifest.source}/{self.manifest.table}", \
             self.manifest.partition
-        strays = sorted({p.name for p in self.tmp_dir.glob(PART_GLOB)} - {p.name for p in self._files})
+        strays = self._strays()
         if strays:  # the swap moves the whole folder: a file we did not write would be loaded too
-            raise PartitionValidationError(table, partition, f"{self.tmp_dir} holds files this extract did not "
+            raise PartitionValidationError(table, partition, f"{self._folder()} holds files this extract did not "
                                            f"write: {', '.join(strays[:5])}")
         rows = 0
-        seen: dict[str, tuple[str, pa.DataType, Path]] = {}  # column -> warehouse type, lake type, file
+        seen: dict[str, tuple[str, pa.DataType, Any]] = {}  # column -> warehouse type, lake type, file
         schemas = []
         for path in self._files:
             try:
-                metadata = pq.read_metadata(path)
+                metadata = storage.read_metadata(str(path))
                 schema = metadata.schema.to_arrow_schema()
             except (OSError, pa.ArrowException) as exc:
-                raise PartitionValidationError(table, partition, f"{path.name} cannot be read back: {exc}") from exc
+                raise PartitionValidationError(table, partition,
+                                               f"{_basename(path)} cannot be read back: {exc}") from exc
             rows += metadata.num_rows
             schemas.append(schema)
             for fld in schema:
@@ -479,12 +494,15 @@ class PartitionWriter:
         self._validated = _columns(schemas)
         return self._validated
 
-    def _describe(self, path: Path) -> str:
+    def _folder(self) -> str:
+        return str(self.tmp_dir)
+
+    def _describe(self, path: Any) -> str:
         origins = sorted(self._origins.get(path, ()))
         if not origins:
-            return f"lake file {path.name}"
+            return f"lake file {_basename(path)}"
         shown = ", ".join(origins[:3]) + (f" and {len(origins) - 3} more" if len(origins) > 3 else "")
-        return f"{shown} (lake file {path.name})"
+        return f"{shown} (lake file {_basename(path)})"
 
     def commit(self) -> Manifest:
         """Validate the files, then swap them in for the partition in one step.
@@ -547,23 +565,162 @@ def _batches(data: pa.RecordBatch | pa.Table) -> Iterator[pa.RecordBatch]:
         yield data
 
 
+def _basename(path: Any) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+class ObjectPartitionWriter(PartitionWriter):
+    """``PartitionWriter`` for an object store, where nothing can be renamed.
+
+    Each attempt writes its parts under ``<partition>/_attempt-<token>/``, where they stay; the
+    parts stream out in the store's multipart chunks, so memory stays bounded. ``commit()``
+    validates them and then publishes the partition with one object, ``<partition>/_manifest.json``,
+    naming them: a single PUT that readers see whole or not at all. Loads, replay and the gap
+    report trust only that manifest, so the parts of a failed or killed extract are never read,
+    and a re-run replaces the partition whole by publishing its own. The parts of the manifest it
+    replaced are deleted afterwards. A checkpoint is ``_checkpoint.json`` in the attempt's folder:
+    a retry with the same resume key, on any worker, continues after it.
+    """
+
+    def __init__(self, lake_root: str | Path, protocol: str, source: str, table: str, partition: date,
+                 **kwargs: Any) -> None:
+        super().__init__(lake_root, protocol, source, table, partition, **kwargs)
+        root = str(lake_root)
+        self.fs = storage.filesystem(root)
+        self.partition_url = storage.join(root, protocol, source, table, partition.isoformat())
+        self.work_url = storage.join(self.partition_url, f"_attempt-{self._token}")
+
+    def __enter__(self) -> ObjectPartitionWriter:
+        if self.resume_key:
+            self._load_checkpoint()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            return
+        if self.resume_key:  # keep the checkpointed parts for the next attempt
+            self._close_file()
+            kept = {_basename(p) for p in (self._checkpointed or [])}
+            for name in self._part_names():
+                if name not in kept:
+                    self.fs.rm(storage.strip(storage.join(self.work_url, name)))
+        else:
+            self.abort()
+
+    def _part(self, name: str) -> Any:
+        return storage.join(self.work_url, name)
+
+    def _part_names(self) -> list[str]:
+        found = self.fs.glob(storage.strip(storage.join(self.work_url, PART_GLOB)))
+        return sorted(_basename(p) for p in found)
+
+    def _strays(self) -> list[str]:
+        return sorted(set(self._part_names()) - {_basename(p) for p in self._files})
+
+    def _folder(self) -> str:
+        return self.work_url
+
+    @property
+    def _checkpoint_url(self) -> str:
+        return storage.join(self.work_url, CHECKPOINT_FILE)
+
+    def _load_checkpoint(self) -> None:
+        self._checkpointed = []
+        key = storage.strip(self._checkpoint_url)
+        if not self.fs.exists(key):
+            return
+        state = json.loads(self.fs.cat_file(key))
+        files = [storage.join(self.work_url, name) for name in state["files"]]
+        present = set(self._part_names())
+        if not all(_basename(f) in present for f in files):
+            log.warning("checkpoint of %s names missing files: starting over", self.partition_url)
+            return
+        for stray in present - {_basename(f) for f in files}:  # the part a killed attempt was writing
+            self.fs.rm(storage.strip(storage.join(self.work_url, stray)))
+        self.manifest.manifest_id = state["manifest_id"]
+        self._files = files
+        self._checkpointed = list(files)
+        self.manifest.rows = int(state["rows"])
+        self.resumed = state
+        log.info("resuming %s after %d rows in %d files (position %s)", self.partition_url, self.manifest.rows,
+                 len(files), state.get("position"))
+
+    def checkpoint(self, position: Any) -> None:
+        self._close_file()
+        state = {"manifest_id": self.manifest.manifest_id, "rows": self.manifest.rows,
+                 "files": [_basename(p) for p in self._files], "position": position}
+        self.fs.pipe_file(storage.strip(self._checkpoint_url), json.dumps(state, default=str).encode())
+        self._checkpointed = list(self._files)
+
+    def commit(self) -> Manifest:
+        columns = self.validate()
+        self.manifest.paths = [str(p) for p in self._files]
+        self.manifest.bytes = sum(storage.size(p) for p in self.manifest.paths)
+        self.manifest.columns = columns
+        manifest_key = storage.strip(storage.join(self.partition_url, MANIFEST_FILE))
+        replaced = _published(self.fs, manifest_key)
+        if self.fs.exists(storage.strip(self._checkpoint_url)):
+            self.fs.rm(storage.strip(self._checkpoint_url))
+        self.fs.pipe_file(manifest_key, json.dumps(self.manifest.to_dict()).encode())  # the publication
+        for old in {_parent(p) for p in (replaced or {}).get("paths", [])} - {self.work_url}:
+            try:
+                self.fs.rm(storage.strip(old), recursive=True)
+            except FileNotFoundError:
+                pass
+        log.info("lake partition %s: %d rows in %d files (%d bytes)", self.partition_url,
+                 self.manifest.rows, len(self._files), self.manifest.bytes)
+        return self.manifest
+
+    def abort(self) -> None:
+        self._close_file()
+        try:
+            self.fs.rm(storage.strip(self.work_url), recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+def _parent(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0]
+
+
+def _published(fs: Any, manifest_key: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(fs.cat_file(manifest_key))
+    except FileNotFoundError:
+        return None
+    return data
+
+
+def open_partition(lake_root: str | Path, protocol: str, source: str, table: str, partition: date,
+                   **kwargs: Any) -> PartitionWriter:
+    """The writer of one partition: a local folder swapped in whole, or an object store's manifest."""
+    cls = ObjectPartitionWriter if storage.is_url(lake_root) else PartitionWriter
+    return cls(lake_root, protocol, source, table, partition, **kwargs)
+
+
 def write_partition(batches: Iterable[pa.RecordBatch | pa.Table], lake_root: str | Path, protocol: str,
                     source: str, table: str, partition: date, *, run_id: str | None = None,
                     on_batch: Callable[[pa.RecordBatch], None] | None = None) -> Manifest:
     """Write every batch into one partition and swap it in; on any error nothing is replaced."""
-    with PartitionWriter(lake_root, protocol, source, table, partition, run_id=run_id, on_batch=on_batch) as writer:
+    with open_partition(lake_root, protocol, source, table, partition, run_id=run_id, on_batch=on_batch) as writer:
         for batch in batches:
             writer.write(batch)
         return writer.commit()
 
 
-def partition_files(lake_root: str | Path, protocol: str, source: str, table: str, partition: date) -> list[Path]:
-    return sorted(lake_partition_dir(lake_root, protocol, source, table, partition).glob(PART_GLOB))
+def partition_files(lake_root: str | Path, protocol: str, source: str, table: str, partition: date) -> list[str]:
+    """The files of one published partition: on an object store, those its manifest names."""
+    if storage.is_url(lake_root):
+        root = str(lake_root)
+        key = storage.strip(storage.join(root, protocol, source, table, partition.isoformat(), MANIFEST_FILE))
+        published = _published(storage.filesystem(root), key)
+        return list(published["paths"]) if published else []
+    return [str(p) for p in sorted(lake_partition_dir(lake_root, protocol, source, table, partition).glob(PART_GLOB))]
 
 
 def iter_file_batches(path: str | Path, batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
-    """Stream a Parquet file; ``pre_buffer=False`` keeps memory flat however large the file."""
-    parquet = pq.ParquetFile(path, pre_buffer=False)
+    """Stream a Parquet file (local or on an object store) with flat memory however large it is."""
+    parquet = storage.open_parquet(str(path))
     try:
         yield from parquet.iter_batches(batch_size=batch_rows)
     finally:
@@ -571,28 +728,36 @@ def iter_file_batches(path: str | Path, batch_rows: int = 100_000) -> Iterator[p
 
 
 def partition_dates(lake_root: str | Path, protocol: str, source: str, table: str) -> list[date]:
-    """The date partitions a table has in the lake, oldest first (temporary folders skipped)."""
-    folder = lake_table_dir(lake_root, protocol, source, table)
+    """The date partitions a table has in the lake, oldest first (temporary folders and, on an
+    object store, partitions without a published manifest skipped)."""
+    names: list[str]
+    if storage.is_url(lake_root):
+        root = str(lake_root)
+        pattern = storage.strip(storage.join(root, protocol, source, table, "*", MANIFEST_FILE))
+        names = [_basename(_parent(p)) for p in storage.filesystem(root).glob(pattern)]
+    else:
+        folder = lake_table_dir(lake_root, protocol, source, table)
+        names = [child.name for child in folder.iterdir()] if folder.is_dir() else []
     dates = []
-    for child in folder.iterdir() if folder.is_dir() else []:
+    for name in names:
         try:
-            dates.append(date.fromisoformat(child.name))
+            dates.append(date.fromisoformat(name))
         except ValueError:
             continue
     return sorted(dates)
 
 
 def file_run_id(path: str | Path) -> str | None:
-    metadata = pq.read_schema(path).metadata or {}
+    metadata = storage.read_schema(str(path)).metadata or {}
     value = metadata.get(RUN_ID_KEY)
     return value.decode() if value else None
 
 
 def file_manifest_id(path: str | Path) -> str | None:
-    metadata = pq.read_schema(path).metadata or {}
+    metadata = storage.read_schema(str(path)).metadata or {}
     value = metadata.get(MANIFEST_ID_KEY)
     return value.decode() if value else None
 
 
 def partition_rows(paths: Iterable[str | Path]) -> int:
-    return sum(pq.read_metadata(p).num_rows for p in paths)
+    return sum(storage.read_metadata(str(p)).num_rows for p in paths)

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from sndw.config import ChildTable, FileTable, HttpTable, SqlTable, TableBase
 from sndw.errors import Paused, PermanentError
-from sndw.lake import Manifest, PartitionWriter
+from sndw.lake import Manifest, open_partition
 from sndw.naming import normalize_identifier
 from sndw.progress import Progress
 
@@ -84,9 +84,9 @@ def extract_table(request: ExtractRequest, access: SourceAccess, *,
     previous, low, tracker = _incremental_start(request, access)
     resume_key = request.resume_key if spec.checkpoint else None
     progress = Progress(f"extract {request.source}.{spec.name}")
-    with PartitionWriter(request.lake_root, request.kind, request.source, spec.name, request.partition,
-                         run_id=request.run_id, on_batch=tracker.update if tracker else None,
-                         resume_key=resume_key) as writer:
+    with open_partition(request.lake_root, request.kind, request.source, spec.name, request.partition,
+                        run_id=request.run_id, on_batch=tracker.update if tracker else None,
+                        resume_key=resume_key) as writer:
         position = writer.resumed["position"] if writer.resumed else None
         if writer.resumed and tracker is not None:
             for batch in writer.resumed_batches([tracker.cursor]):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 import uuid
 from dataclasses import fields, replace
@@ -23,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from sndw import storage
 from sndw.audit import AuditRecord, ensure_audit_table, error_text, insert_audit_row
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ _DATES = ("partition_date",)
 
 
 def spool_dir(lake_root: str | os.PathLike[str]) -> Path:
+    """``<lake>/_audit_spool``; for a lake on an object store, a local folder (``SNDW_AUDIT_SPOOL_DIR``,
+    else the system's temporary folder): the spool must be writable when nothing else is."""
+    if storage.is_url(lake_root):
+        configured = os.environ.get("SNDW_AUDIT_SPOOL_DIR")
+        return Path(configured) if configured else Path(tempfile.gettempdir()) / "sndw" / SPOOL_DIR
     return Path(lake_root) / SPOOL_DIR
 
 

@@ -189,13 +189,12 @@ def transformed_batches(transform: BatchTransform, table: str, path: str,
 def output_schema(transform: BatchTransform, table: str, path: str, batch_rows: int) -> pa.Schema:
     """The warehouse schema of one lake file: its first batch through the transform (one batch in
     memory, never the file); an empty file's schema as an empty batch through it."""
-    import pyarrow.parquet as pq
-
+    from sndw import storage
     from sndw.lake import iter_file_batches
 
     batches = iter_file_batches(path, batch_rows)
     first = next(batches, None)
     getattr(batches, "close", lambda: None)()  # the file closes now, not when collected
     if first is None:
-        first = pa.RecordBatch.from_pylist([], schema=pq.read_schema(path))
+        first = pa.RecordBatch.from_pylist([], schema=storage.read_schema(path))
     return next(transformed_batches(transform, table, path, iter([first]))).schema

@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pgpq
@@ -20,12 +19,12 @@ import polars as pl
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pgpq import encoders as pgpq_encoders
 from pgpq import schema as pgpq_schema
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
+from sndw import storage
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
 from sndw.ddl import create_schema
 from sndw.errors import EmptyExtractError, LoadError, PermanentError, SchemaConflictError
@@ -479,7 +478,7 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
               progress: Progress | None = None, transform: BatchTransform | None = None) -> tuple[int, int]:
     """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements. With a
     ``transform``, each batch goes through it first (the first batch's output is the schema)."""
-    file_schema = output_schema(transform, table, path, batch_rows) if transform else pq.read_schema(path)
+    file_schema = output_schema(transform, table, path, batch_rows) if transform else storage.read_schema(path)
     plans: list[ColumnPlan] = []
     for f in file_schema:
         planned = plan_column(table, f.name, columns[f.name], f.type, _declared(f))
@@ -546,7 +545,7 @@ def _staging_table(cur: psycopg.Cursor[Any], plans: list[ColumnPlan], constants:
 
 
 def _check_files(paths: Sequence[str]) -> None:
-    missing = [p for p in paths if not Path(p).is_file()]
+    missing = [p for p in paths if not storage.exists(p)]
     if missing:
         raise PermanentError(
             f"lake files of this load are missing (the partition was replaced by a newer extract, or "
@@ -601,7 +600,7 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                 if paths:
                     for path in paths:  # evolve with each file's schema: types may differ across files
                         schema = (output_schema(transform, spec.qualified, path, batch_rows) if transform
-                                  else pq.read_schema(path))
+                                  else storage.read_schema(path))
                         _, changes = evolve_table(cur, spec, schema)
                         result.schema_changes.extend(changes)
                 columns = table_columns(cur, spec.schema, spec.table)

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sndw.audit import AuditRecord, error_text, write_audit_record
+from sndw.settings import lake_root
 from sndw.spool import flush_spool, spool_record
 
-from sndw_airflow.context import attempt, lake_root, partition_date, started_at
+from sndw_airflow.context import attempt, partition_date, started_at
 
 log = logging.getLogger(__name__)
 

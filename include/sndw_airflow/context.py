@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sndw.settings import lake_root
+from sndw import settings, storage
 
-__all__ = ["attempt", "lake_root", "partition_date", "started_at"]
+__all__ = ["attach_lake", "attempt", "lake_root", "partition_date", "started_at"]
+
+LAKE_CONN_ID = "sndw_lake"
+
+
+def attach_lake(location: str) -> str:
+    """Make an object-store lake location readable and writable in this process; returns it.
+
+    ``s3://`` lakes go through Airflow's ``ObjectStoragePath`` with the Amazon provider's
+    connection ``SNDW_LAKE_CONN_ID`` (default ``sndw_lake``: an ``aws`` connection; its extra's
+    ``endpoint_url`` points at an S3-compatible server). When that connection does not exist, the
+    provider falls back to its default credential chain (``AWS_*`` variables, instance roles).
+    Local folders need nothing.
+    """
+    if storage.is_url(location):
+        # The filesystem ObjectStoragePath(location, conn_id=...) would use, made afresh (about 10 ms
+        # after the first): ObjectStoragePath caches it per connection id for the process's life.
+        from airflow.sdk.io import get_fs
+
+        conn_id = os.environ.get("SNDW_LAKE_CONN_ID", LAKE_CONN_ID)
+        storage.use_filesystem(storage.protocol_of(location), get_fs(storage.protocol_of(location), conn_id))
+    return location
+
+
+def lake_root() -> str:
+    """The default lake (``SNDW_LAKE_ROOT``); ``attach_lake`` it before reading or writing files."""
+    return settings.lake_root()
 
 
 def partition_date(context: Any) -> date:

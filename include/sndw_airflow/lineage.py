@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow.sdk import Asset
+from sndw import storage
 from sndw.naming import lake_partition_dir
 
 ASSET_SCHEME = "sndw"
@@ -63,9 +64,14 @@ def _output_statistics(rows: int | None, size: int | None = None) -> Any:
 
 def lake_dataset(lake_root: str, kind: str, source: str, table: str, partition: Any,
                  columns: list[dict[str, str]] | None = None) -> Any:
-    """The lake partition folder as an OpenLineage dataset (namespace ``file``, absolute path)."""
-    path = Path(lake_partition_dir(lake_root, kind, source, table, partition)).absolute()
+    """The lake partition folder as an OpenLineage dataset: namespace ``file`` and its absolute path, or
+    on an object store the bucket's namespace (``s3://bucket``) and the partition's key."""
     facets = {"schema": _schema_facet([(c["name"], c["type"]) for c in columns])} if columns else {}
+    if storage.is_url(lake_root):
+        day = partition.isoformat() if hasattr(partition, "isoformat") else str(partition)
+        bucket, _, key = storage.strip(storage.join(lake_root, kind, source, table, day)).partition("/")
+        return _dataset(f"{storage.protocol_of(lake_root)}://{bucket}", key, facets)
+    path = Path(lake_partition_dir(lake_root, kind, source, table, partition)).absolute()
     return _dataset(FILE_NAMESPACE, str(path), facets)
 
 

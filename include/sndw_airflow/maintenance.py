@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from sndw.config import iter_sources
 from sndw.errors import ConfigError, SndwError
 
-from sndw_airflow.context import lake_root
+from sndw_airflow.context import attach_lake, lake_root
 
 
 class ReplayFromLakeOperator(BaseOperator):
@@ -57,7 +57,7 @@ class ReplayFromLakeOperator(BaseOperator):
         try:
             for table in tables:
                 try:
-                    results = replay_table(conn, source, table, lake_root(), first, last,
+                    results = replay_table(conn, source, table, attach_lake(lake_root()), first, last,
                                            run_label=f"replay:{context.get('run_id')}")
                 except SndwError as exc:
                     raise AirflowFailException(str(exc)) from exc

@@ -17,7 +17,7 @@ from sndw.naming import normalize_identifier, qualified
 from sndw.pipeline import SourceAccess
 
 from sndw_airflow.callbacks import audit_failure, audit_success
-from sndw_airflow.context import attempt, lake_root, partition_date, started_at
+from sndw_airflow.context import attach_lake, attempt, lake_root, partition_date, started_at
 from sndw_airflow.lineage import table_asset
 from sndw_airflow.masking import mask_registered_secrets
 
@@ -93,6 +93,8 @@ class _ManifestTask(_SndwTask):
         manifest = self._manifest()
         if manifest is None:
             raise AirflowFailException(f"{self.task_id}: manifest is not a lake manifest: {type(self.manifest).__name__}")
+        for path in manifest.paths[:1]:  # files on an object store: reached through the lake connection
+            attach_lake(path)
         return manifest
 
     def manifest_audit_fields(self, target_table: str, step: str) -> dict[str, str]:
@@ -171,7 +173,7 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
         params = context.get("params") or {}
         request = ExtractRequest(
             pipeline=self.dag_id, source=self.source, kind=self.kind, table=spec, partition=partition_date(context),
-            lake_root=self.lake_root or lake_root(), run_id=context.get("run_id"),
+            lake_root=attach_lake(self.lake_root or lake_root()), run_id=context.get("run_id"),
             # The same for every attempt of one run: a checkpointed table's retry resumes.
             resume_key=f"{self.dag_id}|{self.task_id}|{context.get('run_id')}",
             watermark_from=str(params["watermark_from"]) if params.get("watermark_from") else None,

@@ -27,7 +27,7 @@ from sndw.errors import ConfigError
 from sndw.naming import dag_id_for, qualified
 from sndw.reconcile import reconcile
 
-from sndw_airflow.context import lake_root
+from sndw_airflow.context import attach_lake, lake_root
 from sndw_airflow.etl_page import PAGE_HTML
 
 DW_CONN_ID = os.environ.get("SNDW_API_DW_CONN_ID", "dw")
@@ -211,7 +211,7 @@ def partitions(user: GetUserDep, source: str, date_from: date | None = None, dat
                ) -> dict[str, Any]:
     found = _source(user, source)
     with warehouse() as conn:
-        report = reconcile(conn, found, lake_root(), date_from, date_to)
+        report = reconcile(conn, found, attach_lake(lake_root()), date_from, date_to)
     summary: dict[str, int] = {}
     for item in report:
         summary[item.status] = summary.get(item.status, 0) + 1

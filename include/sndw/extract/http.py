@@ -711,9 +711,9 @@ class ChildPartitions:
 
     def __init__(self, lake_root: str | Path, source: str, table: HttpTable, partition: date,
                  run_id: str | None = None) -> None:
-        from sndw.lake import PartitionWriter
+        from sndw.lake import open_partition
 
-        self.writers = {c.name: PartitionWriter(lake_root, "http", source, c.name, partition, run_id=run_id)
+        self.writers = {c.name: open_partition(lake_root, "http", source, c.name, partition, run_id=run_id)
                         for c in table.child_tables}
         for writer in self.writers.values():
             writer.__enter__()
