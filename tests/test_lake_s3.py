@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
-from sndw import storage
+from sndw import lake, storage
 from sndw.config import parse_source
 from sndw.lake import MANIFEST_FILE, open_partition, partition_dates, partition_files, write_partition
 from sndw.reconcile import reconcile
@@ -79,8 +79,8 @@ def test_a_rerun_replaces_the_partition_whole_and_removes_the_old_parts(s3_lake:
     assert all(storage.strip(p) in remaining for p in second.paths)
 
 
-def test_a_killed_extract_never_shows_and_the_next_run_publishes(s3_lake: str, s3_env: dict[str, str],
-                                                                 dw: psycopg.Connection) -> None:
+def test_a_killed_extract_never_shows_and_the_next_run_publishes(
+        s3_lake: str, s3_env: dict[str, str], dw: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     good = write_partition([batch(0, 3)], s3_lake, "sql", "src", "t", DAY)
     # A writer in its own process, killed with SIGKILL while its parts are on the store.
     script = textwrap.dedent(f"""
@@ -109,6 +109,11 @@ def test_a_killed_extract_never_shows_and_the_next_run_publishes(s3_lake: str, s
     assert count(dw, "raw.t") == 3
     rerun = write_partition([batch(50, 4)], s3_lake, "sql", "src", "t", DAY)
     assert partition_files(s3_lake, "sql", "src", "t", DAY) == rerun.paths
+    assert set(orphans) <= set(objects(s3_lake))  # a young attempt may be a live writer: kept
+    monkeypatch.setattr(lake, "STALE_ATTEMPT_SECONDS", 0)  # as if a day had passed
+    last = write_partition([batch(60, 1)], s3_lake, "sql", "src", "t", DAY)
+    assert not set(orphans) & set(objects(s3_lake))
+    assert [p for p in objects(s3_lake) if "/_attempt-" in p] == sorted(storage.strip(p) for p in last.paths)
 
 
 def test_a_checkpointed_extract_resumes_from_the_store(s3_lake: str) -> None:

@@ -38,6 +38,8 @@ PART_GLOB = "part-*.parquet"
 CHECKPOINT_FILE = "_checkpoint.json"
 # An object-store partition's published manifest: the only thing its readers trust.
 MANIFEST_FILE = "_manifest.json"
+# An object-store attempt folder untouched this long belongs to a dead extract.
+STALE_ATTEMPT_SECONDS = 24 * 3600
 RUN_ID_KEY = b"sndw.run_id"
 MANIFEST_ID_KEY = b"sndw.manifest_id"
 # Batch schema metadata a reader may set: the source file a batch came from, named in validation errors.
@@ -667,6 +669,7 @@ class ObjectPartitionWriter(PartitionWriter):
                 self.fs.rm(storage.strip(old), recursive=True)
             except FileNotFoundError:
                 pass
+        self._sweep_stale_attempts()
         log.info("lake partition %s: %d rows in %d files (%d bytes)", self.partition_url,
                  self.manifest.rows, len(self._files), self.manifest.bytes)
         return self.manifest
@@ -677,6 +680,30 @@ class ObjectPartitionWriter(PartitionWriter):
             self.fs.rm(storage.strip(self.work_url), recursive=True)
         except FileNotFoundError:
             pass
+
+    def _sweep_stale_attempts(self) -> None:
+        """Delete other attempts' folders untouched for ``STALE_ATTEMPT_SECONDS``: killed extracts'.
+
+        No lock tells a dead writer from a live one on an object store, so age does: a live
+        writer adds a part at least every ``rows_per_file`` rows. A checkpointed attempt paused
+        for longer than that starts over when resumed (its checkpoint names missing files).
+        """
+        cutoff = time.time() - STALE_ATTEMPT_SECONDS
+        newest: dict[str, float] = {}
+        prefix = storage.strip(self.partition_url)
+        for key, info in self.fs.find(prefix, detail=True).items():
+            relative = key[len(prefix):].lstrip("/")
+            folder = relative.split("/", 1)[0]
+            if not folder.startswith("_attempt-") or "/" not in relative:
+                continue
+            modified = info.get("LastModified") or info.get("mtime")
+            stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or 0)
+            newest[folder] = max(newest.get(folder, 0.0), stamp)
+        for folder, stamp in newest.items():
+            url = storage.join(self.partition_url, folder)
+            if url != self.work_url and stamp < cutoff:
+                log.warning("removed %s, left by an extract that did not finish", url)
+                self.fs.rm(storage.strip(url), recursive=True)
 
 
 def _parent(path: str) -> str:
