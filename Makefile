@@ -15,8 +15,10 @@ DEV := $(VENV)/.dev-installed
 BENCH := $(VENV)/.bench-installed
 ENV := . scripts/dev-env
 PYTEST_ARGS ?=
+# make up: local (LocalExecutor, airflow standalone) or celery (scripts/airflow-celery)
+EXECUTOR ?= local
 
-.PHONY: help venv install-dev airflow-init demo test test-fast lint up down status dw-start dw-stop dw-psql \
+.PHONY: help venv install-dev airflow-init demo test test-fast lint up up-celery down status dw-start dw-stop dw-psql \
 	run-pipeline test-dw s3-start s3-stop redis-start redis-stop \
 	infra-up infra-down infra-status lock validate clean bench
 
@@ -70,8 +72,11 @@ lint: $(DEV) ## ruff on everything, mypy on the library code
 validate: $(RUNTIME) ## Check every source config in dags/sources
 	@SNDW_NO_DW=1 $(ENV) && python -m sndw.cli validate dags/sources
 
-up: $(RUNTIME) airflow-init ## Start Airflow standalone (UI on localhost:8080) on the local warehouse
-	@$(ENV) && scripts/airflow-up
+up: $(RUNTIME) airflow-init ## Start Airflow (UI on localhost:8080) on the local warehouse; EXECUTOR=celery: 2 Celery workers, lake on local S3
+	@$(ENV) && SNDW_EXECUTOR=$(EXECUTOR) scripts/airflow-up
+
+up-celery: ## The same as make up EXECUTOR=celery
+	@$(MAKE) --no-print-directory up EXECUTOR=celery
 
 down: ## Stop Airflow standalone, the local PostgreSQL, and the local S3 and Redis if they run
 	@scripts/airflow-down

@@ -7,6 +7,7 @@ The issue this guards against: on SQLite metadata, `airflow backfill create` fai
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.util
 import json
@@ -84,8 +85,10 @@ def answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def standalone(airflow_db: Path, dw_url: str, tmp_path: Path) -> Iterator[Airflow]:
+@contextlib.contextmanager
+def airflow_stack(dw_url: str, tmp_path: Path, **extra_env: str) -> Iterator[Airflow]:
+    """scripts/airflow-up in the tests' AIRFLOW_HOME on free ports, stopped by scripts/airflow-down
+    afterwards; ``extra_env`` on top (``SNDW_EXECUTOR=celery`` for the Celery stack)."""
     port = free_port()
     env = {**os.environ,
            "SNDW_ROOT": str(ROOT),  # airflow-up then leaves the environment as it is (no .env)
@@ -96,7 +99,7 @@ def standalone(airflow_db: Path, dw_url: str, tmp_path: Path) -> Iterator[Airflo
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
            "AIRFLOW_UP_TIMEOUT": "240", "SNDW_DEMO_DATA": str(tmp_path / "demo"),
-           "PYTHONWARNINGS": "ignore"}
+           "PYTHONWARNINGS": "ignore", **extra_env}
     env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{port}/execution/"
     # What `make demo` leaves behind: the sample connections imported into the metadata DB, and the
     # demo API's port, which airflow-up serves while Airflow runs.
@@ -118,6 +121,12 @@ def standalone(airflow_db: Path, dw_url: str, tmp_path: Path) -> Iterator[Airflo
         pid_file = TEST_AIRFLOW_HOME / "standalone.pid"
         assert not pid_file.exists(), "airflow-down left standalone running"
         assert not answers(f"{airflow.demo_api}/users"), "airflow-down left the demo API running"
+
+
+@pytest.fixture
+def standalone(airflow_db: Path, dw_url: str, tmp_path: Path) -> Iterator[Airflow]:
+    with airflow_stack(dw_url, tmp_path) as airflow:
+        yield airflow
 
 
 def wait_for(what: str, check: Any, timeout: float) -> Any:
