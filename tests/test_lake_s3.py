@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -177,3 +178,30 @@ def test_a_source_runs_through_airflow_with_the_lake_on_s3(
     xcom = json.dumps([ti.xcom_pull(task_ids="extract_orders") for ti in dag_run.get_task_instances()][:1],
                       default=str)
     assert "s3://" in xcom and os.environ["AIRFLOW_CONN_SNDW_LAKE"].split('"password": "')[1][:20] not in xcom
+
+
+def test_the_command_line_runs_into_an_s3_lake(cli: Any, tmp_path: Path, s3_lake: str, s3_env: dict[str, str],
+                                              dw_url: str) -> None:
+    """`python -m etl.cli run --lake s3://...`: Airflow-free, credentials from the AWS_* variables."""
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+        conn.executemany("INSERT INTO users VALUES (?, ?)", [(1, "ada"), (2, "bob")])
+    (tmp_path / "sqlite.json").write_text(json.dumps({"protocol": "sqlite", "path": "app.db"}))
+    aws = {k: v for k, v in s3_env.items() if k.startswith("AWS_")}
+    code, out, err = cli("run", "--config", "sqlite.json", "--query", "SELECT * FROM users", "--source", "app",
+                         "--table", "users", "--lake", s3_lake, env=aws)
+    assert code == 0 and out["rows_loaded"] == 2, err
+    assert partition_dates(s3_lake, "sql", "app", "users") == [dt.date.fromisoformat(out["partition"])]
+    assert all(p.startswith(s3_lake) for p in out["lake_paths"])
+    assert aws["AWS_SECRET_ACCESS_KEY"] not in out and aws["AWS_SECRET_ACCESS_KEY"] not in err
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT id, name FROM users ORDER BY id").fetchall() == [(1, "ada"), (2, "bob")]
+    # without credentials: a clear failure, nothing loaded twice
+    code, out, err = cli("run", "--config", "sqlite.json", "--query", "SELECT * FROM users", "--source", "app",
+                         "--table", "users", "--lake", s3_lake,
+                         env={"AWS_ENDPOINT_URL": aws["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": "nobody",
+                              "AWS_SECRET_ACCESS_KEY": "wrong"})
+    assert code == 1 and out["status"] == "failure" and "PermissionError" in out["error"], (out, err)
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT count(*) FROM users").fetchone() == (2,)

@@ -29,6 +29,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from sndw import storage
 from sndw.connectors import Connector, load_connector
 from sndw.errors import ConfigError, SndwError
 
@@ -164,7 +165,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     schema, target = normalize_identifier(args.schema), normalize_identifier(args.table)
     source = normalize_identifier(args.source)
     table = connector.table(target, args.query, args.write_mode)
-    lake = str(Path(args.lake).resolve())
+    lake = args.lake if storage.is_url(args.lake) else str(Path(args.lake).resolve())
     result = run_table(url=url, pipeline=args.pipeline, source=source, kind=connector.kind, table=table,
                        access=connector.access(warehouse=warehouse_factory(url)), lake=lake, schema=schema,
                        partition=datetime.now(UTC).date(), what=args.query, source_name=args.source)
