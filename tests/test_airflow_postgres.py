@@ -61,8 +61,14 @@ class Airflow:
                                          data=json.dumps(body).encode() if body is not None else None,
                                          headers={"Content-Type": "application/json",
                                                   **({"Authorization": f"Bearer {self.token}"} if auth else {})})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
+        for attempt in range(3 if method == "GET" else 1):  # a busy 2-core machine: the API may lag
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return json.load(response)
+            except TimeoutError:
+                if attempt == 2 or method != "GET":
+                    raise
+        raise AssertionError("unreachable")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True,

@@ -72,8 +72,9 @@ def _extract_state(dag_id: str) -> str | None:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
-    with create_session() as session:
-        ti = session.query(TaskInstance).filter_by(dag_id=dag_id, task_id="extract_items").one_or_none()
+    with create_session() as session:  # this test's run: the newest (the metadata DB outlives test sessions)
+        ti = (session.query(TaskInstance).filter_by(dag_id=dag_id, task_id="extract_items")
+              .order_by(TaskInstance.id.desc()).first())
         return str(ti.state) if ti is not None else None
 
 
