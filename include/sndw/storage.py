@@ -12,11 +12,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 _FILESYSTEMS: dict[str, Any] = {}  # protocol -> fsspec filesystem registered by the adapter
-_ARROW: dict[int, pafs.FileSystem] = {}
 _LOCK = threading.Lock()
 
 
@@ -34,7 +32,6 @@ def use_filesystem(protocol: str, fs: Any) -> None:
     """Use ``fs`` (an fsspec filesystem) for every ``protocol://`` location in this process."""
     with _LOCK:
         _FILESYSTEMS[protocol] = fs
-        _ARROW.pop(id(fs), None)
 
 
 def filesystem(url: str) -> Any:
@@ -59,33 +56,35 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def arrow_location(path: str) -> tuple[str, pafs.FileSystem | None]:
-    """What pyarrow's Parquet functions take: ``(path, filesystem)``; no filesystem for local files."""
+# Object-store files are read and written through buffers of this size: a write uploads a part each
+# time the buffer fills (multipart), a read fetches ahead this far. fsspec's S3 default is 50 MiB,
+# which held whole objects of that size in memory, twice over while uploading.
+BLOCK_SIZE = 8 * 2**20
+
+
+def open_output(path: str) -> Any:
+    """A file to write on the object store, uploaded in ``BLOCK_SIZE`` parts as it is written."""
+    return filesystem(path).open(strip(path), "wb", block_size=BLOCK_SIZE)
+
+
+def _source(path: str) -> Any:
     if not is_url(path):
-        return path, None
-    fs = filesystem(path)
-    with _LOCK:
-        arrow = _ARROW.get(id(fs))
-        if arrow is None:
-            arrow = _ARROW[id(fs)] = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    return strip(path), arrow
+        return path
+    return filesystem(path).open(strip(path), "rb", block_size=BLOCK_SIZE, cache_type="readahead")
 
 
 def read_schema(path: str) -> Any:
-    where, fs = arrow_location(str(path))
-    return pq.read_schema(where, filesystem=fs)
+    return pq.read_schema(_source(str(path)))
 
 
 def read_metadata(path: str) -> Any:
-    where, fs = arrow_location(str(path))
-    return pq.read_metadata(where, filesystem=fs)
+    return pq.read_metadata(_source(str(path)))
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
     """A Parquet file read batch by batch: ``pre_buffer=False`` keeps memory flat however large it is
     (on object storage each row group is fetched when it is read, never the whole object)."""
-    where, fs = arrow_location(str(path))
-    return pq.ParquetFile(where, pre_buffer=False, filesystem=fs)
+    return pq.ParquetFile(_source(str(path)), pre_buffer=False)
 
 
 def exists(path: str) -> bool:
