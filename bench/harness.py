@@ -8,20 +8,23 @@ BENCH_ROUNDS rounds (the order rotates every round) and the median wall time is 
 Preparation (data, reference files, target tables, CHECKPOINT) is never timed.
 
 Settings (environment):
-  BENCH_ROWS           rows of the generated table (default 2,000,000)
+  BENCH_ROWS           rows of the generated table (default 1,000,000: `make bench` in < 10 min on 2 cores)
   BENCH_ROUNDS         rounds per measurement (default 3)
   BENCH_OUT            where latest.json / latest.png go (default bench/results)
   BENCH_WORK           scratch folder for lake files and COPY files (default .local/bench-work)
   BENCH_PG_DIR         the benchmark's own pg-local cluster (default .local/pg-bench)
   BENCH_PG_URL         use this server instead of starting a cluster (databases are created on it)
   BENCH_DB             name of the benchmark database (default sndw_bench; Pagila goes to <name>_pagila)
-  BENCH_PANDAS_ROWS    rows for pandas to_sql (default 200,000: it is too slow for the full N)
+  BENCH_PANDAS_ROWS    rows for pandas to_sql (default 100,000: it is too slow for the full N)
   BENCH_INSERT_ROWS    rows for PostgresHook.insert_rows (default 20,000)
-  BENCH_DLT_CSV_ROWS   rows for dlt's default (CSV) path (default 500,000)
+  BENCH_DLT_CSV_ROWS   rows for dlt's default (CSV) path (default 200,000)
   BENCH_PARSE_SOURCES  source-config counts for the DAG-folder parse (default 1,10,100)
   BENCH_DATASETS       folder holding pagila/ (default <repo>/../shared/datasets)
-  BENCH_SKIP           comma-separated sections or methods to skip (e.g. dlt,pandas,pagila,memory)
+  BENCH_SKIP           comma-separated sections or methods to skip (e.g. dlt,pandas,pagila,memory,replace,
+                       wal_minimal: the replace figures after a restart with wal_level=minimal)
   BENCH_KEEP           1 keeps the scratch folder and the databases
+  (BENCH_SKIP also takes replace, wal_minimal, parse, dags_test: `airflow dags test` of 1- and 10-table sources)
+  BENCH_DAGS_TEST_ROUNDS rounds of the `airflow dags test` section (default 1: ~25 s a run)
   BENCH_TIMEOUT        seconds one measured process may take (default 3600)
 """
 
@@ -40,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,21 +70,22 @@ def _int_env(name: str, default: int) -> int:
 
 @dataclass
 class Settings:
-    rows: int = field(default_factory=lambda: _int_env("BENCH_ROWS", 2_000_000))
+    rows: int = field(default_factory=lambda: _int_env("BENCH_ROWS", 1_000_000))
     rounds: int = field(default_factory=lambda: _int_env("BENCH_ROUNDS", 3))
     out_dir: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results")))
     work_dir: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_WORK", ROOT / ".local" / "bench-work")))
     pg_dir: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_PG_DIR", ROOT / ".local" / "pg-bench")))
     pg_url: str = field(default_factory=lambda: os.environ.get("BENCH_PG_URL", ""))
     db: str = field(default_factory=lambda: os.environ.get("BENCH_DB", "sndw_bench"))
-    pandas_rows: int = field(default_factory=lambda: _int_env("BENCH_PANDAS_ROWS", 200_000))
+    pandas_rows: int = field(default_factory=lambda: _int_env("BENCH_PANDAS_ROWS", 100_000))
     insert_rows: int = field(default_factory=lambda: _int_env("BENCH_INSERT_ROWS", 20_000))
-    dlt_csv_rows: int = field(default_factory=lambda: _int_env("BENCH_DLT_CSV_ROWS", 500_000))
+    dlt_csv_rows: int = field(default_factory=lambda: _int_env("BENCH_DLT_CSV_ROWS", 200_000))
     parse_sources: list[int] = field(default_factory=lambda: [
         int(x) for x in os.environ.get("BENCH_PARSE_SOURCES", "1,10,100").split(",") if x.strip()])
     datasets: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_DATASETS", ROOT.parent / "shared" / "datasets")))
     skip: set[str] = field(default_factory=lambda: {
         x.strip() for x in os.environ.get("BENCH_SKIP", "").split(",") if x.strip()})
+    dags_test_rounds: int = field(default_factory=lambda: _int_env("BENCH_DAGS_TEST_ROUNDS", 1))
     keep: bool = field(default_factory=lambda: os.environ.get("BENCH_KEEP", "") == "1")
 
 
@@ -564,6 +568,61 @@ class Bench:
         self.results["write_modes"] = summarise(info, samples, reference="append", ratio="cost")
         self.drop("wm_append", "wm_partition")
 
+    # ------------------------------------------------------------------------- replace
+
+    def set_wal_minimal(self, minimal: bool) -> None:
+        """Restart the bench's own cluster with wal_level=minimal (and no WAL senders), or back."""
+        for name, value in (("wal_level", "minimal"), ("max_wal_senders", "0")):
+            self.execute(f"ALTER SYSTEM SET {name} = '{value}'" if minimal else f"ALTER SYSTEM RESET {name}")
+        env = {**os.environ, "PG_LOCAL_DIR": str(self.s.pg_dir)}
+        for command in ("stop", "start"):
+            subprocess.run([str(PG_LOCAL), command], env=env, check=True, stdout=subprocess.DEVNULL)
+
+    def replace_round(self) -> dict[str, Any]:
+        """sndw's replace of N rows (a table of N rows: TRUNCATE + COPY FREEZE in one transaction)
+        against psql's binary COPY of the same rows into an existing empty table."""
+        def sndw_replace() -> Sample:
+            self.checkpoint()
+            return self.worker("load_sndw", {"url": self.url, "paths": self.paths, "schema": SCHEMA,
+                                             "table": "rp_sndw", "mode": "replace", "partition": PARTITION})
+
+        def psql_copy() -> Sample:
+            self.drop("rp_psql")
+            self.execute(f"CREATE TABLE {SCHEMA}.rp_psql (LIKE {SCHEMA}.ref_base INCLUDING DEFAULTS)")
+            self.checkpoint()
+            sample = self.psql_cmd(f"\\copy {SCHEMA}.rp_psql ({self.column_list}) FROM {quote(self.ref_bin)} "
+                                   "(FORMAT binary)")
+            sample.rows = self.count("rp_psql")
+            return sample
+
+        level = self.execute("SHOW wal_level")[0][0]
+        log(f"  wal_level = {level}")
+        samples = self.interleave({"sndw": sndw_replace, "psql_binary": psql_copy})
+        n = self.s.rows
+        info = {"sndw": {"label": "sndw replace (TRUNCATE + COPY FREEZE, one transaction)", "rows": n,
+                         "skipped": None, "note": f"a table of {n:,} rows"},
+                "psql_binary": {"label": "psql \\copy FROM binary into an existing empty table (reference)",
+                                "rows": n, "skipped": None, "note": ""}}
+        return {"wal_level": level, **summarise(info, samples, reference="psql_binary")}
+
+    def bench_replace(self) -> None:
+        if "replace" in self.s.skip:
+            self.results["replace"] = []
+            return
+        log("REPLACE: full refresh of N rows against psql's binary COPY into an empty table")
+        self.worker("load_sndw", {"url": self.url, "paths": self.paths, "schema": SCHEMA, "table": "rp_sndw",
+                                  "mode": "replace", "partition": PARTITION})
+        out = [self.replace_round()]
+        # wal_level needs a restart: only on the bench's own cluster, never on a BENCH_PG_URL server.
+        if "wal_minimal" not in self.s.skip and not self.s.pg_url:
+            self.set_wal_minimal(True)
+            try:
+                out.append(self.replace_round())
+            finally:
+                self.set_wal_minimal(False)
+        self.results["replace"] = out
+        self.drop("rp_sndw", "rp_psql")
+
     # -------------------------------------------------------------------------- memory
 
     def bench_memory(self) -> None:
@@ -702,6 +761,62 @@ class Bench:
                          "peak_rss_mib": round(statistics.median(r.rss_kib for r in runs) / 1024, 1)})
         self.results["parse"] = rows
 
+    def bench_dags_test(self) -> None:
+        """Wall time of ``airflow dags test`` (whole CLI process) for a sql source of 1 and of 10
+        tables, each against a DAG of the same shape whose tasks do nothing: the difference is
+        what sndw's own code costs, the rest is Airflow's start-up, parse and task runner."""
+        if "dags_test" in self.s.skip:
+            self.results["dags_test"] = []
+            return
+        log(f"AIRFLOW: airflow dags test of a sql source of 1 and 10 tables ({DAGS_TEST_ROWS:,} rows each)")
+        home = self.work / "airflow-dags-test"
+        folder = self.work / "dags-test"
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "sources").mkdir(parents=True)
+        shutil.copy(ROOT / "dags" / "sndw_sources.py", folder / "sndw_sources.py")
+        (folder / "noop.py").write_text(NOOP_DAGS)
+        for count in (1, 10):
+            tables = "".join(DAGS_TEST_TABLE.format(i=i, rows=DAGS_TEST_ROWS) for i in range(count))
+            (folder / "sources" / f"bench_{count}.yaml").write_text(DAGS_TEST_SOURCE.format(count=count) + tables)
+        env = {**self.worker_env(), "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
+               "AIRFLOW_CONN_BENCH_SRC": self.url, "AIRFLOW_CONN_DW": self.url,
+               "SNDW_LAKE_ROOT": str(self.work / "dags-test-lake")}
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        airflow = str(Path(sys.executable).with_name("airflow"))
+        run_process([airflow, "db", "migrate"], env=env)  # untimed
+        # Untimed warm-up: the first `dags test` of a fresh home also serialises the folder's DAGs
+        # and fills the OS cache (it took 13 s more than the same run later).
+        run_process([airflow, "dags", "test", "noop_1", "2024-01-01"], env=env)
+        day = iter(range(2, 10_000))
+
+        def dags_test(dag_id: str) -> Callable[[], Sample]:
+            def run() -> Sample:  # a new logical date each time: no run of the same date to clash with
+                logical = (datetime(2024, 1, 1) + timedelta(days=next(day))).strftime("%Y-%m-%d")
+                seconds, rss, stdout, stderr = run_process([airflow, "dags", "test", dag_id, logical], env=env)
+                loaded = 0
+                if dag_id.startswith("bench_"):
+                    loaded = sum(self.count(f"t{i}", schema="dags_test") for i in range(int(dag_id.split("_")[1])))
+                    if loaded != int(dag_id.split("_")[1]) * DAGS_TEST_ROWS:
+                        raise MethodError(f"dags test {dag_id} loaded {loaded:,} rows: {(stderr or stdout)[-1500:]}")
+                return Sample(seconds, loaded, rss)
+            return run
+
+        samples = self.interleave({f"{kind}_{n}": dags_test(f"{'bench' if kind == 'sndw' else 'noop'}_{n}")
+                                   for n in (1, 10) for kind in ("sndw", "noop")}, rounds=self.s.dags_test_rounds)
+        rows = []
+        for n in (1, 10):
+            sndw, noop = samples[f"sndw_{n}"], samples[f"noop_{n}"]
+            own = [a.seconds - b.seconds for a, b in zip(sndw, noop, strict=True)]
+            rows.append({"tables": n, "tasks": 2 * n, "seconds": round(statistics.median(s.seconds for s in sndw), 2),
+                         "rounds": [round(s.seconds, 2) for s in sndw],
+                         "noop_seconds": round(statistics.median(s.seconds for s in noop), 2),
+                         "noop_rounds": [round(s.seconds, 2) for s in noop],
+                         "sndw_own_seconds": round(statistics.median(own), 2),
+                         "sndw_own_range": [round(min(own), 2), round(max(own), 2)],
+                         "peak_rss_mib": round(statistics.median(s.rss_kib for s in sndw) / 1024, 1)})
+        self.results["dags_test"] = rows
+
     # ---------------------------------------------------------------------------- run
 
     def run(self) -> dict[str, Any]:
@@ -713,12 +828,14 @@ class Bench:
             self.bench_load()
             self.bench_extract()
             self.bench_write_modes()
+            self.bench_replace()
             if "memory" in self.s.skip:
                 self.results["memory"] = []
             else:
                 self.bench_memory()
             self.bench_pagila()
             self.bench_parse()
+            self.bench_dags_test()
         finally:
             self.stop()
         self.results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
@@ -790,6 +907,41 @@ tables:
   - name: products
     table: public.products
     write_mode: replace
+"""
+
+
+DAGS_TEST_ROWS = 10_000
+DAGS_TEST_SOURCE = """\
+name: bench_{count}
+kind: sql
+conn_id: bench_src
+target_schema: dags_test
+schedule: "@daily"
+start_date: 2024-01-01
+tables:
+"""
+DAGS_TEST_TABLE = """\
+  - name: t{i}
+    query: SELECT * FROM bench_src WHERE id <= {rows}
+    write_mode: replace
+"""
+# The same shape as the sources' DAGs (an extract and a load per table) with tasks that do nothing.
+# (EmptyOperator would not do: the scheduler marks it done without running it.)
+NOOP_DAGS = """\
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+
+def nothing():
+    return None
+
+
+for n in (1, 10):
+    with DAG(f"noop_{n}", schedule=None) as dag:
+        for i in range(n):
+            PythonOperator(task_id=f"extract_t{i}", python_callable=nothing) >> PythonOperator(
+                task_id=f"load_t{i}", python_callable=nothing)
+    globals()[dag.dag_id] = dag
 """
 
 

@@ -10,6 +10,7 @@ LOAD_TARGET = 0.85  # x psql \copy FROM binary
 EXTRACT_TARGET = 1.0  # x psql \copy TO csv
 PARTITION_TARGET = 1.3  # x append of the same rows
 MERGE_TARGET = 1.5  # x append of the same rows (issue 14)
+REPLACE_TARGET = 1.0  # x psql \copy FROM binary into an existing empty table (issue 14)
 RSS_GROWTH_TARGET = 1.10  # peak RSS at 4N / at N
 SIZE_TARGET = 1.15  # loaded bench table / its source table (pg_table_size)
 PARSE_TARGET_SECONDS = 2.0  # DagBag of 100 source configs
@@ -40,6 +41,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     merge = _method(results, "write_modes", "merge")
     add("merge", f"<= {MERGE_TARGET}x append", merge and merge["ratio"],
         merge and merge["ratio"] <= MERGE_TARGET, f"{merge['ratio']:.2f}x" if merge else "not measured")
+    for block in results.get("replace") or []:
+        rep = next((m for m in block["methods"] if m["method"] == "sndw" and "ratio" in m), None)
+        add(f"replace (wal_level {block['wal_level']})", f">= {REPLACE_TARGET}x psql binary COPY into an empty table",
+            rep and rep["ratio"], rep and rep["ratio"] >= REPLACE_TARGET, f"{rep['ratio']:.2f}x" if rep else "not measured")
     for row in results.get("memory") or []:
         add(f"{row['step']} RSS at 4N", f"<= {RSS_GROWTH_TARGET:.2f}x RSS at N", row["growth"],
             row["growth"] <= RSS_GROWTH_TARGET,
@@ -102,6 +107,9 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"| {m['method']} | {_n(m['rows'])} | {m['seconds']:.2f} | {_ratio(m)} | "
                          f"{m['peak_rss_mib']:.0f} | {m['note']} |")
         lines.append("")
+    for block in results.get("replace") or []:
+        lines += [f"Replace: N rows into a table of N rows, wal_level = {block['wal_level']}", ""]
+        lines += _speed_table(block, "psql binary", meta["rows"]) + [""]
     if results.get("memory"):
         lines += ["Memory growth of sndw (peak RSS of the process)", "",
                   "| step | RSS at N MiB | rows at 4N | RSS at 4N MiB | 4N / N |", "|---|---:|---:|---:|---:|"]
@@ -130,6 +138,16 @@ def render(results: dict[str, Any]) -> str:
                   "| sources | DAGs | tasks | parse s | peak RSS MiB |", "|---:|---:|---:|---:|---:|"]
         for p in results["parse"]:
             lines.append(f"| {p['sources']} | {p['dags']} | {p['tasks']} | {p['seconds']:.2f} | {p['peak_rss_mib']:.0f} |")
+        lines.append("")
+    if results.get("dags_test"):
+        lines += ["Airflow: `airflow dags test` of a sql source (whole CLI process; the no-op DAG has the same tasks "
+                  "doing nothing)", "",
+                  "| tables | tasks | sndw DAG s | no-op DAG s | sndw's own s (range) | peak RSS MiB |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for d in results["dags_test"]:
+            lines.append(f"| {d['tables']} | {d['tasks']} | {d['seconds']:.1f} | {d['noop_seconds']:.1f} | "
+                         f"{d['sndw_own_seconds']:.1f} ({d['sndw_own_range'][0]:.1f}-{d['sndw_own_range'][1]:.1f}) | "
+                         f"{d['peak_rss_mib']:.0f} |")
         lines.append("")
     lines += ["Targets", "", "| target | goal | measured | result |", "|---|---|---|---|"]
     for t in results.get("targets", []):

@@ -130,6 +130,27 @@ def test_replace_of_a_table_without_foreign_keys_keeps_its_oid(tmp_path: Path, d
     assert dw.execute("SELECT id, v FROM items_view").fetchall() == [(3, "c")]
 
 
+def test_replace_writes_its_rows_frozen_also_inside_a_callers_transaction(
+        tmp_path: Path, dw: psycopg.Connection) -> None:
+    """TRUNCATE + COPY ... FREEZE in one (sub)transaction: every page all-visible and all-frozen at
+    once, with no VACUUM; also when the caller's transaction is open (the load is then a savepoint)."""
+    spec = LoadSpec("public", "items", "replace")
+    dw.execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+    dw.commit()
+    rows = 20_000
+    load_manifest(dw, extract(tmp_path, {"id": list(range(rows)), "v": ["x" * 20] * rows}), spec)
+    dw.execute("SELECT 1")  # the caller's transaction is open: load_files nests in a savepoint
+    load_manifest(dw, extract(tmp_path, {"id": list(range(rows, 2 * rows)), "v": ["y" * 20] * rows}), spec)
+    pages, visible, frozen = dw.execute(
+        "SELECT pg_relation_size('items') / current_setting('block_size')::int, all_visible, all_frozen "
+        "FROM pg_visibility_map_summary('items')").fetchone()
+    assert pages > 10 and visible == pages and frozen == pages
+    assert dw.execute("SELECT count(*), min(id) FROM items").fetchone() == (rows, rows)
+    dw.rollback()  # the caller's rollback takes the second replace with it: all or nothing
+    assert dw.execute("SELECT count(*), min(id) FROM items").fetchone() == (rows, 0)
+    dw.rollback()
+
+
 def test_replace_dropping_a_key_still_referenced_fails_and_changes_nothing(
         tmp_path: Path, dw: psycopg.Connection) -> None:
     spec = LoadSpec("public", "items", "replace")

@@ -170,6 +170,20 @@ def test_merge_on_a_composite_key_and_a_table_other_tables_point_at(tmp_path: Pa
                                                                             ("b", 2, 40)]
 
 
+def test_merge_keeps_the_last_row_of_a_key_also_without_a_unique_key_index(
+        tmp_path: Path, dw: psycopg.Connection) -> None:
+    """A table whose key index was replaced by hand by a non-unique one still gets one row per key:
+    the merge's own duplicate handling decides, not the index."""
+    spec = LoadSpec("public", "users", "merge", ["id"])
+    load_manifest(dw, lake(tmp_path, pa.record_batch({"id": [1, 2], "name": ["a", "b"]})), spec)
+    dw.execute("DROP INDEX users__sndw_key")
+    dw.execute("CREATE INDEX users__sndw_key ON users (id)")  # same name, not unique: not recreated
+    dw.commit()
+    load_manifest(dw, lake(tmp_path, pa.record_batch({"id": [2, 3, 2, 3], "name": ["x", "c", "b-new", "c-new"]})),
+                  spec)
+    assert rows(dw, "SELECT id, name FROM users ORDER BY id") == [(1, "a"), (2, "b-new"), (3, "c-new")]
+
+
 def test_merge_rejects_null_keys(tmp_path: Path, dw: psycopg.Connection) -> None:
     spec = LoadSpec("public", "users", "merge", ["id"])
     with pytest.raises(Exception, match="NULL primary key"):

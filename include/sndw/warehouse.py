@@ -475,9 +475,11 @@ class _BoundedQueuedWriter(QueuedLibpqWriter):
 
 def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, columns: dict[str, str],
               table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000,
-              progress: Progress | None = None, transform: BatchTransform | None = None) -> tuple[int, int]:
+              progress: Progress | None = None, transform: BatchTransform | None = None,
+              freeze: bool = False) -> tuple[int, int]:
     """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements. With a
-    ``transform``, each batch goes through it first (the first batch's output is the schema)."""
+    ``transform``, each batch goes through it first (the first batch's output is the schema).
+    ``freeze``: COPY ... FREEZE, only for a table truncated or created in the current subtransaction."""
     file_schema = output_schema(transform, table, path, batch_rows) if transform else storage.read_schema(path)
     plans: list[ColumnPlan] = []
     for f in file_schema:
@@ -490,8 +492,11 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
     final_target = target
     if staged:  # columns carried as text: COPY them into text columns, cast on the way to the table
         target = _staging_table(cur, plans, constants, columns)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        target, sql.SQL(", ").join(sql.Identifier(c) for c in encoder.column_names))
+    # FREEZE writes the rows frozen and all-visible: no hint-bit rewrite or freezing vacuum of the
+    # whole table later (not for the text staging table: its rows reach the table by INSERT).
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY{})").format(
+        target, sql.SQL(", ").join(sql.Identifier(c) for c in encoder.column_names),
+        sql.SQL(", FREEZE" if freeze and not staged else ""))
     rows = 0
     # A queued writer sends to the server from its own thread while this one reads and encodes
     # the next batch (shared/POSTGRES-LOADING.md: 0.94x of psql's binary COPY against 0.86x).
@@ -702,13 +707,13 @@ def register_file(cur: psycopg.Cursor[Any], spec: LoadSpec, path: str, partition
 
 def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, paths: Sequence[str],
               columns: dict[str, str], partition: date, run_id: str | None, result: LoadResult,
-              batch_rows: int) -> None:
+              batch_rows: int, freeze: bool = False) -> None:
     progress = Progress(f"load {spec.qualified}")
     for path in paths:
         file_id = register_file(cur, spec, path, partition, run_id)
         rows, nul = copy_file(cur, target, path, columns, spec.qualified, _constants(file_id, partition),
                               batch_rows, progress,
-                              spec.transform if isinstance(spec.transform, BatchTransform) else None)
+                              spec.transform if isinstance(spec.transform, BatchTransform) else None, freeze)
         result.rows_loaded += rows
         result.nul_replaced += nul
 
@@ -755,7 +760,10 @@ def _replace(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], col
         _replace_referenced(cur, spec, keys[0], paths, columns, partition, run_id, result, batch_rows)
         return
     cur.execute(sql.SQL("TRUNCATE {}").format(spec.ident()))
-    _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
+    # Truncated in this (sub)transaction, so COPY may FREEZE; with wal_level=minimal the new
+    # file's rows also need no WAL (README "Performance": the settings each figure depends on).
+    _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows,
+              freeze=not _is_partitioned(cur, spec.schema, spec.table))
 
 
 def _replace_referenced(cur: psycopg.Cursor[Any], spec: LoadSpec, key: list[str], paths: Sequence[str],
