@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ import yaml
 from sndw.demo import manufacturing
 
 from tests.conftest import ROOT, TEST_AIRFLOW_HOME, TEST_DAGS, TEST_SOURCES, count, metadata_db
-from tests.test_airflow_postgres import Airflow, _serialized, standalone, wait_for  # noqa: F401 (fixture)
+from tests.test_airflow_postgres import Airflow, _serialized, airflow_stack, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +63,19 @@ def rest_source(airflow_db: Path, source_db: str, monkeypatch: pytest.MonkeyPatc
     return name
 
 
+@pytest.fixture
+def serial_standalone(airflow_db: Path, dw_url: str, tmp_path: Path) -> Iterator[Airflow]:
+    """`airflow standalone` running one task at a time. Airflow 3.3 races when the asset events of
+    one partition key arrive within milliseconds (it locks the producing asset, not the consumer's
+    key): two pending consumer runs get part of the assets each and neither runs. Seen here when
+    the 3 loads of a date finished 9 ms apart; README "Assets and lineage" says more."""
+    with airflow_stack(dw_url, tmp_path, AIRFLOW__CORE__PARALLELISM="1") as airflow:
+        yield airflow
+
+
 def test_a_backfill_of_three_dates_runs_the_summary_three_times_read_through_rest(
-        rest_source: str, standalone: Airflow, dw_url: str) -> None:  # noqa: F811 (the imported fixture)
+        rest_source: str, serial_standalone: Airflow, dw_url: str) -> None:
+    standalone = serial_standalone
     dag_id = rest_source
     started = dt.datetime.now(dt.UTC)
     for name in (dag_id, SUMMARY_DAG):
@@ -101,7 +113,7 @@ def check_backfill_and_summary(airflow: Airflow, dag_id: str, dw_url: str, start
                  "timestamp")
     # one event per table and date, keyed by the run's partition date
     assert sorted((e["uri"], e["partition_key"]) for e in events) == sorted(
-        (f"sndw://dw/raw.{t}", k) for t in TABLES for k in keys)
+        (f"x-sndw://dw/raw.{t}", k) for t in TABLES for k in keys)
     url = urlsplit(dw_url)
     with psycopg.connect(dw_url) as dw:
         for e in events:
