@@ -37,6 +37,7 @@ from tests.conftest import (
     with_database,
 )
 from tests.test_airflow_postgres import Airflow, _serialized, airflow_stack, wait_for
+from tests.test_assets import mfg_config
 
 pytestmark = pytest.mark.slow
 
@@ -49,18 +50,11 @@ SLOW_ROWS = 1000
 
 
 def four_tables(name: str, schema: str) -> dict[str, Any]:
-    return {
-        "name": name, "kind": "sql", "conn_id": "t_cel_src", "target_schema": schema, "start_date": "2024-01-01",
-        "schedule": None,  # runs only when triggered: unpausing schedules nothing
-        "retries": 0, "tables": [
-            {"name": "refills", "table": "public.refills", "write_mode": "replace"},
-            {"name": "bodies", "query": "SELECT * FROM bodies", "write_mode": "merge", "primary_key": ["id"]},
-            {"name": "springs", "write_mode": "partition", "query":
-             "SELECT * FROM springs WHERE produced_at >= DATE '{{ partition_date }}' "
-             "AND produced_at < DATE '{{ partition_date }}' + 1"},
-            {"name": "readings", "write_mode": "append", "query": "SELECT * FROM readings"},
-        ],
-    }
+    """The sample manufacturing source (replace, merge, partition tables) and an append table,
+    run only when triggered (unpausing schedules nothing)."""
+    config = mfg_config(name, "t_cel_src")
+    config["tables"].append({"name": "readings", "write_mode": "append", "query": "SELECT * FROM readings"})
+    return {**config, "target_schema": schema, "schedule": None}
 
 
 def slow_table(name: str) -> dict[str, Any]:
