@@ -26,7 +26,7 @@ from sndw.replay import replay_table
 from sndw.warehouse import LoadSpec, load_manifest
 
 from tests.conftest import DAY as RUN_DAY
-from tests.conftest import ROOT, count, run, states
+from tests.conftest import ROOT, _s3fs, count, run, states
 
 DAY = dt.date(2024, 3, 1)
 
@@ -256,3 +256,15 @@ def test_extract_and_load_stream_through_the_store_with_flat_memory(
         assert files == 1 and size > n * 120  # one large object, not many small ones
         growth[n] = kb / 1024
     assert growth[600_000] <= 1.2 * growth[200_000], growth  # MiB; 60 MB more data
+
+
+def test_a_long_lived_reader_sees_partitions_another_writer_published(s3_lake: str, s3_env: dict[str, str]) -> None:
+    """The API server's gap report lives for days: its filesystem's cached listings must not hide
+    what workers publish meanwhile."""
+    write_partition([batch(0, 1)], s3_lake, "sql", "src", "t", DAY)
+    assert partition_dates(s3_lake, "sql", "src", "t") == [DAY]  # listed (and cached) once
+    reader = storage.filesystem(s3_lake)
+    storage.use_filesystem("s3", _s3fs(s3_env))  # another process's filesystem writes the next date
+    write_partition([batch(0, 1)], s3_lake, "sql", "src", "t", DAY + dt.timedelta(days=1))
+    storage.use_filesystem("s3", reader)
+    assert partition_dates(s3_lake, "sql", "src", "t") == [DAY, DAY + dt.timedelta(days=1)]

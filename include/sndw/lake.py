@@ -623,6 +623,7 @@ class ObjectPartitionWriter(PartitionWriter):
         return self._sink_file
 
     def _part_names(self) -> list[str]:
+        self.fs.invalidate_cache(storage.strip(self.work_url))  # listings are cached per filesystem
         found = self.fs.glob(storage.strip(storage.join(self.work_url, PART_GLOB)))
         return sorted(_basename(p) for p in found)
 
@@ -701,6 +702,7 @@ class ObjectPartitionWriter(PartitionWriter):
         cutoff = time.time() - STALE_ATTEMPT_SECONDS
         newest: dict[str, float] = {}
         prefix = storage.strip(self.partition_url)
+        self.fs.invalidate_cache(prefix)
         for key, info in self.fs.find(prefix, detail=True).items():
             relative = key[len(prefix):].lstrip("/")
             folder = relative.split("/", 1)[0]
@@ -771,7 +773,9 @@ def partition_dates(lake_root: str | Path, protocol: str, source: str, table: st
     if storage.is_url(lake_root):
         root = str(lake_root)
         pattern = storage.strip(storage.join(root, protocol, source, table, "*", MANIFEST_FILE))
-        names = [_basename(_parent(p)) for p in storage.filesystem(root).glob(pattern)]
+        fs = storage.filesystem(root)
+        fs.invalidate_cache(storage.strip(storage.join(root, protocol, source, table)))  # other writers' news
+        names = [_basename(_parent(p)) for p in fs.glob(pattern)]
     else:
         folder = lake_table_dir(lake_root, protocol, source, table)
         names = [child.name for child in folder.iterdir()] if folder.is_dir() else []
