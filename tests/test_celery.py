@@ -102,7 +102,7 @@ def celery(airflow_db: Path, databases: tuple[str, str], s3_env: dict[str, str],
     try:
         with airflow_stack(dw_url, tmp_path_factory.mktemp("celery"), SNDW_EXECUTOR="celery",
                            SNDW_LAKE_ROOT=lake, S3_LOCAL_DIR=str(TEST_S3_DIR),
-                           REDIS_LOCAL_DIR=str(ROOT / ".local" / "redis-test"),
+                           REDIS_LOCAL_DIR=os.environ.get("SNDW_TEST_REDIS_DIR", str(ROOT / ".local" / "redis-test")),
                            AIRFLOW_CONN_T_CEL_SRC=src_url,
                            # a killed worker's task is noticed after 20 s without a heartbeat
                            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
@@ -155,7 +155,8 @@ def test_four_tables_run_on_both_workers_and_equal_a_local_run(
         paths = partition_files(lake, "sql", FOUR, table, DAY)
         assert paths and all(p.startswith(f"{lake}/sql/{FOUR}/{table}/{DAY}/") for p in paths)
 
-    # The same source run locally (dag.test(), local lake) into another schema.
+    # The same source run locally by dag.test() (tasks in this process), with a local lake, into
+    # another schema.
     monkeypatch.setenv("AIRFLOW_CONN_DW", dw_url)
     monkeypatch.setenv("AIRFLOW_CONN_T_CEL_SRC", src_url)
     monkeypatch.setenv("SNDW_LAKE_ROOT", str(tmp_path / "lake"))
