@@ -10,6 +10,7 @@ appear in a lake path, a manifest or a message: only the bucket and the key do.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -88,12 +89,8 @@ def open_parquet(path: str) -> pq.ParquetFile:
 
 
 def exists(path: str) -> bool:
-    from pathlib import Path
-
     return bool(filesystem(path).exists(strip(path))) if is_url(path) else Path(path).is_file()
 
 
 def size(path: str) -> int:
-    from pathlib import Path
-
     return int(filesystem(path).size(strip(path))) if is_url(path) else Path(path).stat().st_size
