@@ -1,6 +1,6 @@
 """`make bench`: sndw's load and extract against psql's own COPY and the peers, on the local PostgreSQL.
 
-    python -m bench.harness          (make bench sets up .venv and runs this)
+    python -m bench.harness          (make bench sets up .venv-bench and runs this)
 
 Every measured method runs in a process of its own (bench/workers.py; psql itself for the
 references, started by bench/spawn.py) so its peak RSS is its own. Methods are interleaved within each of
@@ -23,9 +23,12 @@ Settings (environment):
   BENCH_SKIP           comma-separated sections or methods to skip (e.g. dlt,pandas,pagila,memory,replace,
                        wal_minimal: the replace figures after a restart with wal_level=minimal)
   BENCH_KEEP           1 keeps the scratch folder and the databases
-  (BENCH_SKIP also takes replace, wal_minimal, parse, dags_test: `airflow dags test` of 1- and 10-table sources)
+  (BENCH_SKIP also takes the sections load, extract, write_modes, replace, wal_minimal, parse and dags_test:
+   `airflow dags test` of 1- and 10-table sources)
   BENCH_DAGS_TEST_ROUNDS rounds of the `airflow dags test` section (default 1: ~25 s a run)
   BENCH_TIMEOUT        seconds one measured process may take (default 3600)
+  BENCH_SNDW_PYTHON    interpreter of sndw's own methods and Airflow's CLI (make bench: .venv's, without the
+                       peers' packages; default: this one)
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ PARTITION = "2024-01-02"
 SCHEMA = "bench"
 SOURCE_TABLE = "bench_src"
 PROCESS_TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "3600"))
+# sndw's own methods (and Airflow's CLI) run on the product's runtime interpreter, the peers on
+# this one: pandas beside pyarrow costs every process that converts a Python value 0.17 s.
+SNDW_PYTHON = os.environ.get("BENCH_SNDW_PYTHON") or sys.executable
+SNDW_METHODS = {"load_sndw", "extract_sndw", "dagbag"}
 
 
 def _int_env(name: str, default: int) -> int:
@@ -165,7 +172,8 @@ class Bench:
         }
 
     def worker(self, method: str, args: dict[str, Any], env: dict[str, str] | None = None) -> Sample:
-        _, rss, stdout, _ = run_process([sys.executable, "-m", "bench.workers", method, json.dumps(args)],
+        python = SNDW_PYTHON if method in SNDW_METHODS else sys.executable
+        _, rss, stdout, _ = run_process([python, "-m", "bench.workers", method, json.dumps(args)],
                                         env=env or self.worker_env())
         line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("BENCH_RESULT ")), None)
         if line is None:
@@ -783,7 +791,7 @@ class Bench:
                "SNDW_LAKE_ROOT": str(self.work / "dags-test-lake")}
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
-        airflow = str(Path(sys.executable).with_name("airflow"))
+        airflow = str(Path(SNDW_PYTHON).with_name("airflow"))
         run_process([airflow, "db", "migrate"], env=env)  # untimed
         # Untimed warm-up: the first `dags test` of a fresh home also serialises the folder's DAGs
         # and fills the OS cache (it took 13 s more than the same run later).
@@ -825,9 +833,10 @@ class Bench:
         try:
             self.results["meta"] = self.meta()
             self.prepare()
-            self.bench_load()
-            self.bench_extract()
-            self.bench_write_modes()
+            for section, measure in (("load", self.bench_load), ("extract", self.bench_extract),
+                                     ("write_modes", self.bench_write_modes)):
+                if section not in self.s.skip:
+                    measure()
             self.bench_replace()
             if "memory" in self.s.skip:
                 self.results["memory"] = []
