@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from sndw.cli import main as cli_main
 from sndw.config import HttpSource, SqlSource, iter_sources, load_source_file, table_spec
 from sndw.errors import ConfigError
@@ -151,3 +152,23 @@ tables:
     limits = {t.name: t.requests_per_second for t in source.tables}
     assert limits == {"a": 3, "b": 3, "c": 3, "d": 1}  # a, b and c together: the source's 9/s
     assert [t.auth for t in source.tables] == ["bearer", "bearer", "bearer", "none"]
+
+
+def test_libyaml_and_pure_python_loaders_read_every_config_alike() -> None:
+    """Configs are read with libyaml's parser when PyYAML has it; a file it refuses is read again by
+    the pure-Python loader for the message. Both must give the same document and duplicate keys."""
+    from sndw import config
+
+    assert config._FastUniqueKeyLoader is not None, "PyYAML without libyaml: the DAG-folder parse is 3-4x slower"
+    root = Path(__file__).resolve().parents[1]
+    files = sorted([*root.glob("dags/sources/*.yaml"), *root.glob("tests/bad_inputs/configs/*.y*ml")])
+    assert len(files) > 10
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        outcomes = []
+        for fast in (True, False):
+            try:
+                outcomes.append(config._load_yaml(text, fast=fast))
+            except (yaml.YAMLError, RecursionError):  # both loaders must refuse the same files
+                outcomes.append("refused")
+        assert outcomes[0] == outcomes[1], path.name

@@ -12,13 +12,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
-import psycopg
-from psycopg import sql
-
-from sndw.ddl import create_schema
+if TYPE_CHECKING:  # psycopg is imported by the functions that talk to the database: the DAG
+    import psycopg  # processor imports this module for every parse and never does
+    from psycopg import sql
 
 log = logging.getLogger(__name__)
 
@@ -249,11 +248,17 @@ class AuditRecord:
 
 
 def audit_table(schema: str = "public") -> sql.Composed:
+    from psycopg import sql
+
     return sql.SQL(".").join([sql.Identifier(schema), sql.Identifier(AUDIT_TABLE)])
 
 
 def ensure_audit_table(conn: psycopg.Connection[Any], schema: str = "public") -> None:
     """Create the audit table once; serialised so concurrent first runs do not race on DDL."""
+    from psycopg import sql
+
+    from sndw.ddl import create_schema
+
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:audit-ddl'))")
         create_schema(cur, schema)
@@ -276,6 +281,8 @@ def insert_audit_row(cur: psycopg.Cursor[Any], record: AuditRecord, schema: str 
 
     Returns whether a row was inserted.
     """
+    from psycopg import sql
+
     finished = record.finished_at or datetime.now(UTC)
     values = {
         "run_id": record.run_id,

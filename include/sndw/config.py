@@ -25,7 +25,12 @@ from pydantic import (
 )
 
 from sndw.errors import ConfigError
-from sndw.naming import normalize_identifier, reserved_dag_id, validate_source_name
+from sndw.naming import (
+    normalize_identifier,
+    reserved_dag_id,
+    validate_source_name,
+    validate_transform_reference,
+)
 
 WriteMode = Literal["replace", "append", "merge", "partition"]
 SourceKind = Literal["http", "sql", "file"]
@@ -114,9 +119,7 @@ class TableBase(_Model):
     @field_validator("transform")
     @classmethod
     def _transform(cls, value: str | None) -> str | None:
-        from sndw.transform import validate_reference
-
-        return None if value is None else validate_reference(value)
+        return None if value is None else validate_transform_reference(value)
 
     @model_validator(mode="after")
     def _keys(self) -> TableBase:
@@ -574,12 +577,12 @@ def _problems(exc: ValidationError, data: Any) -> list[tuple[str, str]]:
     return problems
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that records each mapping key given twice, at any depth: plain YAML keeps the
+class _DuplicateKeys(yaml.constructor.SafeConstructor):
+    """Mixed into a SafeLoader: records each mapping key given twice, at any depth: plain YAML keeps the
     last value silently, so a config would run with a setting its author did not mean."""
 
     def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
+        super().__init__(stream)  # type: ignore[call-arg]  # the loader class after this mixin takes it
         self.duplicates: list[tuple[str, str]] = []
 
     def construct_document(self, node: yaml.Node) -> Any:
@@ -619,6 +622,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return found
 
 
+class _UniqueKeyLoader(_DuplicateKeys, yaml.SafeLoader):
+    """The pure-Python loader: its errors name the line, column and character exactly."""
+
+
+# libyaml's parser, when PyYAML was built with it: 3-4x faster on valid files (DAG-folder parse
+# reads every config). Its error marks differ, so a file it refuses is read again by the
+# pure-Python loader for the message.
+_FastUniqueKeyLoader: type[Any] | None = (
+    type("_FastUniqueKeyLoader", (_DuplicateKeys, yaml.CSafeLoader), {}) if getattr(yaml, "__with_libyaml__", False)
+    else None)
+
+
+def _load_yaml(text: str, fast: bool = True) -> tuple[Any, list[tuple[str, str]]]:
+    """The document and its duplicate keys (field, message)."""
+    loader = (_FastUniqueKeyLoader if fast and _FastUniqueKeyLoader else _UniqueKeyLoader)(text)
+    try:
+        return loader.get_single_data(), loader.duplicates
+    finally:
+        loader.dispose()
+
+
 def load_source_file(path: str | os.PathLike[str]) -> HttpSource | SqlSource | FileSource:
     """Read and validate one YAML (or JSON) source config."""
     path = str(path)
@@ -634,11 +658,10 @@ def load_source_file(path: str | os.PathLike[str]) -> HttpSource | SqlSource | F
         raise ConfigError(path, f"line {line}", f"not UTF-8 text (byte {exc.start}: {exc.reason}); save the file "
                                                 "as UTF-8") from None
     try:
-        loader = _UniqueKeyLoader(text)  # refuses control characters already
         try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
+            data, duplicates = _load_yaml(text)
+        except (yaml.YAMLError, RecursionError):  # read again for the exact message (it refuses control characters)
+            data, duplicates = _load_yaml(text, fast=False)
     except yaml.reader.ReaderError as exc:
         line = text[:exc.position].count("\n") + 1
         message = f"not valid YAML: control character U+{exc.character:04X} is not allowed"
@@ -650,9 +673,9 @@ def load_source_file(path: str | os.PathLike[str]) -> HttpSource | SqlSource | F
         raise ConfigError(path, where, f"not valid YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(path, "", "not valid YAML: nested too deeply") from None
-    if not loader.duplicates:
+    if not duplicates:
         return parse_source(data, path)
-    problems = list(loader.duplicates)
+    problems = list(duplicates)
     try:
         parse_source(data, path)
     except ConfigError as exc:

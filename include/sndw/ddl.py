@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql
+if TYPE_CHECKING:
+    import psycopg
 
 
 def create_schema(cur: psycopg.Cursor[Any], schema: str) -> None:
@@ -17,6 +17,9 @@ def create_schema(cur: psycopg.Cursor[Any], schema: str) -> None:
     in a savepoint, so that failure means the schema now exists and the caller's transaction goes on;
     when the schema is already there, nothing is run at all.
     """
+    import psycopg
+    from psycopg import sql
+
     cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
     if cur.fetchone() is not None:
         return

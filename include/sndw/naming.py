@@ -160,3 +160,14 @@ def partition_child_table(table: str, partition: date) -> str:
 
 def join_nonempty(parts: Iterable[str], sep: str = ", ") -> str:
     return sep.join(p for p in parts if p)
+
+
+TRANSFORM_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def validate_transform_reference(value: str) -> str:
+    """Check a transform's ``package.module:function`` without importing anything (configs are
+    parsed by the DAG processor, which never imports a transform or pyarrow)."""
+    if not TRANSFORM_RE.match(value):
+        raise ValueError(f"{value!r} is not 'package.module:function' (e.g. transforms.manufacturing:add_weight_kg)")
+    return value

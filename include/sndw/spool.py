@@ -19,10 +19,10 @@ import uuid
 from dataclasses import fields, replace
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.pq import TransactionStatus
+if TYPE_CHECKING:  # imported by flush_spool: Airflow's callbacks module imports this one at parse time
+    import psycopg
 
 from sndw import storage
 from sndw.audit import AuditRecord, ensure_audit_table, error_text, insert_audit_row
@@ -115,6 +115,9 @@ def flush_spool(conn: psycopg.Connection[Any], lake_root: str | os.PathLike[str]
     cleared. A file that is not a valid record is renamed ``*.rejected`` (kept for a person to
     read) and named in a warning; a lost connection propagates with the rest left for next time.
     """
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
     folder = spool_dir(lake_root)
     if not folder.is_dir():
         return 0

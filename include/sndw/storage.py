@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # imported when a file is read: DAG-file parsing reaches this module, never a file
+    import pyarrow.parquet as pq
 
 _FILESYSTEMS: dict[str, Any] = {}  # protocol -> fsspec filesystem registered by the adapter
 _LOCK = threading.Lock()
@@ -75,16 +76,22 @@ def _source(path: str) -> Any:
 
 
 def read_schema(path: str) -> Any:
+    import pyarrow.parquet as pq
+
     return pq.read_schema(_source(str(path)))
 
 
 def read_metadata(path: str) -> Any:
+    import pyarrow.parquet as pq
+
     return pq.read_metadata(_source(str(path)))
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
     """A Parquet file read batch by batch: ``pre_buffer=False`` keeps memory flat however large it is
     (on object storage each row group is fetched when it is read, never the whole object)."""
+    import pyarrow.parquet as pq
+
     return pq.ParquetFile(_source(str(path)), pre_buffer=False)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
 import sys
 import typing
 from collections.abc import Callable, Iterator
@@ -24,21 +23,14 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from sndw.errors import PermanentError
+from sndw.naming import validate_transform_reference as validate_reference
 
-TRANSFORM_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 # dags/ of this project, for the command line (Airflow puts its DAGs folder on sys.path itself).
 PROJECT_DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 class TransformError(PermanentError):
     """A transform could not be imported, raised, or returned something the load cannot use."""
-
-
-def validate_reference(value: str) -> str:
-    """Check ``package.module:function`` without importing anything (configs parse without it)."""
-    if not TRANSFORM_RE.match(value):
-        raise ValueError(f"{value!r} is not 'package.module:function' (e.g. transforms.manufacturing:add_weight_kg)")
-    return value
 
 
 def _search_folders() -> list[Path]:

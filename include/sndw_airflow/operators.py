@@ -5,21 +5,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 from sndw.audit import AuditRecord, register_secret
 from sndw.config import HttpTable, TableBase, table_spec
 from sndw.errors import ConfigError, Paused, PermanentError
-from sndw.lake import Manifest
 from sndw.naming import normalize_identifier, qualified
-from sndw.pipeline import SourceAccess
 
 from sndw_airflow.callbacks import audit_failure, audit_success
 from sndw_airflow.context import attach_lake, attempt, lake_root, partition_date, started_at
 from sndw_airflow.lineage import table_asset
 from sndw_airflow.masking import mask_registered_secrets
+
+if TYPE_CHECKING:  # the DAG processor imports this module for every parse: no pyarrow or psycopg here
+    from sndw.lake import Manifest
+    from sndw.pipeline import SourceAccess
 
 mask_registered_secrets()  # the core's registered secrets, in every encoding, masked in task logs too
 
@@ -83,6 +85,8 @@ class _ManifestTask(_SndwTask):
     task_id: str
 
     def _manifest(self) -> Manifest | None:
+        from sndw.lake import Manifest
+
         if isinstance(self.manifest, Manifest):
             return self.manifest
         if isinstance(self.manifest, dict):
@@ -260,6 +264,8 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
         return self._lineage(self.lineage_manifest)
 
     def source_access(self, spec: TableBase) -> SourceAccess:
+        from sndw.pipeline import SourceAccess
+
         """The source as the core reads it, from the Airflow connection. A connection that does not
         exist fails the task at once: no retry can create it."""
         if self.kind == "file":
