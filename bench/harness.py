@@ -109,6 +109,7 @@ class Sample:
     rows: int
     rss_kib: int
     details: dict[str, Any] = field(default_factory=dict)
+    process_seconds: float | None = None  # the whole process: interpreter start, imports, exit
 
 
 class MethodError(RuntimeError):
@@ -173,13 +174,13 @@ class Bench:
 
     def worker(self, method: str, args: dict[str, Any], env: dict[str, str] | None = None) -> Sample:
         python = SNDW_PYTHON if method in SNDW_METHODS else sys.executable
-        _, rss, stdout, _ = run_process([python, "-m", "bench.workers", method, json.dumps(args)],
-                                        env=env or self.worker_env())
+        process_seconds, rss, stdout, _ = run_process([python, "-m", "bench.workers", method, json.dumps(args)],
+                                                      env=env or self.worker_env())
         line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("BENCH_RESULT ")), None)
         if line is None:
             raise MethodError(f"{method} printed no result: {stdout[-1000:]}")
         result = json.loads(line.removeprefix("BENCH_RESULT "))
-        return Sample(result.pop("seconds"), int(result.pop("rows")), rss, result)
+        return Sample(result.pop("seconds"), int(result.pop("rows")), rss, result, process_seconds)
 
     def psql_cmd(self, command: str, url: str | None = None) -> Sample:
         seconds, rss, stdout, _ = run_process([self.psql, "-X", "-v", "ON_ERROR_STOP=1", "-d", url or self.url,
@@ -188,7 +189,7 @@ class Bench:
         for token in stdout.split():
             if token.isdigit():
                 rows = int(token)
-        return Sample(seconds, rows, rss)
+        return Sample(seconds, rows, rss, process_seconds=seconds)
 
     def execute(self, statement: str | sql.Composable, params: Iterable[Any] | None = None, url: str | None = None) -> list[Any]:
         with psycopg.connect(url or self.url, autocommit=True) as conn:
@@ -527,10 +528,12 @@ class Bench:
             return self.worker("load_sndw", {"url": self.url, "paths": paths, "schema": SCHEMA, "table": table,
                                              "mode": mode, "partition": partition, "primary_key": pk or []})
 
-        def copy_of_base(table: str, key: bool = False) -> None:
+        def copy_of_base(table: str, key: bool = False, id_offset: int = 0) -> None:
             self.drop(table)
             self.execute(f"CREATE TABLE {SCHEMA}.{table} (LIKE {SCHEMA}.ref_base INCLUDING ALL)")
-            self.execute(f"INSERT INTO {SCHEMA}.{table} SELECT * FROM {SCHEMA}.ref_base")  # noqa: S608
+            select = ", ".join(f"id + {id_offset}" if c == '"id"' else c for c in self.column_list.split(", "))
+            self.execute(f"INSERT INTO {SCHEMA}.{table} ({self.column_list}) SELECT {select} "  # noqa: S608
+                         f"FROM {SCHEMA}.ref_base")
             if key:
                 self.execute(f'CREATE UNIQUE INDEX "{table}__sndw_key" ON {SCHEMA}.{table} (id)')
             self.execute(f"VACUUM ANALYZE {SCHEMA}.{table}")
@@ -545,6 +548,13 @@ class Bench:
         def append() -> Sample:  # no index: the table's size does not change what an append costs
             self.checkpoint()
             return load("wm_append", "append")
+
+        def append_keyed() -> Sample:  # the merge's table (unique key on id), none of the rows' keys in it
+            copy_of_base("wm_append_keyed", key=True, id_offset=self.s.rows)
+            self.checkpoint()
+            sample = load("wm_append_keyed", "append")
+            self.drop("wm_append_keyed")
+            return sample
 
         def partition() -> Sample:
             self.checkpoint()
@@ -564,16 +574,26 @@ class Bench:
             self.drop("wm_replace")
             return sample
 
-        samples = self.interleave({"append": append, "partition": partition, "merge": merge, "replace": replace})
+        samples = self.interleave({"append": append, "append_keyed": append_keyed, "partition": partition,
+                                   "merge": merge, "replace": replace})
         base_rows = self.s.rows
         notes = {
             "append": f"into a plain table of {base_rows:,} rows",
+            "append_keyed": f"into the merge's table of {base_rows:,} rows with its unique key on id (new keys)",
             "partition": f"replace 1 of 4 date partitions ({slice_rows:,} rows each): TRUNCATE + COPY",
             "merge": f"upsert on id, every key already in the {base_rows:,}-row table",
             "replace": f"full refresh of a {base_rows:,}-row table in place: TRUNCATE + COPY",
         }
         info = {m: {"label": m, "rows": slice_rows, "skipped": None, "note": notes[m]} for m in samples}
         self.results["write_modes"] = summarise(info, samples, reference="append", ratio="cost")
+        # A merge against an append into the same keyed table, paired per round: what the merge
+        # costs beyond maintaining the table's key, which any load into that table pays.
+        keyed = [m.seconds / a.seconds for m, a in zip(samples["merge"], samples["append_keyed"], strict=True)
+                 if m.seconds and a.seconds]
+        for entry in self.results["write_modes"]["methods"]:
+            if entry["method"] == "merge" and keyed:
+                entry["keyed_ratio"] = round(statistics.median(keyed), 3)
+                entry["keyed_ratio_range"] = [round(min(keyed), 3), round(max(keyed), 3)]
         self.drop("wm_append", "wm_partition")
 
     # ------------------------------------------------------------------------- replace
@@ -889,6 +909,13 @@ def summarise(info: dict[str, dict[str, Any]], samples: dict[str, list[Sample]],
             "peak_rss_mib": round(statistics.median(s.rss_kib for s in runs) / 1024, 1),
             "rounds": [round(s.seconds, 3) for s in runs],
         })
+        if ratio == "speed" and all(s.process_seconds for s in [*runs, *ref_runs]):
+            # Both sides as whole processes (start-up, imports and exit included), paired the same way.
+            whole = [(s.rows / s.process_seconds) / (r.rows / r.process_seconds)  # type: ignore[operator]
+                     for s, r in zip(runs, ref_runs, strict=False)]
+            entry.update({"process_seconds": round(statistics.median(s.process_seconds or 0 for s in runs), 3),
+                          "process_ratio": round(statistics.median(whole), 3),
+                          "process_ratio_range": [round(min(whole), 3), round(max(whole), 3)]})
         rows.append(entry)
     return {"reference": reference, "ratio": ratio, "methods": rows}
 

@@ -57,9 +57,13 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     assert extract["psql_csv"]["ratio"] == 1.0
 
     modes = {m["method"]: m for m in data["write_modes"]["methods"]}
-    assert set(modes) == {"append", "partition", "merge", "replace"}
+    assert set(modes) == {"append", "append_keyed", "partition", "merge", "replace"}
     assert all(m["rows"] == ROWS // 4 for m in modes.values())
     assert modes["append"]["ratio"] == 1.0
+    assert modes["merge"]["keyed_ratio"] > 0 and len(modes["merge"]["keyed_ratio_range"]) == 2
+    # Both sides of the load's ratio also as whole processes (start-up and imports included).
+    assert load["sndw"]["process_ratio"] > 0 and load["sndw"]["process_seconds"] >= load["sndw"]["seconds"]
+    assert load["psql_binary"]["process_ratio"] == 1.0
 
     # BENCH_PG_URL: no restart with wal_level=minimal on a server the harness does not own.
     assert len(data["replace"]) == 1 and data["replace"][0]["wal_level"] in ("replica", "logical", "minimal")
