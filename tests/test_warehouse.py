@@ -170,6 +170,34 @@ def test_merge_on_a_composite_key_and_a_table_other_tables_point_at(tmp_path: Pa
                                                                             ("b", 2, 40)]
 
 
+def test_merge_without_repeated_keys_copies_the_rows_into_the_table(tmp_path: Path, dw: psycopg.Connection) -> None:
+    """The usual merge (no key twice in the load): only the keys go to a temporary table, the rows
+    with those keys are deleted and the new rows COPYed in. Composite key with a date, and a key of
+    a type that travels as text (uuid): each matched exactly, the other rows untouched."""
+    spec = LoadSpec("public", "visits", "merge", ["site", "day"])
+    day1, day2, day3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
+    load_manifest(dw, lake(tmp_path, pa.record_batch({"site": ["a", "a", "b"], "day": [day1, day2, day1],
+                                                      "n": [1, 2, 3]})), spec)
+    load_manifest(dw, lake(tmp_path, pa.record_batch({"site": ["a", "b"], "day": [day2, day3], "n": [20, 30]}),
+                           pa.record_batch({"site": ["b"], "day": [day1], "n": [31]})), spec)
+    assert rows(dw, "SELECT site, day, n FROM visits ORDER BY 1, 2") == [
+        ("a", day1, 1), ("a", day2, 20), ("b", day1, 31), ("b", day3, 30)]
+    # Lineage: the kept row points at the first load's file, the merged ones at the second's.
+    assert rows(dw, "SELECT count(DISTINCT _file_id), count(DISTINCT _file_id) FILTER (WHERE n > 3) FROM visits") == [
+        (2, 1)]
+
+    ids = ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "00000000-0000-0000-0000-000000000000"]
+    uuid_field = pa.field("id", pa.string(), metadata={b"sndw.pg_type": b"uuid"})
+    uuid_spec = LoadSpec("public", "things", "merge", ["id"])
+    batch = pa.RecordBatch.from_arrays([pa.array(ids), pa.array(["x", "y"])], schema=pa.schema([uuid_field, ("v", pa.string())]))
+    load_manifest(dw, lake(tmp_path, batch, table="things"), uuid_spec)
+    update = pa.RecordBatch.from_arrays([pa.array(ids[1:]), pa.array(["y2"])], schema=pa.schema([uuid_field, ("v", pa.string())]))
+    load_manifest(dw, lake(tmp_path, update, table="things"), uuid_spec)
+    assert rows(dw, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = 'things'::regclass AND attname = 'id'") == [("uuid",)]
+    assert rows(dw, "SELECT id::text, v FROM things ORDER BY 1") == [(ids[1], "y2"), (ids[0], "x")]
+
+
 def test_merge_keeps_the_last_row_of_a_key_also_without_a_unique_key_index(
         tmp_path: Path, dw: psycopg.Connection) -> None:
     """A table whose key index was replaced by hand by a non-unique one still gets one row per key:

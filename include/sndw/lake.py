@@ -757,11 +757,15 @@ def partition_files(lake_root: str | Path, protocol: str, source: str, table: st
     return [str(p) for p in sorted(lake_partition_dir(lake_root, protocol, source, table, partition).glob(PART_GLOB))]
 
 
-def iter_file_batches(path: str | Path, batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
-    """Stream a Parquet file (local or on an object store) with flat memory however large it is."""
+def iter_file_batches(path: str | Path, batch_rows: int = 100_000,
+                      columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream a Parquet file (local or on an object store) with flat memory however large it is;
+    ``columns``: only these (the others are never read). One decoding thread: the load's reader
+    runs beside PostgreSQL's COPY on the same machine, and pyarrow's thread per column took CPU the
+    server needed (1M-row load 1.82-2.04 s with them, 1.52-1.75 s without; psql 1.55-1.6 s)."""
     parquet = storage.open_parquet(str(path))
     try:
-        yield from parquet.iter_batches(batch_size=batch_rows)
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
     finally:
         parquet.close()
 

@@ -476,11 +476,14 @@ class _BoundedQueuedWriter(QueuedLibpqWriter):
 def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, columns: dict[str, str],
               table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000,
               progress: Progress | None = None, transform: BatchTransform | None = None,
-              freeze: bool = False) -> tuple[int, int]:
+              freeze: bool = False, only: list[str] | None = None) -> tuple[int, int]:
     """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements. With a
     ``transform``, each batch goes through it first (the first batch's output is the schema).
-    ``freeze``: COPY ... FREEZE, only for a table truncated or created in the current subtransaction."""
+    ``freeze``: COPY ... FREEZE, only for a table truncated or created in the current subtransaction.
+    ``only``: just these columns of the file (no transform), e.g. a merge's keys."""
     file_schema = output_schema(transform, table, path, batch_rows) if transform else storage.read_schema(path)
+    if only is not None:
+        file_schema = pa.schema([file_schema.field(name) for name in only])
     plans: list[ColumnPlan] = []
     for f in file_schema:
         planned = plan_column(table, f.name, columns[f.name], f.type, _declared(f))
@@ -502,7 +505,7 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
     # the next batch (shared/POSTGRES-LOADING.md: 0.94x of psql's binary COPY against 0.86x).
     with cur.copy(statement, writer=_BoundedQueuedWriter(cur)) as copy:
         copy.write(encoder.header())
-        batches = iter_file_batches(path, batch_rows)
+        batches = iter_file_batches(path, batch_rows, columns=only)
         if transform is not None:
             batches = transformed_batches(transform, table, path, batches)
         for number, batch in enumerate(batches, 1):
@@ -809,31 +812,77 @@ def _partition(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], c
     _copy_all(cur, spec.ident(child), spec, paths, columns, partition, run_id, result, batch_rows)
 
 
+class _RepeatedKeys(Exception):
+    """A merge's load holds a key more than once: merged through the staging table instead."""
+
+
 def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
            partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
     """Upsert on the primary key; within one load the last row of a key wins; NULL keys fail the load.
 
-    The rows go to a staging table by COPY; then the keys they bring are deleted from the table and
-    the rows inserted: no full-row UPDATE per key and no sort (``make bench``: about a third of
-    ``INSERT ... ON CONFLICT DO UPDATE`` here). A table that other tables' foreign keys point at
-    keeps its rows as the same rows: it is updated in place with ON CONFLICT instead. One
-    transaction either way: readers never see half a merge.
+    Only the keys go to a temporary table first (a narrow COPY of the files' key columns); the
+    table's rows with those keys are deleted and the rows are COPYed straight into the table: no
+    per-row INSERT ... SELECT, no full-row UPDATE per key, no sort. A load that repeats a key, a
+    transform, or a table that other tables' foreign keys point at go through ``_merge_staged``.
+    One transaction either way: readers never see half a merge.
     """
+    missing = [k for k in spec.primary_key if k not in columns]
+    if missing:
+        raise PermanentError(f"{spec.qualified}: primary key columns {missing} are not in the data")
+    if isinstance(spec.transform, BatchTransform) or _referenced_keys(cur, spec):
+        _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows)
+        return
+    keys = [sql.Identifier(k) for k in spec.primary_key]
+    key_list = sql.SQL(", ").join(keys)
+    key_table = sql.Identifier(f"_sndw_keys_{spec.table[:40]}")
+    try:
+        with cur.connection.transaction():  # a savepoint: repeated keys roll the key table back
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                key_table, key_list, spec.ident()))
+            for path in paths:
+                copy_file(cur, key_table, path, columns, spec.qualified, {}, batch_rows, only=list(spec.primary_key))
+            _check_null_keys(cur, spec, key_table, keys)
+            # The key checks and the join hash the load's keys: in memory instead of spilling at the
+            # default 4 MB (this transaction only).
+            cur.execute("SET LOCAL work_mem = '128MB'")
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} GROUP BY {} HAVING count(*) > 1)").format(
+                key_table, key_list))
+            row = cur.fetchone()
+            if row and row[0]:
+                raise _RepeatedKeys
+    except _RepeatedKeys:
+        _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows)
+        return
+    cur.execute(sql.SQL("ANALYZE {}").format(key_table))  # a temporary table has no statistics: the join needs them
+    cur.execute(sql.SQL("DELETE FROM {target} t USING {keys} k WHERE {match}").format(
+        target=spec.ident(), keys=key_table,
+        match=sql.SQL(" AND ").join(sql.SQL("t.{k} = k.{k}").format(k=k) for k in keys)))
+    cur.execute(sql.SQL("DROP TABLE {}").format(key_table))
+    _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
+
+
+def _check_null_keys(cur: psycopg.Cursor[Any], spec: LoadSpec, table: sql.Identifier,
+                     keys: list[sql.Identifier]) -> None:
+    cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+        table, sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(k) for k in keys)))
+    row = cur.fetchone()
+    if row and row[0]:
+        raise PermanentError(f"{spec.qualified}: {row[0]} rows have a NULL primary key ({', '.join(spec.primary_key)})")
+
+
+def _merge_staged(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
+                  partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
+    """The whole rows go to a staging table by COPY; the last row of a repeated key is kept there,
+    then the keys are deleted from the table and the rows inserted. A table that other tables'
+    foreign keys point at keeps its rows as the same rows: it is updated in place with ON CONFLICT."""
     staging = sql.Identifier(f"_sndw_stage_{spec.table[:40]}")
     cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
         staging, spec.ident()))
     cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _sndw_row bigint GENERATED ALWAYS AS IDENTITY").format(staging))
     _copy_all(cur, staging, spec, paths, columns, partition, run_id, result, batch_rows)
-    missing = [k for k in spec.primary_key if k not in columns]
-    if missing:
-        raise PermanentError(f"{spec.qualified}: primary key columns {missing} are not in the data")
     keys = [sql.Identifier(k) for k in spec.primary_key]
     key_list = sql.SQL(", ").join(keys)
-    cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-        staging, sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(k) for k in keys)))
-    row = cur.fetchone()
-    if row and row[0]:
-        raise PermanentError(f"{spec.qualified}: {row[0]} rows have a NULL primary key ({', '.join(spec.primary_key)})")
+    _check_null_keys(cur, spec, staging, keys)
     cur.execute(sql.SQL("ANALYZE {}").format(staging))  # a temporary table has no statistics: the joins need them
     # The key joins hash the load's keys: in memory instead of spilling at the default 4 MB (this
     # transaction only).
