@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pgpq
-import polars as pl
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -335,6 +334,8 @@ def _json_text(array: pa.Array) -> pa.Array:
     """Nested values (lists, structs, maps) as JSON text, nulls kept."""
     if isinstance(array.type, pa.BaseExtensionType):
         return array.storage.cast(pa.string())
+    import polars as pl  # only here: importing it cost every load process 0.15 s
+
     series = pl.Series("v", array)
     if series.dtype == pl.Struct:
         encoded = series.struct.json_encode()
