@@ -334,10 +334,18 @@ class Bench:
 
     # ------------------------------------------------------------------------ measuring
 
-    def interleave(self, methods: dict[str, Callable[[], Sample]], rounds: int | None = None) -> dict[str, list[Sample]]:
+    def interleave(self, methods: dict[str, Callable[[], Sample]], rounds: int | None = None,
+                   warmup: Iterable[str] = ()) -> dict[str, list[Sample]]:
+        """Every method once per round, the order rotating. ``warmup``: these run once, untimed,
+        first (the first run of a process after set-up read its files and modules from disk: a
+        1M-row load took 2.6 s in round 1 and 1.3-1.4 s after)."""
         names = list(methods)
         samples: dict[str, list[Sample]] = {n: [] for n in names}
         rounds = rounds or self.s.rounds
+        for name in names:
+            if name in warmup:
+                sample = methods[name]()
+                log(f"  warm-up {name}: {sample.seconds:.2f}s (not counted)")
         for r in range(rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
@@ -447,10 +455,12 @@ class Bench:
     def bench_load(self) -> None:
         log("LOAD: Parquet partition -> new warehouse table")
         methods, info = self.load_methods()
-        samples = self.interleave_tolerant(methods, required={"sndw", "psql_binary", "psql_csv"})
+        samples = self.interleave_tolerant(methods, required={"sndw", "psql_binary", "psql_csv"},
+                                           warmup={"sndw", "psql_binary", "psql_csv"})
         self.results["load"] = summarise(info, samples, reference="psql_binary")
 
-    def interleave_tolerant(self, methods: dict[str, Callable[[], Sample]], required: set[str]) -> dict[str, Any]:
+    def interleave_tolerant(self, methods: dict[str, Callable[[], Sample]], required: set[str],
+                            warmup: Iterable[str] = ()) -> dict[str, Any]:
         """Like interleave, but a peer that fails is reported with its error instead of ending the run."""
         wrapped: dict[str, Callable[[], Sample]] = {}
         errors: dict[str, str] = {}
@@ -467,7 +477,7 @@ class Bench:
                     log(f"  {name} failed: {errors[name]}")
                     return Sample(float("nan"), 0, 0, {"error": errors[name]})
             wrapped[name] = guarded
-        return self.interleave(wrapped)
+        return self.interleave(wrapped, warmup=warmup)
 
     # ------------------------------------------------------------------------- extract
 
@@ -514,7 +524,8 @@ class Bench:
             info[name] = {"label": label, "rows": n, "skipped": reason, "note": ""}
             if reason is None:
                 methods[name] = fn
-        samples = self.interleave_tolerant(methods, required={"sndw", "psql_csv", "psql_binary"})
+        samples = self.interleave_tolerant(methods, required={"sndw", "psql_csv", "psql_binary"},
+                                           warmup={"sndw", "psql_csv", "psql_binary"})
         self.results["extract"] = summarise(info, samples, reference="psql_csv")
 
     # --------------------------------------------------------------------- write modes
@@ -575,7 +586,7 @@ class Bench:
             return sample
 
         samples = self.interleave({"append": append, "append_keyed": append_keyed, "partition": partition,
-                                   "merge": merge, "replace": replace})
+                                   "merge": merge, "replace": replace}, warmup={"append"})
         base_rows = self.s.rows
         notes = {
             "append": f"into a plain table of {base_rows:,} rows",
@@ -625,7 +636,7 @@ class Bench:
 
         level = self.execute("SHOW wal_level")[0][0]
         log(f"  wal_level = {level}")
-        samples = self.interleave({"sndw": sndw_replace, "psql_binary": psql_copy})
+        samples = self.interleave({"sndw": sndw_replace, "psql_binary": psql_copy}, warmup={"sndw", "psql_binary"})
         n = self.s.rows
         info = {"sndw": {"label": "sndw replace (TRUNCATE + COPY FREEZE, one transaction)", "rows": n,
                          "skipped": None, "note": f"a table of {n:,} rows"},
@@ -654,21 +665,33 @@ class Bench:
     # -------------------------------------------------------------------------- memory
 
     def bench_memory(self) -> None:
+        if not self.results.get("load") or not self.results.get("extract"):
+            self.results["memory"] = []  # its N figures come from those sections
+            return
         log("MEMORY: sndw's extract and load at N and 4N rows")
         big = self.s.rows * 4
         self.generate("bench_src_4n", big)
         lake = self.work / "lake-4n"
         rows: list[dict[str, Any]] = []
-        self.checkpoint()
-        extract = self.worker("extract_sndw", {"url": self.url, "query": "SELECT * FROM bench_src_4n",
-                                               "lake_root": str(lake), "table": "big", "partition": PARTITION})
+        # Two runs of each at 4N (a process's peak RSS varies by 5-10% run to run), against the
+        # median of the rounds at N.
+        runs: dict[str, list[Sample]] = {"extract": [], "load": []}
+        for _ in range(2):
+            shutil.rmtree(lake, ignore_errors=True)
+            self.checkpoint()
+            extract = self.worker("extract_sndw", {"url": self.url, "query": "SELECT * FROM bench_src_4n",
+                                                   "lake_root": str(lake), "table": "big", "partition": PARTITION})
+            self.checkpoint()
+            load = self.worker("load_sndw", {"url": self.url, "paths": extract.details["paths"], "schema": SCHEMA,
+                                             "table": "l_sndw_4n", "partition": PARTITION})
+            self.drop("l_sndw_4n")
+            runs["extract"].append(extract)
+            runs["load"].append(load)
         self.execute("DROP TABLE bench_src_4n")
-        self.checkpoint()
-        load = self.worker("load_sndw", {"url": self.url, "paths": extract.details["paths"], "schema": SCHEMA,
-                                         "table": "l_sndw_4n", "partition": PARTITION})
-        self.drop("l_sndw_4n")
         shutil.rmtree(lake, ignore_errors=True)
-        for step, sample in (("extract", extract), ("load", load)):
+        for step in ("extract", "load"):
+            sample = Sample(statistics.median(s.seconds for s in runs[step]), runs[step][0].rows,
+                            int(statistics.median(s.rss_kib for s in runs[step])))
             at_n = next(r for r in self.results[step]["methods"] if r["method"] == "sndw")
             rows.append({
                 "step": step, "rows_n": self.s.rows, "rss_mib_n": at_n["peak_rss_mib"],
