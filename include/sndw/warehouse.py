@@ -830,8 +830,9 @@ def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colum
     missing = [k for k in spec.primary_key if k not in columns]
     if missing:
         raise PermanentError(f"{spec.qualified}: primary key columns {missing} are not in the data")
-    if isinstance(spec.transform, BatchTransform) or _referenced_keys(cur, spec):
-        _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows)
+    referenced = bool(_referenced_keys(cur, spec))
+    if isinstance(spec.transform, BatchTransform) or referenced:
+        _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows, referenced)
         return
     keys = [sql.Identifier(k) for k in spec.primary_key]
     key_list = sql.SQL(", ").join(keys)
@@ -852,7 +853,7 @@ def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colum
             if row and row[0]:
                 raise _RepeatedKeys
     except _RepeatedKeys:
-        _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows)
+        _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows, referenced)
         return
     cur.execute(sql.SQL("ANALYZE {}").format(key_table))  # a temporary table has no statistics: the join needs them
     cur.execute(sql.SQL("DELETE FROM {target} t USING {keys} k WHERE {match}").format(
@@ -872,7 +873,8 @@ def _check_null_keys(cur: psycopg.Cursor[Any], spec: LoadSpec, table: sql.Identi
 
 
 def _merge_staged(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
-                  partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
+                  partition: date, run_id: str | None, result: LoadResult, batch_rows: int,
+                  referenced: bool) -> None:
     """The whole rows go to a staging table by COPY; the last row of a repeated key is kept there,
     then the keys are deleted from the table and the rows inserted. A table that other tables'
     foreign keys point at keeps its rows as the same rows: it is updated in place with ON CONFLICT."""
@@ -895,7 +897,7 @@ def _merge_staged(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str]
             staging=staging, match=sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=k) for k in keys)))
     names = [c for c in columns if c != LOADED_AT]
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in names)
-    if _referenced_keys(cur, spec):
+    if referenced:
         updates = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
                    for c in names if c not in spec.primary_key]
         updates.append(sql.SQL("{} = now()").format(sql.Identifier(LOADED_AT)))
