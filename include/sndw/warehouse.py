@@ -844,14 +844,16 @@ def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colum
             for path in paths:
                 copy_file(cur, key_table, path, columns, spec.qualified, {}, batch_rows, only=list(spec.primary_key))
             _check_null_keys(cur, spec, key_table, keys)
-            # The key checks and the join hash the load's keys: in memory instead of spilling at the
-            # default 4 MB (this transaction only).
+            # A unique index on the load's keys finds a repeated key (it fails to build), and the
+            # DELETE below walks it beside the table's own key index: a merge join with no sort.
+            # Measured on 250k keys: 45-65 ms, against 190-200 ms for a GROUP BY check, and the
+            # DELETE 50 ms faster. Its sort stays in memory up to 128 MB (this transaction only).
+            cur.execute("SET LOCAL maintenance_work_mem = '128MB'")
             cur.execute("SET LOCAL work_mem = '128MB'")
-            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} GROUP BY {} HAVING count(*) > 1)").format(
-                key_table, key_list))
-            row = cur.fetchone()
-            if row and row[0]:
-                raise _RepeatedKeys
+            try:
+                cur.execute(sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(key_table, key_list))
+            except psycopg.errors.UniqueViolation:
+                raise _RepeatedKeys from None
     except _RepeatedKeys:
         _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows, referenced)
         return
