@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sndw.lake import Manifest, PartitionWriter, partition_files, write_partition
+from sndw.lake import Manifest, PartitionWriter, iter_file_batches, partition_files, write_partition
 
 DAY = dt.date(2024, 3, 1)
 
@@ -116,3 +116,19 @@ def test_another_run_does_not_resume_this_runs_parts(tmp_path: Path) -> None:
         manifest = other.commit()
     assert manifest.rows == 1
     assert [p.name for p in (tmp_path / "sql/s/t").iterdir()] == ["2024-03-01"]  # run-1's leftovers are gone
+
+
+def test_file_batches_follow_a_byte_target_within_the_row_bounds(tmp_path: Path) -> None:
+    """The load reads wide rows in fewer rows a batch and narrow columns (a merge's keys) in up to
+    ``batch_rows``; every row comes back once, in order."""
+    path = tmp_path / "wide.parquet"
+    rows = 20_000
+    pq.write_table(pa.table({"id": pa.array(range(rows), pa.int64()),
+                             "text": pa.array([f"{i:0>1000}" for i in range(rows)])}), path, row_group_size=5_000)
+    wide = list(iter_file_batches(path, 100_000, batch_bytes=1 << 20))
+    assert 1_000 <= max(b.num_rows for b in wide) <= 1_100  # ~1,000 bytes a row: ~1,048 rows a MiB
+    assert pa.Table.from_batches(wide).column("id").to_pylist() == list(range(rows))
+    keys = list(iter_file_batches(path, 8_000, columns=["id"], batch_bytes=1 << 20))
+    assert [b.num_rows for b in keys] == [8_000, 8_000, 4_000] and keys[0].schema.names == ["id"]
+    tiny = list(iter_file_batches(path, 100_000, batch_bytes=1))
+    assert max(b.num_rows for b in tiny) == 1_000  # never below 1,000 rows a batch
