@@ -46,9 +46,9 @@ log = logging.getLogger(__name__)
 NUL = "\x00"
 NUL_REPLACEMENT = "\ufffd"  # PostgreSQL text cannot hold NUL: it becomes U+FFFD, counted in the log
 # The load reads and encodes a file in batches of about this many (uncompressed) bytes: 1M bench
-# rows (148 bytes each) loaded 1.06x psql's binary COPY in batches of 100,000 rows and 1.19-1.21x
-# in batches of 10,000-20,000 (2 runs of 6 paired rounds); smaller batches fit the CPU caches and
-# hand the server its first rows sooner.
+# rows (148 bytes each) loaded 1.01-1.06x psql's binary COPY in batches of 100,000 rows and
+# 1.09-1.21x in batches of 10,000-20,000 (3 runs of 6 paired rounds), with 100 MiB less peak RSS:
+# smaller batches fit the CPU caches and hand the server its first rows sooner.
 LOAD_BATCH_BYTES = 2 << 20
 
 # ------------------------------------------------------------------------------ type mapping
