@@ -55,6 +55,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 from sndw.audit import redact
+from sndw.config import DEFAULT_BATCH_ROWS
 
 from bench import report
 
@@ -174,6 +175,8 @@ class Bench:
 
     def worker(self, method: str, args: dict[str, Any], env: dict[str, str] | None = None) -> Sample:
         python = SNDW_PYTHON if method in SNDW_METHODS else sys.executable
+        if method == "extract_sndw":  # the extract operator's batches at a table's default batch_rows
+            args = {"batch_rows": DEFAULT_BATCH_ROWS, **args}
         process_seconds, rss, stdout, _ = run_process([python, "-m", "bench.workers", method, json.dumps(args)],
                                                       env=env or self.worker_env())
         line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("BENCH_RESULT ")), None)

@@ -118,13 +118,17 @@ def load_dlt(a: dict[str, Any]) -> Result:
 
 
 def extract_sndw(a: dict[str, Any]) -> Result:
-    """This product's sql extract for a PostgreSQL connection: what ExtractToParquetOperator runs."""
-    from sndw.extract.sql import iter_postgres_batches
+    """This product's sql extract for a PostgreSQL connection: what ExtractToParquetOperator runs
+    for a table of ``batch_rows`` (the same batch size and row cap; the harness passes the config's
+    default: importing sndw.config here would time pydantic's import too)."""
+    from sndw.extract.sql import iter_postgres_batches, postgres_batch_bytes
     from sndw.lake import write_partition
 
     conninfo = _conninfo(a["url"])
+    rows = int(a["batch_rows"])
     started = time.perf_counter()
-    manifest = write_partition(iter_postgres_batches(conninfo, a["query"]), a["lake_root"], "sql",
+    batches = iter_postgres_batches(conninfo, a["query"], batch_bytes=postgres_batch_bytes(rows), max_rows=rows)
+    manifest = write_partition(batches, a["lake_root"], "sql",
                                a.get("source", "bench"), a["table"], date.fromisoformat(a["partition"]),
                                run_id="bench")
     return {"rows": manifest.rows, "seconds": time.perf_counter() - started, "bytes": manifest.bytes,

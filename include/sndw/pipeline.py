@@ -207,6 +207,7 @@ def _sql_batches(request: ExtractRequest, spec: SqlTable, access: SourceAccess, 
         incremental_query,
         iter_postgres_batches,
         keyed_query,
+        postgres_batch_bytes,
         table_query,
         with_key_positions,
     )
@@ -223,9 +224,8 @@ def _sql_batches(request: ExtractRequest, spec: SqlTable, access: SourceAccess, 
     batches: Iterator[pa.RecordBatch]
     if postgres:
         assert access.postgres_conninfo is not None
-        # ADBC batches by bytes: aim near batch_rows (~128 B a row) so checkpoints stay frequent.
-        batch_bytes = max(1 << 16, min(16 << 20, spec.batch_rows * 128))
-        batches = iter_postgres_batches(access.postgres_conninfo, query, batch_bytes=batch_bytes,
+        batches = iter_postgres_batches(access.postgres_conninfo, query,
+                                        batch_bytes=postgres_batch_bytes(spec.batch_rows),
                                         max_rows=spec.batch_rows, table=sql_label(request.source, spec),
                                         column_types=spec.column_types)
     else:

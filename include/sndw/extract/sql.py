@@ -195,6 +195,12 @@ def register_connection_password(conninfo: str) -> None:
     register_secret(str(password) if password else None)
 
 
+def postgres_batch_bytes(batch_rows: int) -> int:
+    """ADBC batches by bytes: aim near ``batch_rows`` (~128 B a row) so a checkpointed extract's
+    parts stay near ``batch_rows`` rows; 64 KiB to 16 MiB."""
+    return max(1 << 16, min(16 << 20, batch_rows * 128))
+
+
 def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
                           max_rows: int | None = None, *, table: str = "query",
                           column_types: Mapping[str, str] | None = None) -> Iterator[pa.RecordBatch]:
