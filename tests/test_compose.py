@@ -420,3 +420,15 @@ def test_dockerignore() -> None:
 def test_no_host_specific_paths() -> None:
     text = COMPOSE_FILE.read_text()
     assert "/work/" not in text and os.path.expanduser("~") not in text
+
+
+def test_the_compose_warehouse_runs_with_the_local_warehouses_server_settings(dw: Any) -> None:
+    """docker-compose's warehouse and scripts/pg-local's (the one `make demo`, `make up` and the
+    tests use) take the same settings beyond PostgreSQL's defaults; the test cluster shows them."""
+    command = _load()["services"]["warehouse"]["command"]
+    assert command[0] == "postgres"
+    settings = dict(arg.split("=", 1) for arg in command[2::2])
+    assert command[1::2] == ["-c"] * len(settings) and settings, command
+    for name, value in settings.items():
+        shown = dw.execute(f"SHOW {name}").fetchone()[0]  # noqa: S608 (names from our own compose file)
+        assert shown == value, f"{name}: the server shows {shown}, compose sets {value} (restart the test cluster?)"
