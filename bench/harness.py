@@ -259,7 +259,7 @@ class Bench:
             "server": self.execute("SHOW server_version")[0][0], "psql": psql_version,
             "cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
             "commit": commit or None, "versions": versions,
-            "settings": {k: self.execute(f"SHOW {k}")[0][0] for k in ("fsync", "synchronous_commit", "shared_buffers")},
+            "settings": {k: self.execute(f"SHOW {k}")[0][0] for k in ("fsync", "synchronous_commit", "shared_buffers", "wal_buffers")},
         }
 
     # ----------------------------------------------------------------------------- data
