@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from sndw.errors import PermanentError
-from sndw.naming import validate_transform_reference as validate_reference
+from sndw.naming import validate_transform_reference
 
 # dags/ of this project, for the command line (Airflow puts its DAGs folder on sys.path itself).
 PROJECT_DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -150,7 +150,7 @@ def _cast(column: pa.Array, target: pa.DataType) -> pa.Array:
 
 def load_transform(reference: str) -> BatchTransform:
     """Import ``package.module:function`` and tell which kind of batch it takes."""
-    validate_reference(reference)
+    validate_transform_reference(reference)
     module_name, function_name = reference.split(":")
     try:
         module = _import(module_name)

@@ -264,10 +264,10 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
         return self._lineage(self.lineage_manifest)
 
     def source_access(self, spec: TableBase) -> SourceAccess:
-        from sndw.pipeline import SourceAccess
-
         """The source as the core reads it, from the Airflow connection. A connection that does not
         exist fails the task at once: no retry can create it."""
+        from sndw.pipeline import SourceAccess
+
         if self.kind == "file":
             return SourceAccess(base_path=self.base_path, warehouse=self.dw_connection)
         if not self.conn_id:
