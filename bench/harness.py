@@ -202,6 +202,12 @@ class Bench:
     def checkpoint(self) -> None:
         self.execute("CHECKPOINT")
 
+    def wal_lsn(self) -> str:
+        return str(self.execute("SELECT pg_current_wal_lsn()::text")[0][0])
+
+    def wal_bytes_since(self, lsn: str) -> int:
+        return int(self.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", [lsn])[0][0])
+
     def drop(self, *tables: str) -> None:
         for table in tables:
             self.execute(sql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(sql.Identifier(SCHEMA), sql.Identifier(table)))
@@ -539,8 +545,14 @@ class Bench:
         paths = self.slices[slice_rows]
 
         def load(table: str, mode: str, partition: str = PARTITION, pk: list[str] | None = None) -> Sample:
-            return self.worker("load_sndw", {"url": self.url, "paths": paths, "schema": SCHEMA, "table": table,
-                                             "mode": mode, "partition": partition, "primary_key": pk or []})
+            # The WAL the load wrote (the bench's own cluster: nothing else writes meanwhile). Every
+            # method starts right after a CHECKPOINT, so the first change to an existing page logs
+            # the whole page, as the first change after any checkpoint does.
+            lsn = self.wal_lsn()
+            sample = self.worker("load_sndw", {"url": self.url, "paths": paths, "schema": SCHEMA, "table": table,
+                                               "mode": mode, "partition": partition, "primary_key": pk or []})
+            sample.details["wal_bytes"] = self.wal_bytes_since(lsn)
+            return sample
 
         def copy_of_base(table: str, key: bool = False, id_offset: int = 0) -> None:
             self.drop(table)
@@ -588,8 +600,42 @@ class Bench:
             self.drop("wm_replace")
             return sample
 
+        # The server's own floor for a merge: the same rows already in a table on the server, no
+        # client, no Parquet. A merge there is DELETE ... USING + INSERT ... SELECT; the append
+        # beside it is INSERT ... SELECT into the keyed table whose keys were moved out of the way,
+        # as for append_keyed. Timed in-process,
+        # connect to commit, both the same way.
+        self.drop("wm_rows")
+        self.execute(f"CREATE TABLE {SCHEMA}.wm_rows AS SELECT {self.column_list} FROM {SCHEMA}.ref_base "  # noqa: S608
+                     f"WHERE id <= {slice_rows}")
+        self.execute(f"VACUUM ANALYZE {SCHEMA}.wm_rows")
+
+        def server(statements: list[str]) -> Sample:
+            self.checkpoint()
+            started = time.perf_counter()
+            with psycopg.connect(self.url) as conn:  # one transaction, committed on leaving the block
+                for statement in statements:
+                    conn.execute(statement)
+            return Sample(seconds=time.perf_counter() - started, rows=slice_rows, rss_kib=0)
+
+        def server_append_keyed() -> Sample:
+            copy_of_base("wm_server", key=True, id_offset=self.s.rows)
+            sample = server([f"INSERT INTO {SCHEMA}.wm_server ({self.column_list}) "  # noqa: S608
+                                          f"SELECT {self.column_list} FROM {SCHEMA}.wm_rows"])
+            self.drop("wm_server")
+            return sample
+
+        def server_merge() -> Sample:
+            copy_of_base("wm_server", key=True)
+            sample = server([
+                f"DELETE FROM {SCHEMA}.wm_server t USING {SCHEMA}.wm_rows r WHERE t.id = r.id",  # noqa: S608
+                f"INSERT INTO {SCHEMA}.wm_server ({self.column_list}) SELECT {self.column_list} FROM {SCHEMA}.wm_rows"])  # noqa: S608
+            self.drop("wm_server")
+            return sample
+
         samples = self.interleave({"append": append, "append_keyed": append_keyed, "partition": partition,
-                                   "merge": merge, "replace": replace}, warmup={"append"})
+                                   "merge": merge, "replace": replace, "server_append_keyed": server_append_keyed,
+                                   "server_merge": server_merge}, warmup={"append"})
         base_rows = self.s.rows
         notes = {
             "append": f"into a plain table of {base_rows:,} rows",
@@ -598,17 +644,30 @@ class Bench:
             "merge": f"upsert on id, every key already in the {base_rows:,}-row table",
             "replace": f"full refresh of a {base_rows:,}-row table in place: TRUNCATE + COPY",
         }
-        info = {m: {"label": m, "rows": slice_rows, "skipped": None, "note": notes[m]} for m in samples}
+        info = {m: {"label": m, "rows": slice_rows, "skipped": None, "note": notes[m]} for m in notes}
         self.results["write_modes"] = summarise(info, samples, reference="append", ratio="cost")
         # A merge against an append into the same keyed table, paired per round: what the merge
         # costs beyond maintaining the table's key, which any load into that table pays.
         keyed = [m.seconds / a.seconds for m, a in zip(samples["merge"], samples["append_keyed"], strict=True)
                  if m.seconds and a.seconds]
+        keyed_wal = [m.details["wal_bytes"] / a.details["wal_bytes"]
+                     for m, a in zip(samples["merge"], samples["append_keyed"], strict=True) if a.details.get("wal_bytes")]
         for entry in self.results["write_modes"]["methods"]:
+            runs = samples.get(entry["method"]) or []
+            if runs and all("wal_bytes" in s.details for s in runs):
+                entry["wal_bytes"] = int(statistics.median(s.details["wal_bytes"] for s in runs))
             if entry["method"] == "merge" and keyed:
                 entry["keyed_ratio"] = round(statistics.median(keyed), 3)
                 entry["keyed_ratio_range"] = [round(min(keyed), 3), round(max(keyed), 3)]
-        self.drop("wm_append", "wm_partition")
+            if entry["method"] == "merge" and keyed_wal:
+                entry["keyed_wal_ratio"] = round(statistics.median(keyed_wal), 3)
+        floor = [m.seconds / a.seconds for m, a in zip(samples["server_merge"], samples["server_append_keyed"], strict=True)]
+        self.results["write_modes"]["server_merge"] = {
+            "merge_seconds": round(statistics.median(s.seconds for s in samples["server_merge"]), 3),
+            "append_keyed_seconds": round(statistics.median(s.seconds for s in samples["server_append_keyed"]), 3),
+            "ratio": round(statistics.median(floor), 3), "ratio_range": [round(min(floor), 3), round(max(floor), 3)],
+            "rounds": len(floor)}
+        self.drop("wm_append", "wm_partition", "wm_rows")
 
     # ------------------------------------------------------------------------- replace
 

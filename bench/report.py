@@ -115,15 +115,25 @@ def render(results: dict[str, Any]) -> str:
         lines += _speed_table(results["extract"], "psql CSV", meta["rows"]) + [""]
     if results.get("write_modes"):
         lines += ["Write modes (sndw load_files of the same rows)", "",
-                  "| mode | rows | s | x append | peak RSS MiB | what |", "|---|---:|---:|---:|---:|---|"]
+                  "| mode | rows | s | x append | WAL MiB | peak RSS MiB | what |", "|---|---:|---:|---:|---:|---:|---|"]
         for m in results["write_modes"]["methods"]:
             note = m["note"]
             if "keyed_ratio" in m:
                 keyed = _ratio({"ratio": m["keyed_ratio"], "ratio_range": m["keyed_ratio_range"],
                                 "rounds": m.get("rounds")})
                 note += f"; {keyed}x append_keyed"
-            lines.append(f"| {m['method']} | {_n(m['rows'])} | {m['seconds']:.2f} | {_ratio(m)} | "
+            if "keyed_wal_ratio" in m:
+                note += f", {m['keyed_wal_ratio']:.2f}x its WAL"
+            wal = f"{m['wal_bytes'] / 2**20:.0f}" if "wal_bytes" in m else "-"
+            lines.append(f"| {m['method']} | {_n(m['rows'])} | {m['seconds']:.2f} | {_ratio(m)} | {wal} | "
                          f"{m['peak_rss_mib']:.0f} | {note} |")
+        floor = results["write_modes"].get("server_merge")
+        if floor:
+            spread = f" ({floor['ratio_range'][0]:.2f}-{floor['ratio_range'][1]:.2f})" if floor["rounds"] > 1 else ""
+            lines += ["", f"The server alone, the same rows from a table on the server: DELETE ... USING + INSERT ... SELECT "
+                          f"{floor['merge_seconds']:.2f} s, INSERT ... SELECT of new keys into the keyed table "
+                          f"{floor['append_keyed_seconds']:.2f} s: a merge is {floor['ratio']:.2f}x{spread} the append "
+                          f"there (connect to commit, paired per round)."]
         lines.append("")
     for block in results.get("replace") or []:
         lines += [f"Replace: N rows into a table of N rows, wal_level = {block['wal_level']}", ""]

@@ -61,6 +61,13 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     assert all(m["rows"] == ROWS // 4 for m in modes.values())
     assert modes["append"]["ratio"] == 1.0
     assert modes["merge"]["keyed_ratio"] > 0 and len(modes["merge"]["keyed_ratio_range"]) == 2
+    # The WAL each mode wrote: a merge deletes the old versions and inserts the new ones, so it
+    # writes more than an append of the same rows into the same keyed table.
+    assert all(m["wal_bytes"] > 0 for m in modes.values())
+    assert modes["merge"]["keyed_wal_ratio"] > 1.0
+    server_merge = data["write_modes"]["server_merge"]
+    assert server_merge["merge_seconds"] > 0 and server_merge["append_keyed_seconds"] > 0
+    assert server_merge["ratio_range"][0] <= server_merge["ratio"] <= server_merge["ratio_range"][1]
     # Both sides of the load's ratio also as whole processes (start-up and imports included).
     assert load["sndw"]["process_ratio"] > 0 and load["sndw"]["process_seconds"] >= load["sndw"]["seconds"]
     assert load["psql_binary"]["process_ratio"] == 1.0
