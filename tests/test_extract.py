@@ -237,6 +237,20 @@ def test_broken_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
         list(iter_file_batches(file_table(path="nothing*.csv"), str(tmp_path)))
 
 
+def test_a_broken_csv_row_is_named_by_its_line(tmp_path: Path) -> None:
+    # polars says "found more fields than defined in 'Schema'" and "expected 0 rows, actual 1
+    # rows": the error names the line instead. The quoted newline keeps lines and records apart.
+    (tmp_path / "extra.csv").write_text('a,b\n1,"x\ny"\n2,y\n3,z,extra\n4,w\n', encoding="utf-8")
+    with pytest.raises(SourceDataError, match=r"extra\.csv: line 5: 3 fields where the header has 2$"):
+        list(iter_file_batches(file_table(path="extra.csv"), str(tmp_path)))
+    (tmp_path / "open.csv").write_text('a;b\n1;x\n2;"never closed\n3;z\n', encoding="utf-8")
+    with pytest.raises(SourceDataError, match=r"open\.csv: line 3: a quoted field opened on this line is not closed"):
+        list(iter_file_batches(file_table(path="open.csv", csv={"delimiter": ";"}), str(tmp_path)))
+    (tmp_path / "latin.csv").write_bytes("a,b\nJoão,x\n2,y,z\n".encode("latin-1"))  # read from its UTF-8 copy
+    with pytest.raises(SourceDataError, match=r"latin\.csv: line 3: 3 fields where the header has 2"):
+        list(iter_file_batches(file_table(path="latin.csv", csv={"encoding": "latin-1"}), str(tmp_path)))
+
+
 @pytest.mark.skipif(not (SHARED / "fivethirtyeight-mayweather-mcgregor").exists(), reason="shared datasets absent")
 def test_messy_real_csv_with_embedded_newlines_and_emoji() -> None:
     spec = file_table(path="tweets.csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import csv
 import decimal
 import glob
 import json
@@ -185,9 +186,47 @@ def _csv(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[p
             for batch in chunk.to_arrow().to_batches():
                 yield _typed(batch, table, path, row, declared, wide)
                 row += batch.num_rows
+    except pl.exceptions.PolarsError as exc:
+        problem = csv_problem(source, options)
+        if problem is None:
+            raise
+        raise SourceDataError(f"{table.name}: cannot read {path}: {problem}") from exc
     finally:
         if source != path:
             os.unlink(source)
+
+
+def csv_problem(path: Path, options: CsvOptions) -> str | None:
+    """The first record that breaks a CSV file, by its line number, for the error message: polars
+    says "found more fields than defined in 'Schema'" or "expected 0 rows, actual 1 rows" without
+    a line. Read again with Python's own reader, in strict mode; None when it finds nothing."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # a long quoted field is no error here
+    with open(path, encoding="utf-8", newline="") as handle:
+        if options.quote_char:
+            reader = csv.reader(handle, delimiter=options.delimiter, quotechar=options.quote_char, strict=True)
+        else:
+            reader = csv.reader(handle, delimiter=options.delimiter, quoting=csv.QUOTE_NONE, strict=True)
+        width: int | None = None
+        records = 0
+        while True:
+            line = reader.line_num + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                if "end of data" in str(exc) or "EOF" in str(exc):
+                    return f"line {line}: a quoted field opened on this line is not closed before the end of the file"
+                return f"line {line}: {exc}"
+            records += 1
+            if records <= options.skip_rows or not record:
+                continue
+            if width is None:
+                width = len(record)
+                continue
+            if len(record) > width:
+                first = "the header" if options.has_header else "the first row"
+                return f"line {line}: {len(record)} fields where {first} has {width}"
 
 
 def _declared(table: FileTable, names: list[str]) -> dict[str, str]:
