@@ -603,8 +603,7 @@ class Bench:
         # The server's own floor for a merge: the same rows already in a table on the server, no
         # client, no Parquet. A merge there is DELETE ... USING + INSERT ... SELECT; the append
         # beside it is INSERT ... SELECT into the keyed table whose keys were moved out of the way,
-        # as for append_keyed. Timed in-process,
-        # connect to commit, both the same way.
+        # as for append_keyed. Both timed the same way, in-process from connect to commit.
         self.drop("wm_rows")
         self.execute(f"CREATE TABLE {SCHEMA}.wm_rows AS SELECT {self.column_list} FROM {SCHEMA}.ref_base "  # noqa: S608
                      f"WHERE id <= {slice_rows}")
