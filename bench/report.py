@@ -124,7 +124,8 @@ def render(results: dict[str, Any]) -> str:
                 note += f"; {keyed}x append_keyed"
             if "keyed_wal_ratio" in m:
                 note += f", {m['keyed_wal_ratio']:.2f}x its WAL"
-            wal = f"{m['wal_bytes'] / 2**20:.0f}" if "wal_bytes" in m else "-"
+            mib = m["wal_bytes"] / 2**20 if "wal_bytes" in m else None
+            wal = "-" if mib is None else f"{mib:.0f}" if mib >= 10 else f"{mib:.2f}"
             lines.append(f"| {m['method']} | {_n(m['rows'])} | {m['seconds']:.2f} | {_ratio(m)} | {wal} | "
                          f"{m['peak_rss_mib']:.0f} | {note} |")
         floor = results["write_modes"].get("server_merge")
