@@ -536,6 +536,11 @@ class Bench:
         samples = self.interleave_tolerant(methods, required={"sndw", "psql_csv", "psql_binary"},
                                            warmup={"sndw", "psql_csv", "psql_binary"})
         self.results["extract"] = summarise(info, samples, reference="psql_csv")
+        for entry in self.results["extract"]["methods"]:  # what each method wrote: Parquet, CSV, COPY binary
+            sizes = [s.details["bytes"] for s in samples.get(entry["method"]) or [] if s.details.get("bytes")]
+            if sizes:
+                entry["output_bytes"] = int(statistics.median(sizes))
+                entry["note"] = "; ".join(filter(None, [entry["note"], f"writes {entry['output_bytes'] / 2**20:.1f} MiB"]))
 
     # --------------------------------------------------------------------- write modes
 

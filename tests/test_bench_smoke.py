@@ -55,6 +55,7 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     for name in ("sndw", "psql_csv", "psql_binary"):
         assert extract[name]["rows"] == ROWS and extract[name]["rows_per_s"] > 0, extract[name]
     assert extract["psql_csv"]["ratio"] == 1.0
+    assert all(extract[name]["output_bytes"] > 0 for name in ("sndw", "psql_csv", "psql_binary"))
 
     modes = {m["method"]: m for m in data["write_modes"]["methods"]}
     assert set(modes) == {"append", "append_keyed", "partition", "merge", "replace"}
