@@ -33,16 +33,6 @@ from sndw.naming import lake_partition_dir, lake_table_dir, unique_column_names
 log = logging.getLogger(__name__)
 
 PARQUET_COMPRESSION = "zstd"
-
-
-def delta_encoded_columns(schema: pa.Schema) -> dict[str, str]:
-    """Integer, date, time and timestamp columns are written DELTA_BINARY_PACKED (a standard
-    Parquet encoding every reader knows): on the bench's 1M rows the file is 13% smaller (38.4
-    against 44.1 MiB), written with 7% less CPU and read back with 13% less. Top-level columns
-    only; decimals are fixed-length bytes in Parquet and keep PLAIN."""
-    return {field.name: "DELTA_BINARY_PACKED" for field in schema
-            if pa.types.is_integer(field.type) or pa.types.is_date32(field.type)
-            or pa.types.is_timestamp(field.type) or pa.types.is_time(field.type)}
 ROWS_PER_FILE = 1_000_000
 PART_GLOB = "part-*.parquet"
 CHECKPOINT_FILE = "_checkpoint.json"
@@ -58,6 +48,16 @@ SOURCE_FILE_KEY = b"sndw.source_file"
 # spelling, e.g. b"numeric(10,2)", b"text[]", b"tsvector"); without it the lake type decides.
 PG_TYPE_KEY = b"sndw.pg_type"
 NAIVE_TIMESTAMP = b"without time zone"
+
+
+def delta_encoded_columns(schema: pa.Schema) -> dict[str, str]:
+    """Integer, date, time and timestamp columns are written DELTA_BINARY_PACKED (an encoding of
+    the Parquet format itself): on the bench's 1M rows the file is 13% smaller (38.4 against 44.1
+    MiB), written with 7% less CPU and read back with 13% less. Top-level columns only; decimals
+    are fixed-length bytes in Parquet and keep PLAIN."""
+    return {field.name: "DELTA_BINARY_PACKED" for field in schema
+            if pa.types.is_integer(field.type) or pa.types.is_date32(field.type)
+            or pa.types.is_timestamp(field.type) or pa.types.is_time(field.type)}
 
 
 @dataclass
