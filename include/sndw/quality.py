@@ -127,7 +127,7 @@ class CheckScope:
     def qualified(self) -> str:
         return f"{self.schema}.{self.table}"
 
-    def target(self) -> sql.Composed:
+    def target(self) -> sql.Identifier:
         from psycopg import sql
 
         return sql.Identifier(self.schema, self.table)
@@ -161,7 +161,7 @@ class CheckScope:
 # ------------------------------------------------------------------------------------ the table
 
 
-def results_table(schema: str = "public") -> sql.Composed:
+def results_table(schema: str = "public") -> sql.Identifier:
     from psycopg import sql
 
     return sql.Identifier(schema, RESULTS_TABLE)
@@ -318,7 +318,7 @@ def _samples(cur: psycopg.Cursor[Any], keys: list[str], relation: sql.Composable
     return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
 
 
-def _scalar(cur: psycopg.Cursor[Any], statement: sql.Composable, params: Sequence[Any] = ()) -> Any:
+def _scalar(cur: psycopg.Cursor[Any], statement: sql.Composed | sql.SQL, params: Sequence[Any] = ()) -> Any:
     cur.execute(statement, params)
     row = cur.fetchone()
     return row[0] if row else None
@@ -445,14 +445,14 @@ def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns:
         return result
     if kind == "sql":
         assert check.sql is not None
-        query = sql.SQL(render_sql(check.sql, scope))  # type: ignore[arg-type]  # the config's own SQL
+        query = sql.SQL(render_sql(check.sql, scope))  # type: ignore[arg-type,unused-ignore]  # the config's own SQL
         failing = int(_scalar(cur, sql.SQL("SELECT count(*) FROM ({}) q").format(query)))
         result.failing_rows = failing
         if failing:
             cur.execute(sql.SQL("SELECT * FROM ({}) q LIMIT {}").format(query, sql.Literal(MAX_SAMPLE_KEYS)))
             names = [d.name for d in cur.description or []]
-            keys = [k for k in scope.primary_key if k in names] or names[:1]
-            result.sample_keys = [{k: None if row[names.index(k)] is None else str(row[names.index(k)]) for k in keys}
+            shown = [k for k in scope.primary_key if k in names] or names[:1]
+            result.sample_keys = [{k: None if row[names.index(k)] is None else str(row[names.index(k)]) for k in shown}
                                   for row in cur.fetchall()]
             result.message = f"the query returned {_n(failing)}"
             result.status = _failed(check)
