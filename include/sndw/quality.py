@@ -413,7 +413,7 @@ def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns:
                 sql.SQL(", ").join(sql.SQL("d.{}::text").format(k) for k in keys), dup,
                 sql.SQL(", ").join(sql.SQL("d.{}").format(k) for k in keys), sql.Literal(MAX_SAMPLE_KEYS)))
             result.sample_keys = [dict(zip(check.columns, row, strict=True)) for row in cur.fetchall()]
-            result.message = f"{_n(failing)} repeat a value of ({', '.join(check.columns)})"
+            result.message = f"{_n(failing)} {'repeats' if failing == 1 else 'repeat'} a value of ({', '.join(check.columns)})"
             result.status = _failed(check)
         return result
     if kind == "row_count":
