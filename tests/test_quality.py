@@ -382,3 +382,13 @@ def test_a_dag_run_blocked_by_a_check_publishes_nothing(env: dict[str, Any], con
                               "ORDER BY id").fetchall()
     assert recorded[3:] == [("range(amount)", "fail", 1, False), ("accepted_values(status)", "warn", 2, False),
                             ("sql", "pass", 0, False)], recorded
+
+
+def test_an_empty_first_extract_of_an_append_table_passes_its_row_checks(tmp_path: Path,
+                                                                          dw: psycopg.Connection) -> None:
+    empty = write_partition([], tmp_path / "lake", "sql", "src", "orders", DAY, run_id="run-empty")
+    spec = LoadSpec("public", "orders", "append", ["id"], checks=checks({"not_null": ["amount"]}, {"unique": ["id"]}))
+    loaded = load_manifest(dw, empty, spec)
+    assert loaded.checks and loaded.checks["counts"] == {"pass": 2}, loaded.checks
+    with pytest.raises(QualityCheckError, match="0 rows, fewer than 1"):
+        load_manifest(dw, empty, LoadSpec("public", "orders", "append", ["id"], checks=checks({"row_count": {"min": 1}})))

@@ -247,9 +247,8 @@ def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckSc
     from sndw.warehouse import table_columns
 
     columns = table_columns(cur, scope.schema, scope.table)
-    if not columns:
-        return [CheckResult(c.label, c.kind, c.severity, "error", message=f"{scope.qualified} does not exist")
-                for c in checks], 0
+    if not columns:  # nothing loaded and no table yet (an empty first extract): zero rows to check
+        return [_without_table(c, scope) for c in checks], 0
     cur.execute(sql.SQL("CREATE OR REPLACE TEMP VIEW {} AS SELECT * FROM {} r WHERE {}").format(
         sql.Identifier(ROWS_VIEW), scope.target(), scope.condition()))
     ordered = sorted(checks, key=lambda c: c.on_fail != "quarantine")  # stable: the listed order otherwise
@@ -287,6 +286,19 @@ def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckSc
                  f" ({result.failing_rows} rows)" if result.failing_rows else "")
     cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(ROWS_VIEW)))
     return [results[c.label] for c in checks], rejected
+
+
+def _without_table(check: Check, scope: CheckScope) -> CheckResult:
+    """A check of a load that wrote no rows into a table that does not exist yet."""
+    result = CheckResult(check.label, check.kind, check.severity, "pass", column=_column(check),
+                         message=f"{scope.qualified} does not exist yet: no rows to check")
+    if check.kind in ("not_null", "unique", "accepted_values", "range", "regex", "relationships", "sql"):
+        result.failing_rows = 0
+    elif check.kind == "row_count" and check.row_count is not None and (check.row_count.min or 0) > 0:
+        result.message, result.status = f"0 rows, fewer than {check.row_count.min}", _failed(check)
+    elif check.kind == "freshness":
+        result.message, result.status = "no rows: nothing is fresh", _failed(check)
+    return result
 
 
 def _column(check: Check) -> str | None:
