@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     lake_paths     JSONB,
     schema_changes JSONB,
     attempt_key    TEXT UNIQUE,
-    manifest_id    TEXT
+    manifest_id    TEXT,
+    rows_rejected  BIGINT
 )
 """
 
@@ -235,6 +236,8 @@ class AuditRecord:
     lake_paths: list[str] | None = None
     schema_changes: list[dict[str, Any]] | None = None
     manifest_id: str | None = None
+    # Rows that quality checks with on_fail: quarantine moved to _rejected_<table> (None: no checks).
+    rows_rejected: int | None = None
     # The key of an attempt outside Airflow (a CLI run): what makes its row idempotent too.
     attempt_id: str | None = None
 
@@ -265,10 +268,12 @@ def ensure_audit_table(conn: psycopg.Connection[Any], schema: str = "public") ->
         cur.execute(sql.SQL(AUDIT_DDL).format(table=audit_table(schema)))
         # Tables made by an earlier version get the columns added since (ALTER only when missing:
         # it locks the table).
-        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-                    "AND column_name = 'manifest_id'", (schema, AUDIT_TABLE))
-        if cur.fetchone() is None:
-            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN manifest_id TEXT").format(audit_table(schema)))
+        for column, pg_type in (("manifest_id", "TEXT"), ("rows_rejected", "BIGINT")):
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                        "AND column_name = %s", (schema, AUDIT_TABLE, column))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    audit_table(schema), sql.Identifier(column), sql.SQL(pg_type)))
         cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{STATUS_VIEW}"',))
         row = cur.fetchone()
         if row is None or row[0] is None:
@@ -308,6 +313,7 @@ def insert_audit_row(cur: psycopg.Cursor[Any], record: AuditRecord, schema: str 
         "schema_changes": json.dumps(record.schema_changes) if record.schema_changes is not None else None,
         "attempt_key": record.attempt_key,
         "manifest_id": record.manifest_id,
+        "rows_rejected": record.rows_rejected,
     }
     query = sql.SQL("INSERT INTO {table} ({cols}) VALUES ({vals}) ON CONFLICT (attempt_key) DO NOTHING").format(
         table=audit_table(schema),

@@ -82,3 +82,53 @@ def format_counts(rows: list[dict[str, Any]]) -> str:
         rows_text = "missing" if r["rows"] is None else str(r["rows"])
         lines.append(f"{r['table']:40} {rows_text:>12} {source:>12}  {last:25} {r['last_status'] or '-'}{mark}")
     return "\n".join(lines)
+
+
+def check_quality(connect: Callable[[], Any], source: Any, partition: Any = None) -> list[dict[str, Any]]:
+    """``check --quality``: run each table's checks on what is loaded, without loading: the whole
+    table, or for a ``partition`` table one date (``partition``, default the newest one loaded).
+    Nothing changes (quarantine checks count the rows they would move); the results are recorded in
+    ``etl_check_results`` with run id ``check:<id>``. One row per check."""
+    import uuid
+
+    from sndw.naming import PARTITION_DATE
+    from sndw.quality import CheckScope, ResultContext, run_checks, write_results
+
+    run_id = f"check:{uuid.uuid4().hex[:12]}"
+    out: list[dict[str, Any]] = []
+    with connect() as conn:
+        for table in source.tables:
+            if not table.checks:
+                continue
+            name = f"{source.target_schema}.{table.target}"
+            day = partition
+            if table.write_mode == "partition" and day is None:
+                exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(source.target_schema, table.target)
+                                                                 .as_string(conn),)).fetchone()
+                if exists and exists[0]:
+                    row = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
+                        sql.Identifier(PARTITION_DATE), sql.Identifier(source.target_schema, table.target))).fetchone()
+                    day = row[0] if row else None
+            scope = CheckScope(source.target_schema, table.target, day, primary_key=table.key_columns,
+                               by_partition=table.write_mode == "partition", previous_offset=1)
+            with conn.cursor() as cur:
+                results, _ = run_checks(cur, table.checks, scope, apply=False)
+            conn.rollback()  # read only: end the checks' transaction (its temporary view) before recording
+            write_results(conn, results, ResultContext(name, day, run_id=run_id, source=source.name),
+                          committed=True)
+            out += [{"table": name, "partition": day, **r.to_dict()} for r in results]
+    return out
+
+
+def format_quality(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no table of this source has checks"
+    from sndw.quality import format_keys
+
+    lines = [f"{'table':32} {'check':32} {'status':11} {'rows':>8}  detail"]
+    for r in rows:
+        failing = "" if r["failing_rows"] is None else str(r["failing_rows"])
+        detail = r["message"] + (f"; keys {format_keys(r['sample_keys'])}" if r["sample_keys"] else "")
+        lines.append(f"{r['table']:32} {r['name']:32} {r['status'].upper() if r['status'] in ('fail', 'error') else r['status']:11} "
+                     f"{failing:>8}  {detail}")
+    return "\n".join(lines)

@@ -171,12 +171,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.quality:  # the tables' quality checks on what is loaded (sndw.check.check_quality)
+        return _check_quality(args, source, warehouse_factory(url))
     rows = check_counts(warehouse_factory(url), source, args.config, schema=args.schema)
     if args.json:
         print(json.dumps(rows, default=str, indent=1))
     else:
         print(format_counts(rows))
     return 1 if any(r.get("agrees") is False for r in rows) else 0
+
+
+def _check_quality(args: argparse.Namespace, source: Any, connect: Any) -> int:
+    import json
+
+    from sndw.check import check_quality, format_quality
+
+    if source is None:
+        print("error: check --quality needs a source config", file=sys.stderr)
+        return 2
+    rows = check_quality(connect, source, args.date)
+    print(json.dumps(rows, default=str, indent=1) if args.json else format_quality(rows))
+    return 1 if any(r["status"] in ("fail", "error") for r in rows) else 0
 
 
 def _date(text: str) -> date:
@@ -233,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", nargs="?", help="a source config: its tables, with the source's counts")
     check.add_argument("--schema", help="only tables of this warehouse schema")
     check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument("--quality", action="store_true",
+                       help="run the config's quality checks on what is loaded, without loading; exit 1 if one blocks")
+    check.add_argument("--date", type=_date, help="--quality: the partition of partition tables (default: newest)")
     check.set_defaults(func=cmd_check)
     return parser
 

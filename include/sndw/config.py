@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from sndw.checks_config import Check, check_known_columns, select_columns, validate_checks
 from sndw.errors import ConfigError
 from sndw.naming import (
     normalize_identifier,
@@ -110,6 +111,9 @@ class TableBase(_Model):
         "Imported at run time, from the transforms/ package beside the DAGs or include/."))
     elasticsearch: ElasticsearchSink | None = Field(default=None, description=(
         "Also index the table into Elasticsearch after its load (the lake's rows, as extracted)."))
+    checks: list[Check] = Field(default_factory=list, description=(
+        "Quality checks run on the rows of each load, in its transaction, before it commits "
+        "(sndw.checks_config; docs/guides/sources.md, Quality checks)."))
 
     @field_validator("name")
     @classmethod
@@ -130,6 +134,7 @@ class TableBase(_Model):
         if self.elasticsearch and not (self.elasticsearch.id_columns or self.primary_key):
             raise ValueError("elasticsearch needs id_columns or a primary_key: documents without an id would be "
                              "duplicated by every re-run")
+        validate_checks(self.checks, self.primary_key, self.write_mode)
         return self
 
     @property
@@ -149,6 +154,7 @@ class SqlTable(TableBase):
     def _one_of(self) -> SqlTable:
         if bool(self.table) == bool(self.query):
             raise ValueError("set exactly one of 'table' or 'query'")
+        check_known_columns(self.checks, select_columns(self.query), "the query")
         return self
 
 

@@ -48,7 +48,7 @@ def replay_table(conn: psycopg.Connection[Any], source: Source, table: TableBase
     mode = "append_partition" if table.write_mode == "append" else table.write_mode
     # The table's transform as the config names it now: the lake holds the data as extracted.
     spec = LoadSpec(source.target_schema, table.target, mode, table.key_columns, allow_empty=table.allow_empty,
-                    transform=table.transform)
+                    transform=table.transform, checks=table.checks)
     results = []
     replay_id = uuid.uuid4().hex[:12]
     for day in dates:

@@ -120,7 +120,8 @@ def file_base_path(source: FileSource, config_path: str | os.PathLike[str]) -> s
 
 
 def render(table: TableBase, partition: date) -> TableBase:
-    """The table with ``{{ partition_date }}`` (and ``ds``, ``ds_nodash``) rendered, as the DAG renders it."""
+    """The table with ``{{ partition_date }}`` (and ``ds``, ``ds_nodash``) rendered, as the DAG renders it.
+    Its quality checks are left as they are: the check engine fills in their own placeholders."""
     import jinja2
 
     values = {"partition_date": partition.isoformat(), "ds": partition.isoformat(),
@@ -135,7 +136,9 @@ def render(table: TableBase, partition: date) -> TableBase:
             return [walk(v) for v in value]
         return value
 
-    return type(table).model_validate(walk(table.model_dump(mode="json")))
+    data = table.model_dump(mode="json")
+    checks = data.pop("checks", [])
+    return type(table).model_validate({**walk(data), "checks": checks})
 
 
 def source_count(source: Source, table: TableBase, access: Any) -> int | None:

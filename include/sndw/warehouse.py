@@ -25,6 +25,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from sndw import storage
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
+from sndw.checks_config import Check
 from sndw.ddl import create_schema
 from sndw.errors import EmptyExtractError, LoadError, PermanentError, SchemaConflictError
 from sndw.lake import PG_TYPE_KEY, Manifest, iter_file_batches, partition_rows
@@ -38,6 +39,16 @@ from sndw.naming import (
     qualified,
 )
 from sndw.progress import Progress
+from sndw.quality import (
+    CheckScope,
+    QualityCheckError,
+    ResultContext,
+    insert_results,
+    rejected_table_name,
+    run_checks,
+    summary,
+    write_results,
+)
 from sndw.state import Watermark, save_watermark
 from sndw.transform import BatchTransform, load_transform, output_schema, transformed_batches
 
@@ -200,6 +211,8 @@ class LoadSpec:
     allow_empty: bool = False
     # A table's ``transform`` (``package.module:function``), resolved by load_files; see sndw.transform.
     transform: str | BatchTransform | None = None
+    # Quality checks (``sndw.checks_config.Check``) run on this load's rows before it commits: sndw.quality.
+    checks: Sequence[Check] = ()
 
     @property
     def qualified(self) -> str:
@@ -219,13 +232,21 @@ class LoadResult:
     nul_replaced: int = 0
     seconds: float = 0.0
     skipped: bool = False
+    # The quality checks' results (sndw.quality.summary) and the rows they moved to _rejected_<table>.
+    checks: dict[str, Any] | None = None
+    rows_rejected: int = 0
+    # The ``_file_id`` of each file this load wrote: its rows in the table, for the checks.
+    file_ids: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "table": self.table, "write_mode": self.write_mode, "rows_loaded": self.rows_loaded,
             "files": self.files, "schema_changes": self.schema_changes, "nul_replaced": self.nul_replaced,
             "seconds": round(self.seconds, 3), "skipped": self.skipped,
         }
+        if self.checks is not None:
+            out.update(checks=self.checks, rows_rejected=self.rows_rejected)
+        return out
 
 
 def table_columns(cur: psycopg.Cursor[Any], schema: str, table: str) -> dict[str, str]:
@@ -596,6 +617,10 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
     if audit is not None:
         ensure_audit_table(conn, audit_schema)
     ensure_lake_files_table(conn)
+    if spec.checks:
+        from sndw.quality import ensure_results_table
+
+        ensure_results_table(conn, audit_schema)
     result = LoadResult(table=spec.qualified, write_mode=spec.write_mode, rows_loaded=0, files=len(paths))
     try:
         with conn.transaction(), conn.cursor() as cur:
@@ -618,22 +643,58 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                         result.schema_changes.extend(changes)
                 columns = table_columns(cur, spec.schema, spec.table)
                 _WRITERS[spec.write_mode](cur, spec, paths, columns, partition, run_id, result, batch_rows)
+            _before_commit(cur, spec, partition, run_id, result, audit, audit_schema)
             if watermark is not None and state_key is not None:
                 save_watermark(cur, state_key[0], state_key[1], watermark, run_id, audit_schema)
             if audit is not None:
                 audit.rows_loaded = result.rows_loaded
+                audit.rows_rejected = result.rows_rejected if spec.checks else None
                 audit.parquet_files = len(paths)
                 audit.schema_changes = result.schema_changes
                 audit.finished_at = datetime.now(UTC)
                 insert_audit_row(cur, audit, audit_schema)
     except psycopg.Error as exc:
         raise LoadError(f"loading {spec.qualified} failed and was rolled back: {exc}") from exc
+    except QualityCheckError as exc:  # rolled back: its results are still recorded, in a transaction of their own
+        write_results(conn, exc.results, _result_context(spec, partition, run_id, audit), committed=False,
+                      schema=audit_schema)
+        raise
     result.seconds = time.perf_counter() - started
     if result.nul_replaced:
         log.warning("%s: %d text values held NUL bytes, replaced by U+FFFD", spec.qualified, result.nul_replaced)
     log.info("%s: %d rows loaded (%s) from %d files in %.2fs", spec.qualified, result.rows_loaded,
              spec.write_mode, len(paths), result.seconds)
     return result
+
+
+def _before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run_id: str | None,
+                   result: LoadResult, audit: AuditRecord | None, audit_schema: str) -> None:
+    """What acts on the rows of this load inside its transaction, after they are written and
+    before the commit: the quality checks now (a failing block check raises QualityCheckError and
+    the whole load rolls back). Deletes of rows the source no longer has belong here too."""
+    if not spec.checks:
+        return
+    mode = spec.write_mode
+    scope = CheckScope(spec.schema, spec.table, partition, primary_key=spec.primary_key,
+                       file_ids=None if mode in ("replace", "partition") else result.file_ids,
+                       by_partition=mode == "partition")
+    results, rejected = run_checks(cur, spec.checks, scope, audit_schema=audit_schema)
+    result.checks = summary(results)
+    result.rows_rejected = rejected
+    result.rows_loaded -= rejected
+    if any(r.blocks for r in results):
+        raise QualityCheckError(spec.qualified, partition, results)
+    insert_results(cur, results, _result_context(spec, partition, run_id, audit), committed=True,
+                   schema=audit_schema)
+    if rejected:
+        log.warning("%s: %d rows failed quarantine checks and went to %s.%s", spec.qualified, rejected,
+                    spec.schema, rejected_table_name(spec.table))
+
+
+def _result_context(spec: LoadSpec, partition: date, run_id: str | None, audit: AuditRecord | None) -> ResultContext:
+    return ResultContext(spec.qualified, partition, run_id=(audit.airflow_run_id or run_id) if audit else run_id,
+                         attempt_key=audit.attempt_key if audit else None,
+                         pipeline=audit.pipeline_name if audit else None, source=audit.source_name if audit else None)
 
 
 def _already_loaded(cur: psycopg.Cursor[Any], audit: AuditRecord, audit_schema: str) -> bool:
@@ -719,6 +780,7 @@ def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, 
     progress = Progress(f"load {spec.qualified}")
     for path in paths:
         file_id = register_file(cur, spec, path, partition, run_id)
+        result.file_ids.append(file_id)
         rows, nul = copy_file(cur, target, path, columns, spec.qualified, _constants(file_id, partition),
                               batch_rows, progress,
                               spec.transform if isinstance(spec.transform, BatchTransform) else None, freeze)

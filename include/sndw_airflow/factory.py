@@ -82,7 +82,8 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
                 task_id=extract_task_id(table.name),
                 source=source.name,
                 kind=source.kind,
-                table=table.model_dump(mode="json"),
+                # The checks run in the load (their {{ table }} is the load's, not an Airflow template).
+                table=table.model_dump(mode="json", exclude={"checks"}),
                 conn_id=getattr(source, "conn_id", None),
                 base_path=base_path,
                 dw_conn_id=source.dw_conn_id,
@@ -124,6 +125,7 @@ def _load_task(source: HttpSource | SqlSource | FileSource, table: Any, manifest
         # refused an empty extract unless allowed.
         allow_empty=getattr(table, "allow_empty", True),
         transform=getattr(table, "transform", None),
+        checks=[c.model_dump(mode="json", exclude_none=True) for c in getattr(table, "checks", [])],
         dw_conn_id=source.dw_conn_id,
         source=source.name,
         kind=source.kind,

@@ -306,10 +306,13 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
     :param primary_key: key columns, needed by ``merge``
     :param allow_empty: let an extract of 0 rows empty a ``replace`` table or a ``partition`` date
     :param transform: ``package.module:function`` applied to each batch on its way in (sndw.transform)
+    :param checks: quality checks, as in a source config's ``checks`` (sndw.checks_config), run on the
+        load's rows before it commits; a failing ``block`` check fails the task without retries
     :param dw_conn_id: the warehouse's Airflow connection
 
     Unless ``outlets`` is given, the task declares the table's Asset (``sndw_airflow.lineage.table_asset``)
-    and emits one event per load, keyed by the run's partition date, with rows and manifest in its extra.
+    and emits one event per load, keyed by the run's partition date, with rows, manifest and the checks'
+    results in its extra (no event when a block check fails: the load is rolled back).
     """
 
     template_fields: Sequence[str] = ("manifest", "target_table", "target_schema")
@@ -318,7 +321,7 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
     def __init__(self, *, manifest: Any, target_table: str, target_schema: str = "public",
                  write_mode: str = "replace", primary_key: Sequence[str] = (), allow_empty: bool = False,
                  dw_conn_id: str = "dw", source: str | None = None, kind: str | None = None,
-                 transform: str | None = None, **kwargs: Any) -> None:
+                 transform: str | None = None, checks: Sequence[dict[str, Any]] = (), **kwargs: Any) -> None:
         if "outlets" not in kwargs and "{{" not in f"{target_schema}{target_table}":
             kwargs["outlets"] = [table_asset(dw_conn_id, normalize_identifier(target_schema),
                                              normalize_identifier(target_table))]
@@ -334,6 +337,7 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
         self.primary_key = list(primary_key)
         self.allow_empty = allow_empty
         self.transform = transform
+        self.checks = list(checks)
         self.dw_conn_id = dw_conn_id
         self.source = source
         self.kind = kind
@@ -363,7 +367,7 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
         spec = LoadSpec(schema=normalize_identifier(self.target_schema),
                         table=normalize_identifier(self.target_table), write_mode=self.write_mode,
                         primary_key=[normalize_identifier(k) for k in self.primary_key],
-                        allow_empty=self.allow_empty, transform=self.transform)
+                        allow_empty=self.allow_empty, transform=self.transform, checks=self._checks())
         fields = self.audit_fields()
         audit = AuditRecord(
             pipeline_name=fields["pipeline_name"], source_name=fields["source_name"],
@@ -383,10 +387,20 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
             conn.close()
         self.sndw_result = {**result.to_dict(), "rows_extracted": manifest.rows, "bytes": manifest.bytes,
                             "paths": manifest.paths}
-        self._emit_table_event(context, manifest, spec.schema, spec.table, result.rows_loaded)
+        self._emit_table_event(context, manifest, spec.schema, spec.table, result.rows_loaded, result.checks)
         return result.to_dict()
 
-    def _emit_table_event(self, context: Any, manifest: Manifest, schema: str, table: str, rows: int) -> None:
+    def _checks(self) -> list[Any]:
+        from pydantic import ValidationError
+        from sndw.checks_config import Check
+
+        try:
+            return [Check.model_validate(c) for c in self.checks]
+        except ValidationError as exc:
+            raise AirflowFailException(f"{self.task_id}: invalid checks: {exc}") from exc
+
+    def _emit_table_event(self, context: Any, manifest: Manifest, schema: str, table: str, rows: int,
+                          checks: dict[str, Any] | None = None) -> None:
         """The table's asset event: the run's partition date as its partition key (consumers on a
         PartitionedAssetTimetable run once per loaded date); rows, manifest and the table's
         OpenLineage location in its extra."""
@@ -401,6 +415,7 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
             "table": qualified(schema, table), "partition": manifest.partition, "rows": rows,
             "rows_extracted": manifest.rows, "manifest_id": manifest.manifest_id, "write_mode": self.write_mode,
             "source": self.source or manifest.source,
+            **({"checks": checks} if checks is not None else {}),
             **({"openlineage": warehouse_location(self.dw_location, schema, table)} if self.dw_location else {}),
         })
 

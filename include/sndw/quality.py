@@ -1,0 +1,591 @@
+"""The check engine: a table's quality checks as SQL on the rows of one load, inside its transaction.
+
+A load calls ``run_checks`` after its rows are written and before it commits (``warehouse.load_files``),
+so a failing ``block`` check rolls everything back and nothing is published; ``etl.cli check
+--quality`` calls it on what is already loaded. Every result goes to ``etl_check_results``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sndw.checks_config import Check
+from sndw.errors import PermanentError
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+RESULTS_TABLE = "etl_check_results"
+MAX_SAMPLE_KEYS = 5
+ROWS_VIEW = "_sndw_load_rows"  # a temporary view of the load's rows: what {{ table }} names
+
+RESULTS_DDL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    id             BIGSERIAL PRIMARY KEY,
+    run_id         TEXT,
+    attempt_key    TEXT,
+    pipeline_name  TEXT,
+    source_name    TEXT,
+    target_table   TEXT NOT NULL,
+    partition_date DATE,
+    check_name     TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    severity       TEXT NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('pass', 'fail', 'warn', 'quarantined', 'error')),
+    column_name    TEXT,
+    failing_rows   BIGINT,
+    sample_keys    JSONB,
+    message        TEXT,
+    seconds        DOUBLE PRECISION,
+    committed      BOOLEAN NOT NULL,
+    checked_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check on one load. ``status``: pass, fail (a block check failed), warn (a
+    warn check failed), quarantined (failing rows moved aside), error (the check could not run)."""
+
+    name: str
+    kind: str
+    severity: str
+    status: str
+    column: str | None = None
+    failing_rows: int | None = None
+    sample_keys: list[dict[str, str | None]] = field(default_factory=list)
+    message: str = ""
+    seconds: float = 0.0
+
+    @property
+    def blocks(self) -> bool:
+        return self.status in ("fail", "error")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+class QualityCheckError(PermanentError):
+    """A block check failed (or a check could not run): the load was rolled back. No retry helps:
+    the data or the check must change. ``results`` holds every check's outcome."""
+
+    def __init__(self, table: str, partition: date | None, results: list[CheckResult]) -> None:
+        self.table = table
+        self.partition = partition
+        self.results = results
+        failed = [r for r in results if r.blocks]
+        where = f"{table}" + (f" partition {partition}" if partition else "")
+        parts = []
+        for r in failed:
+            text = f"check {r.name!r} ({r.kind}"
+            text += f", column {r.column})" if r.column else ")"
+            text += f": {r.message}"
+            if r.sample_keys:
+                text += f"; sample keys: {format_keys(r.sample_keys)}"
+            parts.append(text)
+        super().__init__(f"{where}: quality check failed, the load was rolled back: " + " | ".join(parts)
+                         + ". The lake keeps the extract: fix the data or the check and run again")
+
+
+def format_keys(keys: list[dict[str, str | None]]) -> str:
+    return ", ".join(
+        "(" + ", ".join(f"{k}={v}" for k, v in key.items()) + ")" if len(key) > 1
+        else ", ".join(f"{k}={v}" for k, v in key.items()) for key in keys)
+
+
+@dataclass
+class CheckScope:
+    """Which rows of ``schema.table`` a check run looks at.
+
+    ``file_ids``: the rows this load wrote (append, merge: new and changed rows); None: every row of
+    ``partition`` when ``by_partition`` is set (partition tables), else the whole table (replace).
+    """
+
+    schema: str
+    table: str
+    partition: date | None = None
+    file_ids: list[int] | None = None
+    by_partition: bool = False
+    primary_key: Sequence[str] = ()
+    # row_count_change in `check --quality`: the latest load is the one checked, compare with the one before.
+    previous_offset: int = 0
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    def target(self) -> sql.Identifier:
+        from psycopg import sql
+
+        return sql.Identifier(self.schema, self.table)
+
+    def condition(self, alias: str = "r") -> sql.Composable:
+        """The rows in scope, as a condition on the table aliased ``alias``."""
+        from psycopg import sql
+
+        from sndw.naming import FILE_ID, PARTITION_DATE
+
+        if self.file_ids is not None:
+            if not self.file_ids:
+                return sql.SQL("false")
+            return sql.SQL("{}.{} = ANY({})").format(sql.Identifier(alias), sql.Identifier(FILE_ID),
+                                                    sql.Literal(sorted(self.file_ids)))
+        if self.by_partition and self.partition is not None:
+            return sql.SQL("{}.{} = {}").format(sql.Identifier(alias), sql.Identifier(PARTITION_DATE),
+                                               sql.Literal(self.partition))
+        return sql.SQL("true")
+
+    def unique_condition(self, alias: str = "u") -> sql.Composable:
+        """Where ``unique`` looks for repeats: the partition of a partition table, else the whole table
+        (an append's new key must not repeat an earlier load's)."""
+        from psycopg import sql
+
+        if self.by_partition:
+            return self.condition(alias)
+        return sql.SQL("true")
+
+
+# ------------------------------------------------------------------------------------ the table
+
+
+def results_table(schema: str = "public") -> sql.Identifier:
+    from psycopg import sql
+
+    return sql.Identifier(schema, RESULTS_TABLE)
+
+
+def ensure_results_table(conn: psycopg.Connection[Any], schema: str = "public") -> None:
+    from psycopg import sql
+
+    from sndw.ddl import create_schema
+
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (results_table(schema).as_string(conn),))
+        row = cur.fetchone()
+        if row is not None and row[0] is not None:
+            return
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:check-results-ddl'))")
+        create_schema(cur, schema)
+        cur.execute(sql.SQL(RESULTS_DDL).format(table=results_table(schema)))
+        cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (target_table, check_name, id)").format(
+            sql.Identifier(f"{RESULTS_TABLE}_latest"), results_table(schema)))
+
+
+@dataclass
+class ResultContext:
+    """What each results row says about the run that produced it."""
+
+    target_table: str
+    partition: date | None
+    run_id: str | None = None
+    attempt_key: str | None = None
+    pipeline: str | None = None
+    source: str | None = None
+
+
+def insert_results(cur: psycopg.Cursor[Any], results: Sequence[CheckResult], where: ResultContext,
+                   committed: bool, schema: str = "public") -> None:
+    from psycopg import sql
+
+    from sndw.audit import error_text
+
+    if not results:
+        return
+    cur.executemany(sql.SQL(
+        "INSERT INTO {} (run_id, attempt_key, pipeline_name, source_name, target_table, partition_date, check_name, "
+        "kind, severity, status, column_name, failing_rows, sample_keys, message, seconds, committed) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)").format(results_table(schema)),
+        [(where.run_id, where.attempt_key, where.pipeline, where.source, where.target_table, where.partition,
+          r.name, r.kind, r.severity, r.status, r.column, r.failing_rows, json.dumps(r.sample_keys),
+          error_text(r.message), r.seconds, committed) for r in results])
+
+
+def write_results(conn: psycopg.Connection[Any], results: Sequence[CheckResult], where: ResultContext,
+                  committed: bool, schema: str = "public") -> None:
+    """The results in a transaction of their own: after a rolled-back load, or of `check --quality`."""
+    ensure_results_table(conn, schema)
+    with conn.transaction(), conn.cursor() as cur:
+        insert_results(cur, results, where, committed, schema)
+
+
+def summary(results: Sequence[CheckResult]) -> dict[str, Any]:
+    """What an Asset event and a task's result carry: counts per status and each check's outcome."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return {"counts": counts, "results": [
+        {"name": r.name, "kind": r.kind, "status": r.status, "failing_rows": r.failing_rows} for r in results]}
+
+
+# ----------------------------------------------------------------------------------- the engine
+
+
+def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope, *,
+               audit_schema: str = "public", apply: bool = True) -> tuple[list[CheckResult], int]:
+    """Run ``checks`` on the rows in ``scope``; returns the results and the rows quarantined.
+
+    Quarantine checks go first and (with ``apply``) move their failing rows to
+    ``<schema>._rejected_<table>``, so the other checks see the rows that stay. Each check runs in a
+    savepoint: one that cannot run (a missing column, a bad value for the column's type) is an
+    ``error`` result and the others still run. Raises nothing: the caller decides what fails.
+    """
+    from psycopg import sql
+
+    from sndw.warehouse import table_columns
+
+    columns = table_columns(cur, scope.schema, scope.table)
+    if not columns:  # nothing loaded and no table yet (an empty first extract): zero rows to check
+        return [_without_table(c, scope) for c in checks], 0
+    cur.execute(sql.SQL("CREATE OR REPLACE TEMP VIEW {} AS SELECT * FROM {} r WHERE {}").format(
+        sql.Identifier(ROWS_VIEW), scope.target(), scope.condition()))
+    ordered = sorted(checks, key=lambda c: c.on_fail != "quarantine")  # stable: the listed order otherwise
+    results: dict[str, CheckResult] = {}
+    rejected = 0
+    cleared = False
+    for check in ordered:
+        started = time.perf_counter()
+        missing = [c for c in check.columns if c not in columns]
+        if missing:
+            result = CheckResult(check.label, check.kind, check.severity, "error", column=missing[0], message=(
+                f"the check names column {missing[0]!r}, which {scope.qualified} does not have "
+                f"(its columns: {', '.join(c for c in columns if not c.startswith('_'))})"))
+        else:
+            try:
+                with cur.connection.transaction():  # a savepoint: a check that errors leaves the load intact
+                    if check.on_fail == "quarantine" and apply and not cleared:
+                        _prepare_rejected(cur, scope, columns)
+                        cleared = True
+                    result = _run_one(cur, check, scope, columns, audit_schema, apply)
+            except Exception as exc:  # the database refused the check's SQL: say which check, and why
+                import psycopg
+
+                if not isinstance(exc, (psycopg.Error, PermanentError)):
+                    raise
+                from sndw.audit import error_text
+
+                result = CheckResult(check.label, check.kind, check.severity, "error", column=_column(check),
+                                     message=f"the check could not run: {error_text(str(exc).strip().splitlines()[0])}")
+        result.seconds = time.perf_counter() - started
+        if result.status == "quarantined" and apply:
+            rejected += result.failing_rows or 0
+        results[check.label] = result
+        log.info("check %s on %s: %s%s", check.label, scope.qualified, result.status,
+                 f" ({result.failing_rows} rows)" if result.failing_rows else "")
+    cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(ROWS_VIEW)))
+    return [results[c.label] for c in checks], rejected
+
+
+def _without_table(check: Check, scope: CheckScope) -> CheckResult:
+    """A check of a load that wrote no rows into a table that does not exist yet."""
+    result = CheckResult(check.label, check.kind, check.severity, "pass", column=_column(check),
+                         message=f"{scope.qualified} does not exist yet: no rows to check")
+    if check.kind in ("not_null", "unique", "accepted_values", "range", "regex", "relationships", "sql"):
+        result.failing_rows = 0
+    elif check.kind == "row_count" and check.row_count is not None and (check.row_count.min or 0) > 0:
+        result.message, result.status = f"0 rows, fewer than {check.row_count.min}", _failed(check)
+    elif check.kind == "freshness":
+        result.message, result.status = "no rows: nothing is fresh", _failed(check)
+    return result
+
+
+def _column(check: Check) -> str | None:
+    return ", ".join(check.columns) or None
+
+
+def _rows() -> sql.Composable:
+    from psycopg import sql
+
+    return sql.SQL("{} r").format(sql.Identifier(ROWS_VIEW))
+
+
+def _key_columns(check: Check, scope: CheckScope, columns: dict[str, str]) -> list[str]:
+    """The sample keys' columns: the table's primary key, else the columns the check reads."""
+    if scope.primary_key and all(k in columns for k in scope.primary_key):
+        return list(scope.primary_key)
+    return check.columns
+
+
+def _samples(cur: psycopg.Cursor[Any], keys: list[str], relation: sql.Composable,
+             predicate: sql.Composable) -> list[dict[str, str | None]]:
+    from psycopg import sql
+
+    if not keys:
+        return []
+    cur.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
+        sql.SQL(", ").join(sql.SQL("r.{}::text").format(sql.Identifier(k)) for k in keys), relation, predicate,
+        sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(k)) for k in keys), sql.Literal(MAX_SAMPLE_KEYS)))
+    return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
+
+
+def _scalar(cur: psycopg.Cursor[Any], statement: sql.Composed | sql.SQL, params: Sequence[Any] = ()) -> Any:
+    cur.execute(statement, params)
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _row_predicate(check: Check, scope: CheckScope, columns: dict[str, str]) -> sql.Composable:
+    """The condition a failing row meets, on the table aliased ``r``."""
+    from psycopg import sql
+
+    kind = check.kind
+    if kind == "not_null":
+        return sql.SQL(" OR ").join(sql.SQL("r.{} IS NULL").format(sql.Identifier(c)) for c in check.columns)
+    column = check.columns[0]
+    col = sql.SQL("r.{}").format(sql.Identifier(column))
+    pg_type = sql.SQL(columns[column])
+    if kind == "accepted_values":
+        assert check.accepted_values is not None
+        values = [_text(v) for v in check.accepted_values.values]
+        return sql.SQL("{c} IS NOT NULL AND {c} <> ALL(CAST({v} AS {t}[]))").format(
+            c=col, v=sql.Literal(values), t=pg_type)
+    if kind == "range":
+        assert check.range is not None
+        bounds = []
+        if check.range.min is not None:
+            bounds.append(sql.SQL("{} < CAST({} AS {})").format(col, sql.Literal(_text(check.range.min)), pg_type))
+        if check.range.max is not None:
+            bounds.append(sql.SQL("{} > CAST({} AS {})").format(col, sql.Literal(_text(check.range.max)), pg_type))
+        return sql.SQL("(") + sql.SQL(" OR ").join(bounds) + sql.SQL(")")
+    if kind == "regex":
+        assert check.regex is not None
+        return sql.SQL("{c} IS NOT NULL AND {c}::text !~ {p}").format(c=col, p=sql.Literal(check.regex.pattern))
+    if kind == "relationships":
+        assert check.relationships is not None
+        schema, table, parent = check.relationships.target(scope.schema)
+        return sql.SQL("{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.{pc} = {c})").format(
+            c=col, t=sql.Identifier(schema, table), pc=sql.Identifier(parent))
+    raise ValueError(f"{kind} is not a row-level check")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns: dict[str, str],
+             audit_schema: str, apply: bool) -> CheckResult:
+    from psycopg import sql
+
+    kind = check.kind
+    result = CheckResult(check.label, kind, check.severity, "pass", column=_column(check))
+    if kind == "relationships":
+        assert check.relationships is not None
+        schema, table, parent = check.relationships.target(scope.schema)
+        from sndw.warehouse import table_columns
+
+        parent_columns = table_columns(cur, schema, table)
+        if parent not in parent_columns:
+            result.status = "error"
+            result.message = (f"{schema}.{table}.{parent}, which it relates to, does not exist"
+                              if parent_columns else f"{schema}.{table}, which it relates to, does not exist")
+            return result
+    if kind in ("not_null", "accepted_values", "range", "regex", "relationships"):
+        predicate = _row_predicate(check, scope, columns)
+        failing = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_rows(), predicate)))
+        result.failing_rows = failing
+        if failing:
+            result.sample_keys = _samples(cur, _key_columns(check, scope, columns), _rows(), predicate)
+            result.message = _row_message(check, failing, cur, predicate)
+            if check.on_fail == "quarantine":
+                if apply:
+                    _quarantine(cur, check, scope, columns, predicate)
+                    result.message += f"; moved to {scope.schema}.{rejected_table_name(scope.table)}"
+                else:
+                    result.message += " (would be quarantined)"
+                result.status = "quarantined"
+            else:
+                result.status = _failed(check)
+        return result
+    if kind == "unique":
+        keys = [sql.Identifier(c) for c in check.columns]
+        dup = sql.SQL(
+            "SELECT {keys} FROM {target} u WHERE {scope} AND {not_null} GROUP BY {keys} HAVING count(*) > 1").format(
+            keys=sql.SQL(", ").join(sql.SQL("u.{}").format(k) for k in keys), target=scope.target(),
+            scope=scope.unique_condition(), not_null=sql.SQL(" AND ").join(sql.SQL("u.{} IS NOT NULL").format(k)
+                                                                            for k in keys))
+        join = sql.SQL(" AND ").join(sql.SQL("r.{k} = d.{k}").format(k=k) for k in keys)
+        failing = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {} JOIN ({}) d ON {}").format(_rows(), dup, join)))
+        result.failing_rows = failing
+        if failing:
+            cur.execute(sql.SQL("SELECT {} FROM ({}) d ORDER BY {} LIMIT {}").format(
+                sql.SQL(", ").join(sql.SQL("d.{}::text").format(k) for k in keys), dup,
+                sql.SQL(", ").join(sql.SQL("d.{}").format(k) for k in keys), sql.Literal(MAX_SAMPLE_KEYS)))
+            result.sample_keys = [dict(zip(check.columns, row, strict=True)) for row in cur.fetchall()]
+            result.message = f"{_n(failing)} {'repeats' if failing == 1 else 'repeat'} a value of ({', '.join(check.columns)})"
+            result.status = _failed(check)
+        return result
+    if kind == "row_count":
+        assert check.row_count is not None
+        rows = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {}").format(_rows())))
+        low, high = check.row_count.min, check.row_count.max
+        result.message = f"{rows} rows"
+        if (low is not None and rows < low) or (high is not None and rows > high):
+            result.message = f"{rows} rows, outside {low if low is not None else '-'}..{high if high is not None else '-'}"
+            result.status = _failed(check)
+        return result
+    if kind == "row_count_change":
+        return _row_count_change(cur, check, scope, result, audit_schema)
+    if kind == "freshness":
+        assert check.freshness is not None
+        column = check.columns[0]
+        cur.execute(sql.SQL("SELECT max(r.{c})::text, max(r.{c})::timestamptz < now() - make_interval(secs => %s) "
+                            "FROM {rows}").format(c=sql.Identifier(column), rows=_rows()), (check.freshness.seconds,))
+        row = cur.fetchone()
+        newest, stale = (row[0], row[1]) if row else (None, None)
+        if newest is None:
+            result.message = f"no value of {column} in the rows checked: nothing is fresh"
+            result.status = _failed(check)
+        elif stale:
+            result.message = f"the newest {column} is {newest}, older than {check.freshness.max_age}"
+            result.status = _failed(check)
+        else:
+            result.message = f"the newest {column} is {newest}"
+        return result
+    if kind == "sql":
+        assert check.sql is not None
+        query = sql.SQL(render_sql(check.sql, scope))  # type: ignore[arg-type,unused-ignore]  # the config's own SQL
+        failing = int(_scalar(cur, sql.SQL("SELECT count(*) FROM ({}) q").format(query)))
+        result.failing_rows = failing
+        if failing:
+            cur.execute(sql.SQL("SELECT * FROM ({}) q LIMIT {}").format(query, sql.Literal(MAX_SAMPLE_KEYS)))
+            names = [d.name for d in cur.description or []]
+            shown = [k for k in scope.primary_key if k in names] or names[:1]
+            result.sample_keys = [{k: None if row[names.index(k)] is None else str(row[names.index(k)]) for k in shown}
+                                  for row in cur.fetchall()]
+            result.message = f"the query returned {_n(failing)}"
+            result.status = _failed(check)
+        return result
+    raise ValueError(f"unknown check kind {kind}")
+
+
+def _n(rows: int) -> str:
+    return f"{rows} row" if rows == 1 else f"{rows} rows"
+
+
+def _failed(check: Check) -> str:
+    return "fail" if check.severity == "block" else "warn"
+
+
+def _row_message(check: Check, failing: int, cur: psycopg.Cursor[Any], predicate: sql.Composable) -> str:
+    from psycopg import sql
+
+    if check.kind == "not_null" and len(check.columns) > 1:
+        cur.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(sql.SQL("count(*) FILTER (WHERE r.{} IS NULL)").format(sql.Identifier(c))
+                               for c in check.columns), _rows(), predicate))
+        row = cur.fetchone() or ()
+        per = ", ".join(f"{c} ({n})" for c, n in zip(check.columns, row, strict=True) if n)
+        return f"{_n(failing)} have a NULL in {per}"
+    what = {"not_null": "NULL", "accepted_values": "with a value not accepted",
+            "range": "out of range", "regex": "not matching the pattern",
+            "relationships": f"without a match in {check.relationships.to if check.relationships else ''}"}[check.kind]
+    return f"{_n(failing)} {what}"
+
+
+def _row_count_change(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, result: CheckResult,
+                      audit_schema: str) -> CheckResult:
+    from psycopg import sql
+
+    from sndw.audit import AUDIT_TABLE
+
+    assert check.row_count_change is not None
+    spec = check.row_count_change
+    rows = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {}").format(_rows())))
+    previous = None
+    if _scalar(cur, sql.SQL("SELECT to_regclass(%s)"), (sql.Identifier(audit_schema, AUDIT_TABLE).as_string(cur),)):
+        where = sql.SQL("")
+        params: list[Any] = [scope.qualified]
+        if spec.compare_to == "same_weekday" and scope.partition is not None:
+            where = sql.SQL(" AND partition_date = %s")
+            params.append(scope.partition - timedelta(days=7))
+        cur.execute(sql.SQL("SELECT rows_loaded FROM {} WHERE target_table = %s AND status = 'success' "
+                            "AND step IN ('load', 'replay') AND rows_loaded IS NOT NULL{} "
+                            "ORDER BY id DESC LIMIT 1 OFFSET {}").format(
+            sql.Identifier(audit_schema, AUDIT_TABLE), where, sql.Literal(scope.previous_offset)), params)
+        row = cur.fetchone()
+        previous = int(row[0]) if row else None
+    if previous is None:
+        result.message = f"{rows} rows; no earlier load to compare with"
+        return result
+    change = (rows - previous) * 100.0 / previous if previous else (0.0 if rows == 0 else float("inf"))
+    result.message = f"{rows} rows against {previous} ({change:+.1f}%)"
+    if spec.max_drop_pct is not None and change < -spec.max_drop_pct:
+        result.message += f", a fall of more than {spec.max_drop_pct:g}%"
+        result.status = _failed(check)
+    if spec.max_growth_pct is not None and change > spec.max_growth_pct:
+        result.message += f", a rise of more than {spec.max_growth_pct:g}%"
+        result.status = _failed(check)
+    return result
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(table|target|partition_date)\s*\}\}")
+
+
+def render_sql(query: str, scope: CheckScope) -> str:
+    """A ``sql`` check's query with ``{{ table }}`` (this load's rows), ``{{ target }}`` (the whole
+    table) and ``{{ partition_date }}`` filled in."""
+    from psycopg import sql
+
+    conn = None  # Identifier.as_string needs no connection for plain quoting
+    values = {
+        "table": sql.Identifier("pg_temp", ROWS_VIEW).as_string(conn),
+        "target": sql.Identifier(scope.schema, scope.table).as_string(conn),
+        "partition_date": scope.partition.isoformat() if scope.partition else "",
+    }
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], query).strip().rstrip(";")
+
+
+# ---------------------------------------------------------------------------------- quarantine
+
+
+def rejected_table_name(table: str) -> str:
+    """Where quarantined rows of ``table`` go, within PostgreSQL's 63 bytes."""
+    return f"_rejected_{table}".encode()[:63].decode(errors="ignore")
+
+
+def _prepare_rejected(cur: psycopg.Cursor[Any], scope: CheckScope, columns: dict[str, str]) -> None:
+    """``<schema>._rejected_<table>``: the table's columns, the check's name and when; created, or
+    given the table's new columns; this load's earlier rejections (a re-run) removed."""
+    from psycopg import sql
+
+    from sndw.warehouse import table_columns
+
+    rejected = sql.Identifier(scope.schema, rejected_table_name(scope.table))
+    existing = table_columns(cur, scope.schema, rejected_table_name(scope.table))
+    if not existing:
+        cur.execute(sql.SQL("CREATE TABLE {} ({}, _check text NOT NULL, "
+                            "_rejected_at timestamp with time zone NOT NULL DEFAULT now())").format(
+            rejected, sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+                                         for c, t in columns.items())))
+    else:
+        for name, pg_type in columns.items():
+            if name not in existing:
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    rejected, sql.Identifier(name), sql.SQL(pg_type)))
+    cur.execute(sql.SQL("DELETE FROM {} r WHERE {}").format(rejected, scope.condition()))
+
+
+def _quarantine(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns: dict[str, str],
+                predicate: sql.Composable) -> None:
+    from psycopg import sql
+
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    cur.execute(sql.SQL("INSERT INTO {} ({}, _check) SELECT {}, {} FROM {} WHERE {}").format(
+        sql.Identifier(scope.schema, rejected_table_name(scope.table)), names,
+        sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in columns),
+        sql.Literal(check.label), _rows(), predicate))
+    cur.execute(sql.SQL("DELETE FROM {} r WHERE {} AND {}").format(scope.target(), scope.condition(), predicate))

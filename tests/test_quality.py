@@ -1,0 +1,394 @@
+"""Quality checks: every kind passing and failing through the real load path on a real PostgreSQL,
+a failing block check leaving everything as it was, warn, quarantine, a 0-row partition, the
+command line (sync, check --quality, validate) and a DAG run through dag.test()."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pytest
+from psycopg import sql
+from sndw.audit import AuditRecord
+from sndw.checks_config import Check
+from sndw.config import parse_source
+from sndw.errors import ConfigError, PermanentError
+from sndw.lake import Manifest, write_partition
+from sndw.quality import QualityCheckError
+from sndw.state import get_watermark
+from sndw.warehouse import LoadSpec, load_manifest
+
+from tests.conftest import metadata_db, run, states
+
+DAY = dt.date(2024, 3, 1)
+
+
+def lake(tmp_path: Path, batch: pa.RecordBatch, day: dt.date = DAY, table: str = "orders") -> Manifest:
+    return write_partition([batch], tmp_path / "lake", "sql", "src", table, day, run_id=f"run-{day}-{table}")
+
+
+def orders(ids: list[int], amounts: list[Any], status: list[Any] | None = None, emails: list[Any] | None = None,
+           customers: list[Any] | None = None, at: list[Any] | None = None) -> pa.RecordBatch:
+    n = len(ids)
+    now = dt.datetime.now(dt.UTC)
+    return pa.record_batch({
+        "id": pa.array(ids, pa.int64()),
+        "amount": pa.array(amounts, pa.int64()),
+        "status": pa.array(status or ["open"] * n),
+        "email": pa.array(emails or [f"u{i}@x.org" for i in ids]),
+        "customer_id": pa.array(customers or [1] * n, pa.int64()),
+        "placed_at": pa.array(at or [now] * n, pa.timestamp("us", tz="UTC")),
+    })
+
+
+def checks(*raw: dict[str, Any]) -> list[Check]:
+    return [Check.model_validate(c) for c in raw]
+
+
+def audit_record(table: str = "public.orders") -> AuditRecord:
+    return AuditRecord(pipeline_name="p", source_name="src", protocol="sql", target_table=table, status="success",
+                       started_at=dt.datetime.now(dt.UTC), step="load", partition_date=DAY)
+
+
+def table_hash(conn: psycopg.Connection, table: str) -> str | None:
+    """Every row of the table, its metadata columns included, as one digest (None: no table)."""
+    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
+        return None
+    schema, _, name = table.rpartition(".")
+    row = conn.execute(sql.SQL("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t").format(
+        sql.Identifier(schema or "public", name))).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def results(conn: psycopg.Connection, table: str = "public.orders") -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT check_name, status, column_name, failing_rows, sample_keys, committed "
+                        "FROM etl_check_results WHERE target_table = %s ORDER BY id", (table,)).fetchall()
+
+
+# ------------------------------------------------------------------------- every kind, both ways
+
+GOOD = orders([1, 2, 3], [10, 20, 30], ["open", "paid", "open"])
+KINDS = {
+    # check, a batch that fails it, the failing rows (None: a table-level check), the column named
+    "not_null": ({"not_null": ["amount", "status"]}, orders([1, 2, 3], [10, None, 30], ["open", "paid", None]), 2,
+                 "amount, status"),
+    "unique": ({"unique": ["id"]}, orders([1, 2, 2], [10, 20, 30]), 2, "id"),
+    "accepted_values": ({"accepted_values": {"column": "status", "values": ["open", "paid"]}},
+                        orders([1, 2, 3], [1, 2, 3], ["open", "lost", "gone"]), 2, "status"),
+    "range": ({"range": {"column": "amount", "min": 0, "max": 100}}, orders([1, 2, 3], [-1, 20, 101]), 2, "amount"),
+    "regex": ({"regex": {"column": "email", "pattern": "^[^@ ]+@[^@ ]+$"}},
+              orders([1, 2, 3], [1, 2, 3], emails=["a@b", "no at sign", "c@d"]), 1, "email"),
+    "relationships": ({"relationships": {"column": "customer_id", "to": "public.customers.id"}},
+                      orders([1, 2, 3], [1, 2, 3], customers=[1, 7, 8]), 2, "customer_id"),
+    "row_count": ({"row_count": {"min": 3, "max": 5}}, orders([1, 2], [1, 2]), None, None),
+    "freshness": ({"freshness": {"column": "placed_at", "max_age": "2d"}},
+                  orders([1, 2, 3], [1, 2, 3], at=[dt.datetime(2020, 1, 1, tzinfo=dt.UTC)] * 3), None, "placed_at"),
+    "sql": ({"sql": "SELECT id FROM {{ table }} WHERE amount > 10 * (SELECT min(amount) FROM {{ target }}) "
+                    "AND _partition_date = '{{ partition_date }}'"},
+            orders([1, 2, 3], [1, 20, 30]), 2, None),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_check_kind_passes_then_blocks_a_bad_partition(kind: str, tmp_path: Path, dw: psycopg.Connection) -> None:
+    raw, bad, failing, column = KINDS[kind]
+    dw.execute("CREATE TABLE customers (id bigint PRIMARY KEY)")
+    dw.execute("INSERT INTO customers VALUES (1), (2)")
+    dw.commit()
+    spec = LoadSpec("public", "orders", "partition", ["id"], checks=checks(raw))
+    loaded = load_manifest(dw, lake(tmp_path, GOOD), spec, audit=audit_record())
+    assert loaded.rows_loaded == 3 and loaded.checks is not None
+    assert [r["status"] for r in loaded.checks["results"]] == ["pass"], loaded.checks
+    before = table_hash(dw, "orders")
+
+    with pytest.raises(QualityCheckError) as failed:
+        load_manifest(dw, lake(tmp_path, bad), spec, audit=audit_record())
+    assert isinstance(failed.value, PermanentError)  # the operators fail the task without retries
+    message = str(failed.value)
+    assert Check.model_validate(raw).label in message and "rolled back" in message, message
+    assert table_hash(dw, "orders") == before
+    assert dw.execute("SELECT count(*) FROM etl_audit_log").fetchone() == (1,)  # the first load's only
+    name, status, recorded_column, rows, keys, committed = results(dw)[-1]
+    assert (status, committed, recorded_column) == ("fail", False, column), results(dw)
+    assert rows == failing
+    if failing:
+        assert f"{failing} row" in message and keys, (message, keys)
+        assert len(keys) <= 5
+
+
+def test_row_count_change_against_the_previous_load(tmp_path: Path, dw: psycopg.Connection) -> None:
+    spec = LoadSpec("public", "orders", "replace", ["id"],
+                    checks=checks({"row_count_change": {"max_drop_pct": 50, "max_growth_pct": 100}}))
+    ids = list(range(1, 11))
+    first = load_manifest(dw, lake(tmp_path, orders(ids, ids)), spec, audit=audit_record())
+    assert first.checks and first.checks["results"][0]["status"] == "pass"  # nothing to compare with yet
+    grown = list(range(1, 16))  # +50%: allowed
+    load_manifest(dw, lake(tmp_path, orders(grown, grown), day=DAY + dt.timedelta(1)), spec, audit=audit_record())
+    before = table_hash(dw, "orders")
+    with pytest.raises(QualityCheckError, match=r"5 rows against 15 \(-66.7%\), a fall of more than 50%"):
+        load_manifest(dw, lake(tmp_path, orders([1, 2, 3, 4, 5], [1] * 5), day=DAY + dt.timedelta(2)), spec,
+                      audit=audit_record())
+    assert table_hash(dw, "orders") == before
+    with pytest.raises(QualityCheckError, match=r"a rise of more than 100%"):
+        load_manifest(dw, lake(tmp_path, orders(list(range(40)), [1] * 40), day=DAY + dt.timedelta(3)), spec,
+                      audit=audit_record())
+
+
+# --------------------------------------------------------------------- what a blocked load leaves
+
+
+def test_a_blocked_load_keeps_the_watermark_and_the_previous_rows(tmp_path: Path, dw: psycopg.Connection) -> None:
+    spec = LoadSpec("public", "orders", "append", ["id"], checks=checks({"range": {"column": "amount", "min": 0}}))
+    first = lake(tmp_path, orders([1, 2], [5, 6]))
+    first.watermark = {"cursor": "id", "value": "2", "value_type": "number"}
+    load_manifest(dw, first, spec, audit=audit_record(), state_key=("p", "orders"))
+    before = table_hash(dw, "orders")
+    second = lake(tmp_path, orders([3, 4], [7, -8]), day=DAY + dt.timedelta(1))
+    second.watermark = {"cursor": "id", "value": "4", "value_type": "number"}
+    with pytest.raises(QualityCheckError, match=r"range\(amount\).*1 row out of range; sample keys: id=4"):
+        load_manifest(dw, second, spec, audit=audit_record(), state_key=("p", "orders"))
+    assert table_hash(dw, "orders") == before
+    watermark = get_watermark(dw, "p", "orders")
+    assert watermark is not None and watermark.value == "2"
+
+
+def test_append_checks_see_only_the_new_rows_and_unique_sees_the_table(tmp_path: Path, dw: psycopg.Connection) -> None:
+    load_manifest(dw, lake(tmp_path, orders([1, 2], [5, None])), LoadSpec("public", "orders", "append", ["id"]))
+    spec = LoadSpec("public", "orders", "append", ["id"], checks=checks({"not_null": ["amount"]}, {"unique": ["id"]}))
+    # The NULL of the first load is not this load's: the not_null check passes.
+    loaded = load_manifest(dw, lake(tmp_path, orders([3, 4], [7, 8]), day=DAY + dt.timedelta(1)), spec)
+    assert loaded.checks and [r["status"] for r in loaded.checks["results"]] == ["pass", "pass"]
+    # A new row repeating an earlier load's key fails unique.
+    with pytest.raises(QualityCheckError, match=r"unique\(id\).*1 row repeats a value of \(id\); sample keys: id=3"):
+        load_manifest(dw, lake(tmp_path, orders([3, 5], [1, 1]), day=DAY + dt.timedelta(2)), spec)
+
+
+def test_merge_checks_the_new_and_changed_rows(tmp_path: Path, dw: psycopg.Connection) -> None:
+    load_manifest(dw, lake(tmp_path, orders([1, 2, 3], [-5, 2, 3])), LoadSpec("public", "orders", "merge", ["id"]))
+    spec = LoadSpec("public", "orders", "merge", ["id"], checks=checks({"range": {"column": "amount", "min": 0}},
+                                                                       {"row_count": {"max": 2}}))
+    # Row 1 (negative, loaded before) is not touched: the two changed rows pass.
+    load_manifest(dw, lake(tmp_path, orders([2, 3], [20, 30]), day=DAY + dt.timedelta(1)), spec)
+    assert dw.execute("SELECT id, amount FROM orders ORDER BY id").fetchall() == [(1, -5), (2, 20), (3, 30)]
+    with pytest.raises(QualityCheckError, match="sample keys: id=3"):
+        load_manifest(dw, lake(tmp_path, orders([3, 4], [-1, 1]), day=DAY + dt.timedelta(2)), spec)
+    assert dw.execute("SELECT id, amount FROM orders ORDER BY id").fetchall() == [(1, -5), (2, 20), (3, 30)]
+
+
+# ----------------------------------------------------------------------------- warn, quarantine
+
+
+def test_a_warn_check_commits_and_records_the_failure(tmp_path: Path, dw: psycopg.Connection) -> None:
+    spec = LoadSpec("public", "orders", "partition", ["id"],
+                    checks=checks({"not_null": ["amount"], "severity": "warn", "name": "amount_present"}))
+    loaded = load_manifest(dw, lake(tmp_path, orders([1, 2, 3], [1, None, None])), spec, audit=audit_record())
+    assert loaded.rows_loaded == 3 and loaded.checks == {
+        "counts": {"warn": 1},
+        "results": [{"name": "amount_present", "kind": "not_null", "status": "warn", "failing_rows": 2}]}
+    assert dw.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    assert results(dw) == [("amount_present", "warn", "amount", 2, [{"id": "2"}, {"id": "3"}], True)]
+    assert dw.execute("SELECT status, rows_loaded, rows_rejected FROM etl_audit_log").fetchall() == [("success", 3, 0)]
+
+
+def test_quarantine_splits_the_rows_exactly(tmp_path: Path, dw: psycopg.Connection) -> None:
+    spec = LoadSpec("public", "orders", "partition", ["id"], checks=checks(
+        {"range": {"column": "amount", "min": 0}, "on_fail": "quarantine"},
+        {"accepted_values": {"column": "status", "values": ["open", "paid"]}, "on_fail": "quarantine"},
+        {"row_count": {"min": 1}}))
+    ids = list(range(1, 101))
+    amounts = [-i if i % 7 == 0 else i for i in ids]
+    status = ["lost" if i % 11 == 0 else "open" for i in ids]
+    batch = orders(ids, amounts, status)
+    loaded = load_manifest(dw, lake(tmp_path, batch), spec, audit=audit_record())
+    negative = {i for i in ids if i % 7 == 0}
+    lost = {i for i in ids if i % 11 == 0} - negative  # moved by the first check already
+    assert loaded.rows_rejected == len(negative) + len(lost) and loaded.rows_loaded == 100 - loaded.rows_rejected
+    kept = {r[0] for r in dw.execute("SELECT id FROM orders").fetchall()}
+    rejected = dict(dw.execute("SELECT id, _check FROM _rejected_orders").fetchall())
+    assert kept == set(ids) - negative - lost
+    assert rejected == {**{i: "range(amount)" for i in negative}, **{i: "accepted_values(status)" for i in lost}}
+    # Together they are the extract, row for row (every column).
+    extract = "SELECT * FROM unnest(%(i)s::bigint[], %(a)s::bigint[], %(s)s::text[]) AS v(id, amount, status)"
+    both = "SELECT id, amount, status FROM orders UNION ALL SELECT id, amount, status FROM _rejected_orders"
+    values = {"i": ids, "a": amounts, "s": status}
+    assert dw.execute(f"({both}) EXCEPT ALL {extract}", values).fetchall() == []
+    assert dw.execute(f"{extract} EXCEPT ALL ({both})", values).fetchall() == []
+    assert dw.execute("SELECT rows_loaded, rows_rejected FROM etl_audit_log").fetchall() == [
+        (loaded.rows_loaded, loaded.rows_rejected)]
+    # Loading the partition again replaces its rejections too (no duplicates).
+    load_manifest(dw, lake(tmp_path, batch), spec, audit=audit_record())
+    assert dw.execute("SELECT count(*) FROM _rejected_orders").fetchone() == (len(negative) + len(lost),)
+
+
+def test_checks_on_a_partition_of_zero_rows(tmp_path: Path, dw: psycopg.Connection) -> None:
+    load_manifest(dw, lake(tmp_path, GOOD), LoadSpec("public", "orders", "partition", ["id"]))
+    empty = orders([], [])
+    spec = LoadSpec("public", "orders", "partition", ["id"], allow_empty=True,
+                    checks=checks({"not_null": ["amount"]}, {"unique": ["id"]}, {"row_count": {"max": 10}}))
+    loaded = load_manifest(dw, lake(tmp_path, empty, day=DAY + dt.timedelta(1)), spec)
+    assert loaded.checks and [(r["status"], r["failing_rows"]) for r in loaded.checks["results"]] == [
+        ("pass", 0), ("pass", 0), ("pass", None)]
+    before = table_hash(dw, "orders")
+    blocking = LoadSpec("public", "orders", "partition", ["id"], allow_empty=True,
+                        checks=checks({"row_count": {"min": 1}}))
+    with pytest.raises(QualityCheckError, match=r"0 rows, outside 1\.\.-"):
+        load_manifest(dw, lake(tmp_path, empty, day=DAY + dt.timedelta(2)), blocking)
+    assert table_hash(dw, "orders") == before
+
+
+def test_a_check_naming_a_missing_column_fails_the_load_by_name(tmp_path: Path, dw: psycopg.Connection) -> None:
+    spec = LoadSpec("public", "orders", "replace", ["id"],
+                    checks=checks({"not_null": ["amount"], "severity": "warn"},
+                                  {"not_null": ["amuont"], "name": "typo", "severity": "warn"}))
+    with pytest.raises(QualityCheckError, match=r"check 'typo' \(not_null, column amuont\): the check names column "
+                                                r"'amuont', which public.orders does not have"):
+        load_manifest(dw, lake(tmp_path, GOOD), spec)
+    assert table_hash(dw, "public.orders") is None
+    assert [r[:2] for r in results(dw)] == [("not_null(amount)", "pass"), ("typo", "error")]
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+def config(checks: list[dict[str, Any]], **table: Any) -> dict[str, Any]:
+    return {"name": "q", "kind": "sql", "conn_id": "src", "start_date": "2024-01-01",
+            "tables": [{"name": "orders", "query": "SELECT id, amount AS total FROM orders", "checks": checks,
+                        **table}]}
+
+
+@pytest.mark.parametrize(("checks_", "field", "text"), [
+    ([{"not_null": ["amount"]}], "tables[0]", "names column 'amount', which the query does not return"),
+    ([{"regex": {"column": "total", "pattern": "([0-9]"}}], "tables[0].checks[0].regex.pattern",
+     "not a valid regular expression"),
+    ([{"not_null": ["id"], "unique": ["id"]}], "tables[0].checks[0]", "exactly one kind"),
+    ([{"range": {"column": "total"}}], "tables[0].checks[0].range", "needs min, max or both"),
+    ([{"row_count": {"min": 1}, "on_fail": "quarantine"}], "tables[0].checks[0]", "only not_null"),
+    ([{"sql": "SELECT * FROM {{ tabel }}"}], "tables[0].checks[0].sql", "unknown placeholder {{ tabel }}"),
+    ([{"freshness": {"column": "total", "max_age": "soon"}}], "tables[0].checks[0].freshness.max_age",
+     "is not a duration"),
+    ([{"unique": ["id"]}, {"unique": ["id"]}], "tables[0]", "two checks are called 'unique(id)'"),
+    ([{"nut_null": ["id"]}], "tables[0].checks[0].nut_null", "unknown key"),
+])
+def test_validate_refuses_bad_checks(checks_: list[dict[str, Any]], field: str, text: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_source(config(checks_), "q.yaml")
+    assert refused.value.field == field and text in refused.value.detail, str(refused.value)
+
+
+def test_quarantine_is_refused_on_merge() -> None:
+    with pytest.raises(ConfigError, match="not available on write_mode 'merge'"):
+        parse_source(config([{"not_null": ["total"], "on_fail": "quarantine"}], write_mode="merge",
+                            primary_key=["id"]), "q.yaml")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _file_source(tmp_path: Path, checks_: list[dict[str, Any]], write_mode: str = "replace") -> Path:
+    path = tmp_path / "shop.yaml"
+    path.write_text(json.dumps({
+        "name": "shop", "kind": "file", "base_path": str(tmp_path / "files"), "start_date": "2024-01-01",
+        "tables": [{"name": "orders", "path": "orders.csv", "write_mode": write_mode, "primary_key": ["id"],
+                    "checks": checks_}]}))
+    return path
+
+
+def test_sync_and_check_quality_on_the_command_line(tmp_path: Path, cli: Any, dw_url: str) -> None:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "orders.csv").write_text("id,amount\n1,10\n2,20\n")
+    path = _file_source(tmp_path, [{"range": {"column": "amount", "min": 0}}, {"not_null": ["amount"],
+                                                                               "severity": "warn"}])
+    code, out, err = cli("sync", str(path), "--json")
+    assert code == 0, err
+    assert out[0]["checks"]["counts"] == {"pass": 2}
+    (tmp_path / "files" / "orders.csv").write_text("id,amount\n1,10\n2,-20\n3,\n")
+    with psycopg.connect(dw_url) as dw:
+        before = table_hash(dw, "orders")
+    code, out, err = cli("sync", str(path), "--json")
+    assert code == 1 and out[0]["status"] == "failure"
+    with psycopg.connect(dw_url) as dw:
+        assert table_hash(dw, "orders") == before
+        failures = dw.execute("SELECT error_message FROM etl_audit_log WHERE status = 'failure'").fetchall()
+        assert len(failures) == 1
+        assert "check 'range(amount)' (range, column amount): 1 row out of range; sample keys: id=2" in failures[0][0]
+    # check --quality: the checks on what is loaded (it passes), then on a table changed by hand (it fails).
+    code, out, err = cli("check", "--quality", str(path))
+    assert code == 0, (out, err)
+    assert "range(amount)" in out and "pass" in out
+    with psycopg.connect(dw_url) as dw:
+        dw.execute("UPDATE orders SET amount = -1 WHERE id = 1")
+    code, out, err = cli("check", "--quality", str(path), "--json")
+    assert code == 1
+    assert [(r["name"], r["status"], r["failing_rows"]) for r in out] == [("range(amount)", "fail", 1),
+                                                                         ("not_null(amount)", "pass", 0)]
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT amount FROM orders WHERE id = 1").fetchone() == (-1,)  # nothing changed
+        assert dw.execute("SELECT count(*) FROM etl_check_results WHERE run_id LIKE 'check:%'").fetchone() == (4,)
+
+
+def test_validate_on_the_command_line_names_the_check(tmp_path: Path, cli: Any) -> None:
+    path = tmp_path / "q.yaml"
+    path.write_text(json.dumps(config([{"not_null": ["amount"]}])))
+    code, _, err = cli("validate", str(path))
+    assert code == 1 and "check 'not_null(amount)' names column 'amount', which the query does not return" in err
+
+
+# ------------------------------------------------------------------------------ through Airflow
+
+
+def asset_events(dag_id: str) -> list[dict[str, Any]]:
+    with metadata_db() as meta:
+        rows = meta.execute("SELECT extra FROM asset_event WHERE source_dag_id = %s ORDER BY id", (dag_id,)).fetchall()
+    return [r[0] if isinstance(r[0], dict) else json.loads(r[0] or "{}") for r in rows]
+
+
+@pytest.mark.slow
+def test_a_dag_run_blocked_by_a_check_publishes_nothing(env: dict[str, Any], configs: list[Path]) -> None:
+    data = env["tmp"] / "files"
+    data.mkdir()
+    (data / "orders.csv").write_text("id,amount,status\n1,10,open\n2,20,paid\n")
+    source = {"name": "quality_dag", "kind": "file", "base_path": str(data), "start_date": "2024-01-01",
+              "retries": 3, "retry_delay_seconds": 0,
+              "tables": [{"name": "orders", "path": "orders.csv", "write_mode": "partition", "primary_key": ["id"],
+                          "checks": [{"range": {"column": "amount", "min": 0}},
+                                     {"accepted_values": {"column": "status", "values": ["open", "paid"]},
+                                      "severity": "warn"},
+                                     {"sql": "SELECT * FROM {{ table }} WHERE _partition_date <> "
+                                             "'{{ partition_date }}'"}]}]}
+    assert set(states(run(source, configs)).values()) == {"success"}
+    events = asset_events("quality_dag")
+    assert len(events) == 1 and events[0]["checks"]["counts"] == {"pass": 3}, events
+    with psycopg.connect(env["dw_url"]) as dw:
+        before = table_hash(dw, "orders")
+
+    (data / "orders.csv").write_text("id,amount,status\n1,10,open\n2,-20,lost\n3,5,gone\n")
+    dag_run = run(source, configs)
+    assert states(dag_run) == {"extract_orders": "success", "load_orders": "failed"}
+    load = next(t for t in dag_run.get_task_instances() if t.task_id == "load_orders")
+    assert load.try_number == 1  # no retry: the data will not fix itself
+    assert len(asset_events("quality_dag")) == 1  # no event for the blocked load
+    with psycopg.connect(env["dw_url"]) as dw:
+        assert table_hash(dw, "orders") == before
+        failures = dw.execute("SELECT error_message FROM etl_audit_log WHERE task_id = 'load_orders' "
+                              "AND status = 'failure'").fetchall()
+        assert len(failures) == 1
+        assert "check 'range(amount)' (range, column amount): 1 row out of range; sample keys: id=2" in failures[0][0]
+        recorded = dw.execute("SELECT check_name, status, failing_rows, committed FROM etl_check_results "
+                              "ORDER BY id").fetchall()
+    assert recorded[3:] == [("range(amount)", "fail", 1, False), ("accepted_values(status)", "warn", 2, False),
+                            ("sql", "pass", 0, False)], recorded
+
+
+def test_an_empty_first_extract_of_an_append_table_passes_its_row_checks(tmp_path: Path,
+                                                                          dw: psycopg.Connection) -> None:
+    empty = write_partition([], tmp_path / "lake", "sql", "src", "orders", DAY, run_id="run-empty")
+    spec = LoadSpec("public", "orders", "append", ["id"], checks=checks({"not_null": ["amount"]}, {"unique": ["id"]}))
+    loaded = load_manifest(dw, empty, spec)
+    assert loaded.checks and loaded.checks["counts"] == {"pass": 2}, loaded.checks
+    with pytest.raises(QualityCheckError, match="0 rows, fewer than 1"):
+        load_manifest(dw, empty, LoadSpec("public", "orders", "append", ["id"], checks=checks({"row_count": {"min": 1}})))
