@@ -1,4 +1,7 @@
-"""The benchmark's targets, its printed tables (Markdown) and its chart."""
+"""The benchmark's targets, its printed tables (Markdown) and its chart.
+
+The printed tables are the "Latest results" and "Targets" sections of docs/performance.md.
+"""
 
 from __future__ import annotations
 

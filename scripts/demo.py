@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -51,10 +51,13 @@ def create_sources(dw_url: str, data_dir: Path) -> str:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SOURCE_DB)))
     source_url = _with_database(dw_url, SOURCE_DB)
     with psycopg.connect(source_url) as conn:
-        # ~26 days of production around the demo date (12 before, ~2 weeks after): yesterday's springs
-        # partition has rows, and so do the runs `make up` makes or the UI triggers in the next two weeks.
-        counts = manufacturing.create(conn, start=date.fromisoformat(DEMO_DATE) - timedelta(days=12))
-    print(f"- PostgreSQL source {_safe(source_url)}: " + ", ".join(f"{t} {n} rows" for t, n in counts.items()))
+        # The documented week (the README's and docs/' dates) and the last two weeks up to now: the demo
+        # date's springs partition has rows, and so do the runs `make up` makes; nothing in the future.
+        counts = manufacturing.create(conn)
+    first, last = manufacturing.DOCUMENTED_DAYS
+    recent = (datetime.now(UTC) - timedelta(days=manufacturing.RECENT_DAYS)).date()
+    print(f"- PostgreSQL source {_safe(source_url)}: " + ", ".join(f"{t} {n} rows" for t, n in counts.items())
+          + f"; production on {first}..{last} and {recent}..now")
     rows = files.write_inspections(data_dir / "inspections.csv")
     print(f"- CSV file {data_dir / 'inspections.csv'}: {rows} rows")
     return source_url

@@ -1,4 +1,8 @@
-"""The manufacturing sample source: refills, bodies and springs production tables in PostgreSQL."""
+"""The manufacturing sample source: refills, bodies and springs production tables in PostgreSQL.
+
+`make demo` creates them with production on the documented days (2024-01-01..2024-01-07, the dates
+the README and docs/ use) and on the last two weeks up to the moment it runs; never in the future.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +28,37 @@ TABLES = {
 
 
 DEFAULT_START = date(2024, 1, 1)
+EVERY = timedelta(minutes=37)
+# The dates the documentation's examples use (README, docs/): `make demo`'s data always covers them,
+# and the RECENT_DAYS days up to the moment it runs, so scheduled runs and UI triggers have data too.
+DOCUMENTED_DAYS = (date(2024, 1, 1), date(2024, 1, 7))
+RECENT_DAYS = 14
 
 
-def _rows(table: str, count: int, rng: random.Random, start: date = DEFAULT_START) -> list[tuple[Any, ...]]:
-    base = datetime(start.year, start.month, start.day, tzinfo=UTC)
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def demo_times(now: datetime | None = None) -> list[datetime]:
+    """Production times of the demo: one every 37 minutes through the documented days, then through
+    the RECENT_DAYS whole days before ``now``'s date and its date up to ``now``. Never after ``now``
+    (an ``updated_at`` in the future would hold an incremental watermark ahead of every update)."""
+    now = now or datetime.now(UTC)
+    first, last = DOCUMENTED_DAYS
+    windows = [(_midnight(first), _midnight(last + timedelta(days=1))),
+               (_midnight(now.date() - timedelta(days=RECENT_DAYS)), now)]
+    times: set[datetime] = set()
+    for start, end in windows:
+        at = start + EVERY
+        while at <= min(end, now):
+            times.add(at)
+            at += EVERY
+    return sorted(times)
+
+
+def _rows(table: str, times: list[datetime], rng: random.Random) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
-    for i in range(1, count + 1):
-        at = base + timedelta(minutes=37 * i)
+    for i, at in enumerate(times, start=1):
         batch = f"{table[:2].upper()}-{at:%Y%m%d}-{i % 7}"
         if table == "refills":
             rows.append((i, batch, rng.choice(["blue", "black", "red", "green"]),
@@ -46,20 +74,25 @@ def _rows(table: str, count: int, rng: random.Random, start: date = DEFAULT_STAR
     return rows
 
 
-def create(conn: Any, rows_per_table: int = 1000, seed: int = 42, start: date = DEFAULT_START) -> dict[str, int]:
-    """(Re)create the three tables with deterministic rows, one every 37 minutes from ``start``
-    (1000 rows: ~26 days); returns the row counts."""
+def create(conn: Any, rows_per_table: int | None = None, seed: int = 42, start: date = DEFAULT_START,
+           now: datetime | None = None) -> dict[str, int]:
+    """(Re)create the three tables with deterministic rows; returns the row counts. With
+    ``rows_per_table``: that many rows, one every 37 minutes from ``start`` (1000 rows: ~26 days).
+    Without: `make demo`'s data, :func:`demo_times` (the documented days and the recent ones up to
+    ``now``)."""
     rng = random.Random(seed)
+    if rows_per_table is None:
+        times = demo_times(now)
+    else:
+        times = [_midnight(start) + EVERY * i for i in range(1, rows_per_table + 1)]
     counts: dict[str, int] = {}
     with conn.transaction(), conn.cursor() as cur:
         for table, columns in TABLES.items():
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
             cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(columns)))
-            rows = _rows(table, rows_per_table, rng, start)
-            width = len(rows[0])
+            rows = _rows(table, times, rng)
             with cur.copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))) as copy:
                 for row in rows:
                     copy.write_row(row)
-            assert width
             counts[table] = len(rows)
     return counts
