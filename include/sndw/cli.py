@@ -29,6 +29,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             else:
                 tables = ", ".join(t.name for t in parsed.tables)
                 print(f"ok      {file}: {parsed.kind} source {parsed.name!r} ({tables})")
+                if isinstance(parsed, FileSource):  # the environment here may not be the one the DAGs run in
+                    for name in parsed.unset_variables():
+                        print(f"WARNING {file}: base_path: ${{{name}}} is not set in this environment; the DAG "
+                              "file shows the source as invalid where it is not set either", file=sys.stderr)
     if not checked:
         print("no source configs found", file=sys.stderr)
         return 1

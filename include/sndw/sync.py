@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -114,9 +113,7 @@ def _http_base_url(conn: ConnectionInfo) -> str:
 
 def file_base_path(source: FileSource, config_path: str | os.PathLike[str]) -> str:
     """The folder a file source's relative paths start from (as the DAG factory resolves it)."""
-    folder = Path(config_path).resolve().parent
-    base = os.path.expandvars(source.base_path) if source.base_path else str(folder)
-    return base if os.path.isabs(base) else str(folder / base)
+    return source.folder(config_path)
 
 
 def render(table: TableBase, partition: date) -> TableBase:
