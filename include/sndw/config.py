@@ -617,18 +617,18 @@ def parse_source(data: Any, path: str) -> HttpSource | SqlSource | FileSource:
                         if f == "name" else (f, m) for f, m in problems]
         raise ConfigError(path, *problems[0], more=problems[1:]) from None
     folder = Path(path).parent
-    problems: list[tuple[str, str]] = []
+    found: list[tuple[str, str]] = []
     for index, table in enumerate(data["tables"]):
-        problems += _template_problems(table, f"tables[{index}]")  # Airflow renders every string of a table
+        found += _template_problems(table, f"tables[{index}]")  # Airflow renders every string of a table
     for index, step in enumerate(source.sql_steps):
         if step.file and not (folder / step.file).is_file():
-            problems.append((f"sql_steps[{index}].file", f"no file {folder / step.file} (paths start at the config's folder)"))
+            found.append((f"sql_steps[{index}].file", f"no file {folder / step.file} (paths start at the config's folder)"))
         elif step.file:
-            problems += _template_problems(step.text(folder), f"sql_steps[{index}].file", f" ({folder / step.file})")
+            found += _template_problems(step.text(folder), f"sql_steps[{index}].file", f" ({folder / step.file})")
         else:
-            problems += _template_problems(data["sql_steps"][index].get("sql"), f"sql_steps[{index}].sql")
-    if problems:
-        raise ConfigError(path, *problems[0], more=problems[1:])
+            found += _template_problems(data["sql_steps"][index].get("sql"), f"sql_steps[{index}].sql")
+    if found:
+        raise ConfigError(path, *found[0], more=found[1:])
     return source
 
 
@@ -727,7 +727,8 @@ class _DuplicateKeys(yaml.constructor.SafeConstructor):
             return self.construct_scalar(node)
 
 
-_DuplicateKeys.add_constructor("tag:yaml.org,2002:timestamp", _DuplicateKeys.construct_yaml_timestamp)
+_DuplicateKeys.add_constructor(  # type: ignore[type-var]  # a mixin: the loaders below are the _L it takes
+    "tag:yaml.org,2002:timestamp", _DuplicateKeys.construct_yaml_timestamp)
 
 
 class _UniqueKeyLoader(_DuplicateKeys, yaml.SafeLoader):
