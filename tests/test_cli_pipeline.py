@@ -321,3 +321,14 @@ def test_state_set_refuses_bad_values_with_a_clear_error(cli: Any, dw_url: str) 
     assert code == 0, err
     with psycopg.connect(dw_url) as dw:
         assert dw.execute("SELECT value, value_type FROM etl_state").fetchall() == [("42.50", "number")]
+
+
+def test_sync_names_an_unset_variable_of_base_path(cli: Any, tmp_path: Path) -> None:
+    """(item 24) The run said `no file matches .../${NOPE}/files/x.csv`; now exit 2 naming the variable."""
+    path = tmp_path / "files.yaml"
+    path.write_text(yaml.safe_dump({"name": "files", "kind": "file", "start_date": "2024-01-01",
+                                    "base_path": "${SNDW_TEST_NOPE_UNSET}/files",
+                                    "tables": [{"name": "x", "path": "x.csv"}]}))
+    code, _, err = cli("sync", str(path), "--lake", "lake", drop=("SNDW_TEST_NOPE_UNSET",))
+    assert code == 2 and f"{path}: base_path: ${{SNDW_TEST_NOPE_UNSET}} is not set in the environment" in err, err
+    assert not (tmp_path / "lake").exists()
