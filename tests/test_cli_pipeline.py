@@ -241,3 +241,94 @@ def test_column_types_on_a_dbapi_source(tmp_path: Path) -> None:
         extract({"zip": "bigint"})
     with pytest.raises(ExtractError, match="column_types names columns the query does not return: nope"):
         extract({"nope": "text"})
+
+
+# ------------------------------------------------------------- issue 21: found by adversarial use
+
+
+def test_sync_template_errors_are_config_errors_or_audited_failures(cli: Any, tmp_path: Path, source_db: str,
+                                                                   dw_url: str) -> None:
+    """(item 10) Broken Jinja is refused before anything runs (exit 2, file and field named); a
+    template that fails when rendered (an undefined name) fails its table, audited, the others load."""
+    with psycopg.connect(source_db) as src:
+        src.execute("CREATE TABLE items AS SELECT g AS id FROM generate_series(1, 3) g")
+    env = {"AIRFLOW_CONN_SHOP_SRC": source_db}
+    config = {"name": "shop", "kind": "sql", "conn_id": "shop_src", "start_date": "2024-01-01",
+              "tables": [{"name": "items", "table": "public.items"},
+                         {"name": "later", "query": "SELECT * FROM items WHERE id > {{ nope }}"}]}
+    path = tmp_path / "shop.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, out, err = cli("sync", str(path), "--date", "2024-01-02", "--lake", "lake", "--json", env=env)
+    assert code == 1 and "Traceback" not in err, err
+    assert [(r["target_table"], r["status"], r["rows_loaded"]) for r in out] == [
+        ("public.items", "success", 3), ("public.later", "failure", 0)]
+    assert f"{path}: tables[1].query: template error: 'nope' is undefined" in out[1]["error"]
+    with psycopg.connect(dw_url) as dw:
+        rows = audit(dw)
+        assert [(r[3], r[4]) for r in rows] == [("public.items", "success"), ("public.later", "failure")]
+        assert "tables[1].query: template error: 'nope' is undefined" in rows[1][6]
+    config["tables"][1]["query"] = "SELECT * FROM items WHERE id > {{ partition_date }"
+    path.write_text(yaml.safe_dump(config))
+    code, out, err = cli("sync", str(path), "--date", "2024-01-02", "--lake", "lake", env=env)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{path}: tables[1].query: not a valid template (Jinja): unexpected '}}'" in err
+    with psycopg.connect(dw_url) as dw:
+        assert len(audit(dw)) == 2  # nothing ran
+
+
+def test_sync_reads_a_sqlite_connection_at_its_absolute_path(cli: Any, tmp_path: Path, dw_url: str) -> None:
+    """(item 12) AIRFLOW_CONN_X='sqlite:////abs/path.db' opened <cwd>/abs/path.db, an empty database
+    that sqlite created there. Both URI forms Airflow and SQLAlchemy write name the absolute path."""
+    db = tmp_path / "data" / "app.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+        conn.executemany("INSERT INTO users VALUES (?, ?)", [(1, "ada"), (2, "bob")])
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    path = configs / "app.yaml"
+    path.write_text(yaml.safe_dump({"name": "app", "kind": "sql", "conn_id": "app_db", "start_date": "2024-01-01",
+                                    "tables": [{"name": "users", "table": "users"}]}))
+    for uri in (f"sqlite:///{db}", f"sqlite://{db}"):  # sqlite:////abs (SQLAlchemy), sqlite:///abs (Airflow)
+        code, out, err = cli("sync", str(path), "--date", "2024-01-02", "--lake", "lake", "--json",
+                             env={"AIRFLOW_CONN_APP_DB": uri})
+        assert code == 0 and out[0]["rows_loaded"] == 2, (uri, err)
+    assert not (tmp_path / str(db).lstrip("/")).exists()  # no stray empty database below the working folder
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT id, name FROM users ORDER BY id").fetchall() == [(1, "ada"), (2, "bob")]
+    code, _, err = cli("sync", str(path), "--lake", "lake", env={"AIRFLOW_CONN_APP_DB": f"sqlite:///{tmp_path}/nope.db"})
+    assert code == 2 and f"AIRFLOW_CONN_APP_DB: no SQLite database at {tmp_path}/nope.db" in err, err
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_state_set_refuses_bad_values_with_a_clear_error(cli: Any, dw_url: str) -> None:
+    """(item 14) A value that is no timestamp or number printed a traceback; a naive timestamp was
+    stored although watermarks carry their zone. Now: exit 2, nothing stored; an aware one is stored in UTC."""
+    where = ("state", "set", "--pipeline", "shop", "--table", "orders", "--cursor", "updated_at")
+    for value, kind, message in [
+            ("not-a-date", "timestamp", "error: --value 'not-a-date' is not an ISO-8601 timestamp"),
+            ("2024-01-31T10:00:00", "timestamp", "error: --value '2024-01-31T10:00:00' has no time zone"),
+            ("2024-01-31", "timestamp", "has no time zone: add one, e.g. 2024-01-31T00:00:00+00:00"),
+            ("abc", "number", "error: --value 'abc' is not a number"),
+            ("NaN", "number", "error: --value 'NaN' is not a finite number")]:
+        code, _, err = cli(*where, "--value", value, "--type", kind)
+        assert code == 2 and message in err and "Traceback" not in err, (value, err)
+    with psycopg.connect(dw_url) as dw:  # refused before the warehouse was touched
+        assert dw.execute("SELECT to_regclass('public.etl_state')").fetchone() == (None,)
+    code, out, err = cli(*where, "--value", "2024-01-31T10:00:00+02:00")
+    assert code == 0 and out == "shop.orders: updated_at = 2024-01-31T08:00:00.000000+00:00\n", err
+    code, out, err = cli(*where, "--value", "42.50", "--type", "number")
+    assert code == 0, err
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT value, value_type FROM etl_state").fetchall() == [("42.50", "number")]
+
+
+def test_sync_names_an_unset_variable_of_base_path(cli: Any, tmp_path: Path) -> None:
+    """(item 24) The run said `no file matches .../${NOPE}/files/x.csv`; now exit 2 naming the variable."""
+    path = tmp_path / "files.yaml"
+    path.write_text(yaml.safe_dump({"name": "files", "kind": "file", "start_date": "2024-01-01",
+                                    "base_path": "${SNDW_TEST_NOPE_UNSET}/files",
+                                    "tables": [{"name": "x", "path": "x.csv"}]}))
+    code, _, err = cli("sync", str(path), "--lake", "lake", drop=("SNDW_TEST_NOPE_UNSET",))
+    assert code == 2 and f"{path}: base_path: ${{SNDW_TEST_NOPE_UNSET}} is not set in the environment" in err, err
+    assert not (tmp_path / "lake").exists()

@@ -109,6 +109,30 @@ def test_cli_validate_names_each_bad_file_with_all_its_problems(
     assert f"ok      {tmp_path / 'good.yaml'}: " in out
     invalid = sum(case["outcome"] == "error" for case in CASES.values())
     assert f"{len(CASES) + 1 - invalid} valid, {invalid} invalid" in out
+    # The environment of `validate` may not be the DAGs': an unset variable in base_path is a warning.
+    assert (f"WARNING {tmp_path / 'base_path_unset.yaml'}: base_path: ${{SNDW_TEST_NOPE_UNSET}} is not set"
+            in err)
+
+
+# A folder, a link that loops and a link to nothing, named like configs: each was skipped silently.
+NOT_FILES = {"folder.yaml": "a folder, not a config file", "loop.yaml": "cannot read the file: Too many levels",
+             "dangling.yml": "cannot read the file: No such file"}
+
+
+def _not_files(folder: Path) -> None:
+    (folder / "folder.yaml").mkdir()
+    (folder / "loop.yaml").symlink_to("loop.yaml")
+    (folder / "dangling.yml").symlink_to("nowhere.yml")
+
+
+def test_cli_validate_names_what_is_no_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _not_files(tmp_path)
+    (tmp_path / "good.yaml").write_text(GOOD)
+    assert cli_main(["validate", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    for name, fragment in NOT_FILES.items():
+        assert f"INVALID {tmp_path / name}: {fragment}" in err, err
+    assert "1 valid, 3 invalid" in out
 
 
 # ------------------------------------------------------------------------------ the DAG file
@@ -123,6 +147,7 @@ def _dag_folder(tmp_path: Path) -> Path:
     for case in CASES.values():
         shutil.copy(CORPUS / case["file"], dags / "sources")
     (dags / "sources" / "good.yaml").write_text(GOOD)
+    _not_files(dags / "sources")
     return dags
 
 
@@ -146,16 +171,24 @@ def test_each_bad_file_has_its_own_error_dag(corpus_bag: Any, case: dict[str, An
     dag = corpus_bag.dags[invalid_config_dag_id(case["file"])]
     assert dag.tags and "config-error" in dag.tags and dag.schedule is None
     path = Path(corpus_bag.dag_folder) / "sources" / case["file"]
-    field, _ = case["errors"][0]
+    field, fragment = case["errors"][0]
     assert (f"{path}: {field}: " if field else f"{path}: ") in dag.description
+    assert fragment in dag.description
     task = dag.get_task("config_error")
     _assert_problems(task.message, path, case["errors"])
+
+
+@pytest.mark.parametrize("name", NOT_FILES)
+def test_what_is_no_config_file_has_its_own_error_dag(corpus_bag: Any, name: str) -> None:
+    dag = corpus_bag.dags[invalid_config_dag_id(name)]
+    path = Path(corpus_bag.dag_folder) / "sources" / name
+    assert f"{path}: {NOT_FILES[name]}" in dag.description and "config-error" in dag.tags
 
 
 def test_one_error_dag_per_bad_file(corpus_bag: Any) -> None:
     error_dags = sorted(d for d in corpus_bag.dag_ids if d.startswith(INVALID_CONFIG_PREFIX))
     bad = [c for c in CASES.values() if c["outcome"] != "valid"]
-    assert error_dags == sorted(invalid_config_dag_id(c["file"]) for c in bad)
+    assert error_dags == sorted([*(invalid_config_dag_id(c["file"]) for c in bad), *map(invalid_config_dag_id, NOT_FILES)])
 
 
 def test_a_source_cannot_replace_the_projects_own_dags(corpus_bag: Any) -> None:

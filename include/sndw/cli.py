@@ -29,6 +29,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             else:
                 tables = ", ".join(t.name for t in parsed.tables)
                 print(f"ok      {file}: {parsed.kind} source {parsed.name!r} ({tables})")
+                if isinstance(parsed, FileSource):  # the environment here may not be the one the DAGs run in
+                    for name in parsed.unset_variables():
+                        print(f"WARNING {file}: base_path: ${{{name}}} is not set in this environment; the DAG "
+                              "file shows the source as invalid where it is not set either", file=sys.stderr)
     if not checked:
         print("no source configs found", file=sys.stderr)
         return 1
@@ -60,8 +64,17 @@ def _source(path: str) -> HttpSource | SqlSource | FileSource:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from sndw.state import list_watermarks, set_watermark
+    from sndw.state import list_watermarks, manual_value, set_watermark
 
+    if args.action == "set":
+        if not (args.cursor and args.value):
+            print("error: state set needs --cursor and --value", file=sys.stderr)
+            return 2
+        try:
+            args.value = manual_value(args.value, args.type)
+        except ValueError as exc:
+            print(f"error: --value {exc} (--type {args.type})", file=sys.stderr)
+            return 2
     with _dw() as conn:
         if args.action == "list":
             rows = list_watermarks(conn)
@@ -73,9 +86,6 @@ def cmd_state(args: argparse.Namespace) -> int:
             set_watermark(conn, args.pipeline, args.table, args.cursor or "", None, "text")
             print(f"{args.pipeline}.{args.table}: watermark removed; the next run reads from the start")
         else:
-            if not (args.cursor and args.value):
-                print("state set needs --cursor and --value", file=sys.stderr)
-                return 2
             set_watermark(conn, args.pipeline, args.table, args.cursor, args.value, args.type)
             print(f"{args.pipeline}.{args.table}: {args.cursor} = {args.value}")
     return 0
@@ -140,9 +150,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
     results = []
     print(f"sync {source.name} ({source.kind}), partition {partition}, lake {lake}", file=sys.stderr)
     for table in tables:
-        result = run_table(url=url, pipeline=source.name, source=source.name, kind=source.kind,
-                           table=render(table, partition), access=access, lake=lake,
-                           schema=source.target_schema, partition=partition, what=table.name)
+        field = f"tables[{[t.name for t in source.tables].index(table.name)}]"
+
+        def prepare(spec: Any, field: str = field) -> Any:  # inside the audited attempt: a template error is audited
+            return render(spec, partition, args.config, field)
+
+        result = run_table(url=url, pipeline=source.name, source=source.name, kind=source.kind, table=table,
+                           prepare=prepare, access=access, lake=lake, schema=source.target_schema,
+                           partition=partition, what=table.name)
         progress.end()
         results.append(result)
         status = "ok" if result["status"] == "success" else "FAILED"

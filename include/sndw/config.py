@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -291,28 +292,59 @@ class CsvOptions(_Model):
             raise ValueError("must be exactly one character")
         return value
 
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        try:
+            "".encode(value)  # refuses unknown names and codecs that are not text encodings (base64)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
+        return value
+
+
+FILE_EXTENSIONS: dict[str, FileFormat] = {
+    "csv": "csv", "tsv": "csv", "txt": "csv", "json": "json",
+    "ndjson": "ndjson", "jsonl": "ndjson", "parquet": "parquet", "pq": "parquet",
+}
+
 
 class FileTable(TableBase):
     path: str = Field(description="File path or glob; relative paths start at the config's base_path.")
-    format: FileFormat | None = Field(default=None, description="Default: from the file extension.")
+    format: FileFormat | None = Field(default=None, validate_default=True,
+                                      description="Default: from the file extension.")
     records_path: str | None = Field(default=None, description="JSON files: dot path to the records.")
     csv: CsvOptions = Field(default_factory=CsvOptions)
     on_type_change: Literal["fail", "variant"] = Field(default="fail", description=(
         "JSON and NDJSON files: a field whose values stop fitting its column's type in a later record "
         "or file: fail the extract, or put those values into a variant column <field>__v_<type>."))
 
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: FileFormat | None, info: ValidationInfo) -> FileFormat | None:
+        path = info.data.get("path")
+        if value is None and isinstance(path, str) and _extension_format(path) is None:
+            raise ValueError(f"cannot tell the format of {path!r} from its extension: set format "
+                             f"({', '.join(sorted(set(FILE_EXTENSIONS.values())))})")
+        return value
+
+    @field_validator("incremental")
+    @classmethod
+    def _not_incremental(cls, value: Incremental | None) -> Incremental | None:
+        if value is not None:
+            raise ValueError("file tables are read whole on every run (no cursor filters them): remove "
+                             "incremental (write_mode merge with a primary_key updates the rows read again)")
+        return value
+
     @property
     def file_format(self) -> FileFormat:
-        if self.format:
-            return self.format
-        suffix = Path(self.path).suffix.lower().lstrip(".")
-        mapping: dict[str, FileFormat] = {
-            "csv": "csv", "tsv": "csv", "txt": "csv", "json": "json",
-            "ndjson": "ndjson", "jsonl": "ndjson", "parquet": "parquet", "pq": "parquet",
-        }
-        if suffix not in mapping:
+        found = self.format or _extension_format(self.path)
+        if found is None:
             raise ValueError(f"cannot tell the format of {self.path!r}: set 'format'")
-        return mapping[suffix]
+        return found
+
+
+def _extension_format(path: str) -> FileFormat | None:
+    return FILE_EXTENSIONS.get(Path(path).suffix.lower().lstrip("."))
 
 
 TABLE_MODELS: dict[str, type[TableBase]] = {"http": HttpTable, "sql": SqlTable, "file": FileTable}
@@ -461,6 +493,22 @@ class SourceBase(_Model):
                 seen[name] = what
         return tables
 
+    @field_validator("tables", check_fields=False)
+    @classmethod
+    def _unique_targets(cls, tables: list[TableBase], info: ValidationInfo) -> list[TableBase]:
+        """Two tables (an unnested child table included) loading into one warehouse table would
+        overwrite each other's rows, while each reports its own as loaded."""
+        schema = info.data.get("target_schema", "public")
+        seen: dict[str, str] = {}
+        for index, table in enumerate(tables):
+            for target, what in [(table.target, f"tables[{index}] ({table.name})"),
+                                 *((c.target, f"tables[{index}].unnest {c.path!r}") for c in getattr(table, "child_tables", []))]:
+                if target in seen:
+                    raise ValueError(f"{what} loads into {schema}.{target}, as {seen[target]} does: their loads "
+                                     "would overwrite each other; give each its own target_table")
+                seen[target] = what
+        return tables
+
 
 # Keys an http source may set for all its tables (a table's own value wins).
 HTTP_SOURCE_DEFAULTS = ("auth", "requests_per_second")
@@ -500,10 +548,31 @@ class SqlSource(SourceBase):
     tables: list[SqlTable] = Field(min_length=1)
 
 
+# $NAME or ${NAME}, as os.path.expandvars finds them (it leaves an unset one in the path as it is).
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
 class FileSource(SourceBase):
     kind: Literal["file"]
-    base_path: str | None = Field(default=None, description="Folder that relative paths start from.")
+    base_path: str | None = Field(default=None, description=(
+        "Folder that relative paths start from; $VAR and ${VAR} are taken from the environment where the "
+        "DAG files are parsed (or sync runs). Default: the config's folder."))
     tables: list[FileTable] = Field(min_length=1)
+
+    def unset_variables(self) -> list[str]:
+        """The environment variables that base_path names and this process does not have."""
+        found = (m.strip("{}") for m in _VARIABLE.findall(self.base_path or ""))
+        return [name for name in dict.fromkeys(found) if name not in os.environ]
+
+    def folder(self, config_path: str | os.PathLike[str] | None) -> str:
+        """The folder relative file paths start from: base_path with its variables expanded,
+        relative to the config's folder. An unset variable is a ConfigError that names it."""
+        here = Path(os.path.abspath(config_path)).parent if config_path else Path.cwd()
+        unset = self.unset_variables()
+        if unset:
+            names = ", ".join(f"${{{name}}}" for name in unset)
+            raise ConfigError(str(config_path or self.name), "base_path", f"{names} is not set in the environment")
+        return str(here / os.path.expandvars(self.base_path)) if self.base_path else str(here)
 
 
 SourceConfig = Annotated[HttpSource | SqlSource | FileSource, Field(discriminator="kind")]
@@ -554,11 +623,38 @@ def parse_source(data: Any, path: str) -> HttpSource | SqlSource | FileSource:
                         if f == "name" else (f, m) for f, m in problems]
         raise ConfigError(path, *problems[0], more=problems[1:]) from None
     folder = Path(path).parent
-    missing = [(f"sql_steps[{i}].file", f"no file {folder / str(s.file)} (paths start at the config's folder)")
-               for i, s in enumerate(source.sql_steps) if s.file and not (folder / s.file).is_file()]
-    if missing:
-        raise ConfigError(path, *missing[0], more=missing[1:])
+    found: list[tuple[str, str]] = []
+    for index, table in enumerate(data["tables"]):
+        found += _template_problems(table, f"tables[{index}]")  # Airflow renders every string of a table
+    for index, step in enumerate(source.sql_steps):
+        if step.file and not (folder / step.file).is_file():
+            found.append((f"sql_steps[{index}].file", f"no file {folder / step.file} (paths start at the config's folder)"))
+        elif step.file:
+            found += _template_problems(step.text(folder), f"sql_steps[{index}].file", f" ({folder / step.file})")
+        else:
+            found += _template_problems(data["sql_steps"][index].get("sql"), f"sql_steps[{index}].sql")
+    if found:
+        raise ConfigError(path, *found[0], more=found[1:])
     return source
+
+
+def _template_problems(value: Any, field: str, where: str = "") -> list[tuple[str, str]]:
+    """(field, message) of each string under ``value`` that Jinja cannot parse. Parsed, not rendered:
+    the names it uses (macros, params) are the run's."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _template_problems(v, f"{field}.{k}", where)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _template_problems(v, f"{field}[{i}]", where)]
+    if not isinstance(value, str) or not any(mark in value for mark in ("{{", "{%", "{#")):
+        return []
+    import jinja2
+
+    try:
+        jinja2.Environment(extensions=["jinja2.ext.do"]).parse(value)  # noqa: S701 - parsed only, never rendered
+    except jinja2.TemplateSyntaxError as exc:
+        line = f" at line {exc.lineno}" if "\n" in value.strip() else ""
+        return [(field, f"not a valid template (Jinja){line}{where}: {exc.message}")]
+    return []
 
 
 def _problems(exc: ValidationError, data: Any) -> list[tuple[str, str]]:
@@ -628,6 +724,19 @@ class _DuplicateKeys(yaml.constructor.SafeConstructor):
         return found
 
 
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        """A date-like scalar that is no date (``2024-13-01``) stays the text it is, so the field's
+        validation names the field, instead of the reader failing with a bare ``month must be in 1..12``."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_DuplicateKeys.add_constructor(  # type: ignore[type-var]  # a mixin: the loaders below are the _L it takes
+    "tag:yaml.org,2002:timestamp", _DuplicateKeys.construct_yaml_timestamp)
+
+
 class _UniqueKeyLoader(_DuplicateKeys, yaml.SafeLoader):
     """The pure-Python loader: its errors name the line, column and character exactly."""
 
@@ -655,6 +764,9 @@ def load_source_file(path: str | os.PathLike[str]) -> HttpSource | SqlSource | F
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
+    except IsADirectoryError:
+        raise ConfigError(path, "", "a folder, not a config file: rename it (names ending in .yaml or .yml are "
+                                    "read as source configs)") from None
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read the file: {exc.strerror}") from None
     try:
@@ -690,13 +802,15 @@ def load_source_file(path: str | os.PathLike[str]) -> HttpSource | SqlSource | F
 
 
 def config_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """The source configs in ``folder``, in sorted order (hidden files and ``_`` files skipped)."""
+    """The source configs in ``folder``, in sorted order (hidden files and ``_`` files skipped).
+    A folder or a broken link named like a config is listed too: reading it fails with a ConfigError
+    that says why, where skipping it would hide a source silently."""
     root = Path(folder)
     if not root.is_dir():
         return []
     return sorted(
         p for p in root.iterdir()
-        if p.suffix in (".yaml", ".yml") and not p.name.startswith((".", "_")) and p.is_file()
+        if p.suffix in (".yaml", ".yml") and not p.name.startswith((".", "_"))
     )
 
 

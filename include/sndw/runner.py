@@ -68,8 +68,10 @@ def warehouse_factory(url: str) -> Callable[[], Any]:
 
 
 def run_table(*, url: str, pipeline: str, source: str, kind: str, table: Any, access: Any, lake: str,
-              schema: str, partition: date, what: str = "", source_name: str | None = None) -> dict[str, Any]:
+              schema: str, partition: date, what: str = "", source_name: str | None = None,
+              prepare: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Extract, stage, load and audit one table through the core pipeline; never raises on a failure.
+    ``prepare`` (sync: rendering the table's templates) runs first, inside the audited attempt.
 
     Returns the JSON-ready result: the plan's ``run_id, status, rows_loaded, parquet_files,
     duration_seconds`` and the details. Unnested child tables of an http table are loaded after it.
@@ -97,9 +99,10 @@ def run_table(*, url: str, pipeline: str, source: str, kind: str, table: Any, ac
         "lake_paths": [], "schema_changes": [], "error": None,
     }
     children: list[tuple[Any, Manifest]] = []
-    request = ExtractRequest(pipeline=pipeline, source=source, kind=kind, table=table, partition=partition,
-                             lake_root=lake, run_id=audit.run_id)
     try:
+        table = prepare(table) if prepare else table
+        request = ExtractRequest(pipeline=pipeline, source=source, kind=kind, table=table, partition=partition,
+                                 lake_root=lake, run_id=audit.run_id)
         manifest = extract_table(request, access, on_child=lambda child, m: children.append((child, m)))
         result.update(rows_extracted=manifest.rows, parquet_files=len(manifest.paths), lake_paths=manifest.paths)
         audit.step = "load"

@@ -89,6 +89,30 @@ def format_value(value: Any) -> str | None:
     return str(value)
 
 
+def manual_value(value: str, value_type: str) -> str:
+    """A watermark given by hand, checked and written as the pipeline writes one: a timestamp with its
+    time zone (in UTC, with microseconds), a finite number, or text as it is. A ValueError says what
+    is wrong; a naive timestamp is refused rather than guessed to be UTC."""
+    if value_type == "timestamp":
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO-8601 timestamp (e.g. 2024-01-31T00:00:00+00:00)") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone: add one, e.g. {parsed.isoformat()}+00:00 (watermarks "
+                             "are stored with their zone)")
+        return str(format_value(parsed))
+    if value_type == "number":
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a number") from None
+        if not number.is_finite():
+            raise ValueError(f"{value!r} is not a finite number")
+        return str(number)
+    return value
+
+
 def lower_bound(watermark: Watermark | None, lookback: float) -> Any:
     """Where the next extract starts: the watermark minus the lookback window (None: from the start)."""
     if watermark is None or watermark.value is None:
@@ -189,9 +213,9 @@ def set_watermark(conn: psycopg.Connection[Any], pipeline: str, table: str, curs
         if value is None:
             cur.execute(sql.SQL("DELETE FROM {} WHERE pipeline_name = %s AND table_name = %s").format(
                 state_table(schema)), (pipeline, table))
-        else:
-            parse_value(value, value_type)  # refuse what cannot be compared later
-            save_watermark(cur, pipeline, table, Watermark(cursor, value, value_type), "manual", schema)
+        else:  # checked (ValueError) before anything is written
+            save_watermark(cur, pipeline, table, Watermark(cursor, manual_value(value, value_type), value_type),
+                           "manual", schema)
 
 
 def list_watermarks(conn: psycopg.Connection[Any], schema: str = "public") -> list[tuple[Any, ...]]:

@@ -64,7 +64,7 @@ def connection_from_env(conn_id: str, environ: Mapping[str, str] | None = None) 
                           unquote(parts.hostname or "") or None, parts.port,
                           unquote(parts.username) if parts.username else None,
                           unquote(parts.password) if parts.password else None,
-                          unquote(parts.path.lstrip("/")) or None, dict(parse_qsl(parts.query)))
+                          unquote(parts.path.removeprefix("/")) or None, dict(parse_qsl(parts.query)))
 
 
 def source_access(source: Source, config_path: str | os.PathLike[str], warehouse: Callable[[], Any] | None,
@@ -89,8 +89,11 @@ def source_access(source: Source, config_path: str | os.PathLike[str], warehouse
         if conn.conn_type == "sqlite":
             import sqlite3
 
-            path = conn.host or conn.schema or ""
-            return SourceAccess(dbapi_connect=lambda: sqlite3.connect(path), warehouse=warehouse)
+            path = sqlite_path(conn)
+            if not os.path.isfile(path):  # sqlite3.connect would create an empty database there
+                raise ConfigError("environment", f"AIRFLOW_CONN_{source.conn_id.upper()}", f"no SQLite database at {path}")
+            uri = f"{Path(path).absolute().as_uri()}?mode=ro"
+            return SourceAccess(dbapi_connect=lambda: sqlite3.connect(uri, uri=True), warehouse=warehouse)
         raise ConfigError("environment", f"AIRFLOW_CONN_{source.conn_id.upper()}",
                           f"the command line reads sql sources on postgres or sqlite, not {conn.conn_type!r} "
                           "(run the DAG instead)")
@@ -104,6 +107,16 @@ def source_access(source: Source, config_path: str | os.PathLike[str], warehouse
     return SourceAccess(http_client=client, warehouse=warehouse)
 
 
+def sqlite_path(conn: ConnectionInfo) -> str:
+    """The database file of a sqlite connection, as Airflow's SqliteHook opens it: the host (JSON
+    form; relative to the working folder) or the URI's path, which is absolute: ``sqlite:///data/app.db``
+    and ``sqlite:////data/app.db`` both name /data/app.db (the hook refuses the second; this reads it
+    as SQLAlchemy does)."""
+    if conn.host:
+        return f"{conn.host}/{conn.schema}" if conn.schema else conn.host
+    return "/" + (conn.schema or "").lstrip("/")
+
+
 def _http_base_url(conn: ConnectionInfo) -> str:
     host = conn.host or ""
     if "://" in host:
@@ -114,31 +127,35 @@ def _http_base_url(conn: ConnectionInfo) -> str:
 
 def file_base_path(source: FileSource, config_path: str | os.PathLike[str]) -> str:
     """The folder a file source's relative paths start from (as the DAG factory resolves it)."""
-    folder = Path(config_path).resolve().parent
-    base = os.path.expandvars(source.base_path) if source.base_path else str(folder)
-    return base if os.path.isabs(base) else str(folder / base)
+    return source.folder(config_path)
 
 
-def render(table: TableBase, partition: date) -> TableBase:
+def render(table: TableBase, partition: date, where: str = "", field: str = "") -> TableBase:
     """The table with ``{{ partition_date }}`` (and ``ds``, ``ds_nodash``) rendered, as the DAG renders it.
-    Its quality checks are left as they are: the check engine fills in their own placeholders."""
+    Its quality checks are left as they are: the check engine fills in their own placeholders.
+    A template that fails (an undefined name) is a ConfigError naming ``where`` (the config file) and
+    the field, below ``field`` (``tables[1]``)."""
     import jinja2
 
     values = {"partition_date": partition.isoformat(), "ds": partition.isoformat(),
               "ds_nodash": partition.strftime("%Y%m%d")}
 
-    def walk(value: Any) -> Any:
+    def walk(value: Any, at: str) -> Any:
         if isinstance(value, str) and "{{" in value:
-            return jinja2.Template(value, undefined=jinja2.StrictUndefined).render(**values)
+            try:
+                return jinja2.Template(value, undefined=jinja2.StrictUndefined).render(**values)
+            except jinja2.TemplateError as exc:
+                raise ConfigError(where or table.name, at, f"template error: {exc} (sync knows "
+                                  f"{', '.join(values)})") from None
         if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
+            return {k: walk(v, f"{at}.{k}" if at else k) for k, v in value.items()}
         if isinstance(value, list):
-            return [walk(v) for v in value]
+            return [walk(v, f"{at}[{i}]") for i, v in enumerate(value)]
         return value
 
     data = table.model_dump(mode="json")
     checks = data.pop("checks", [])
-    return type(table).model_validate({**walk(data), "checks": checks})
+    return type(table).model_validate({**walk(data, field), "checks": checks})
 
 
 def source_count(source: Source, table: TableBase, access: Any) -> int | None:

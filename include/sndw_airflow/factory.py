@@ -41,12 +41,7 @@ def schedule_for(schedule: str | None) -> Any:
 
 def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os.PathLike[str] | None = None) -> DAG:
     """The DAG of one source: per table, extract to the lake, then load into the warehouse."""
-    base_path = None
-    if isinstance(source, FileSource):
-        folder = Path(config_path).parent if config_path else Path.cwd()
-        base_path = os.path.expandvars(source.base_path) if source.base_path else str(folder)
-        if not os.path.isabs(base_path):
-            base_path = str(folder / base_path)
+    base_path = source.folder(config_path) if isinstance(source, FileSource) else None
     default_args = {
         "owner": source.owner,
         "retries": source.retries,
@@ -188,6 +183,8 @@ def build_dags(folder: str | os.PathLike[str]) -> dict[str, DAG]:
             try:
                 dag = build_dag(parsed, path)
                 dag.validate()  # what DagBag checks next (the timetable): it would fail the whole file
+            except ConfigError as exc:  # a config fault found while building (an unset variable in base_path)
+                parsed = exc
             except Exception as exc:  # one source that cannot be built must not hide the others
                 log.exception("source config %s: the DAG cannot be built", path)
                 parsed = ConfigError(str(path), "", f"the DAG cannot be built: {type(exc).__name__}: {exc}")
