@@ -381,8 +381,8 @@ def _check_no_dependent_views(cur: psycopg.Cursor[Any], spec: LoadSpec, column: 
                                             ELSE 'a rule on' END, vn.nspname, v.relname)
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        JOIN pg_partition_tree(c.oid) p ON true
-        JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = %s
+        JOIN pg_attribute a ON a.attname = %s
+                           AND (a.attrelid = c.oid OR a.attrelid IN (SELECT relid FROM pg_partition_tree(c.oid)))
         JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
                         AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
         JOIN pg_rewrite r ON r.oid = d.objid
