@@ -12,19 +12,22 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from sndw.errors import ExtractError
+from psycopg import sql
+from sndw.errors import ExtractError, PermanentError
 from sndw.extract.sql import iter_postgres_batches, table_query
 from sndw.lake import write_partition
 from sndw.naming import lake_table_dir
 from sndw.warehouse import LoadSpec, load_manifest
 
-from tests.conftest import DAY, ROOT, run, states
+from tests.conftest import DAY, ROOT, TEST_DB_PREFIX, run, states, with_database
 
 CASES = Path(__file__).parent / "bad_inputs" / "sql_types"
 PARTITION = date(2024, 1, 2)
@@ -202,3 +205,130 @@ def test_pagila_film_every_column_exact(source_db: str, dw_url: str, tmp_path: P
         expected = source_types(source, "public.film")
         assert expected["fulltext"] == "tsvector" and expected["release_year"] == "integer"
         assert_same(source, dw, "public.film", "raw.film", expected, key="film_id")
+
+
+# ------------------------------------------------------------ source database encodings, limits
+
+
+@pytest.fixture
+def encoded_db(pg_url: str) -> Iterator[Callable[[str], str]]:
+    """A factory of source databases in a given server encoding (C locale), dropped afterwards."""
+    made: list[str] = []
+
+    def make(encoding: str) -> str:
+        name = f"{TEST_DB_PREFIX}enc_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+                sql.Identifier(name), sql.Literal(encoding)))
+        made.append(name)
+        return with_database(pg_url, name)
+
+    yield make
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_latin1_source_loads_exactly(encoded_db: Callable[[str], str], dw_url: str, tmp_path: Path) -> None:
+    """LATIN1 text reaches the lake as UTF-8 (the server converts it, exactly) and loads as the source's."""
+    source_db = encoded_db("LATIN1")
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        assert conn.info.encoding == "iso8859-1"  # psycopg reads the source in its own encoding: the truth
+        conn.execute("CREATE TYPE mood AS ENUM ('süß', 'ça va'); "
+                     "CREATE TABLE latin1 (id integer PRIMARY KEY, t text, v varchar(10), c char(4), m mood, "
+                     "a text[], j jsonb, x xml)")
+        conn.execute("INSERT INTO latin1 VALUES (1, 'café ÿ ¿ © µ', 'Größe', 'éèêë', 'süß', '{à,\"ß\",NULL}', "
+                     "'{\"clé\": \"valeur é\"}', '<a>é</a>'), (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL), "
+                     "(3, %s, 'ASCII', 'abcd', 'ça va', '{}', '[]', '')", (bytes(range(0xA0, 0x100)).decode("latin1"),))
+    extract_and_load(source_db, dw_url, tmp_path / "lake", "latin1", {})
+    import pyarrow.parquet as pq
+
+    lake_text = pq.read_table(next((tmp_path / "lake").rglob("*.parquet"))).column("t").combine_chunks()
+    lake_text.validate(full=True)  # valid UTF-8 in the lake
+    assert lake_text.to_pylist()[0] == "café ÿ ¿ © µ"
+    with psycopg.connect(source_db) as source, psycopg.connect(dw_url) as dw:
+        expected = source_types(source, "public.latin1")
+        assert_same(source, dw, "public.latin1", "raw.latin1", expected)
+        assert dw.execute("SELECT t FROM raw.latin1 WHERE id = 1").fetchone() == ("café ÿ ¿ © µ",)
+
+
+def test_a_sql_ascii_source_carries_utf8_and_refuses_other_bytes(encoded_db: Callable[[str], str], dw_url: str,
+                                                                 tmp_path: Path) -> None:
+    """SQL_ASCII declares no encoding: UTF-8 text (and every non-text type) is carried exactly;
+    text that is not UTF-8 fails the extract naming table, column and value, before the lake."""
+    source_db = encoded_db("SQL_ASCII")
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ascii_ok (id integer PRIMARY KEY, n numeric(8,2), d date, t text, j jsonb)")
+        conn.execute("INSERT INTO ascii_ok VALUES (1, 12.50, '2024-01-02', convert_from('\\x636166c3a9'::bytea, "
+                     "'SQL_ASCII'), '{\"a\": 1}'), (2, NULL, NULL, NULL, NULL), (3, -1, 'infinity', 'plain', '[]')")
+        conn.execute("CREATE TABLE ascii_bad (id integer, good text, bad text)")
+        conn.execute("INSERT INTO ascii_bad VALUES (1, 'x', 'ok'), (2, 'y', convert_from('\\x636166e9'::bytea, "
+                     "'SQL_ASCII'))")
+    extract_and_load(source_db, dw_url, tmp_path / "lake", "ascii_ok", {})
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT id, n::text, d::text, t, j::text FROM raw.ascii_ok ORDER BY id").fetchall() == [
+            (1, "12.50", "2024-01-02", "café", '{"a": 1}'), (2, None, None, None, None),
+            (3, "-1.00", "infinity", "plain", "[]")]
+        assert table_types(dw, "raw.ascii_ok")["n"] == "numeric(8,2)"
+    with pytest.raises(ExtractError) as info:
+        extract_and_load(source_db, dw_url, tmp_path / "lake", "ascii_bad", {})
+    message = str(info.value)
+    for part in ("ascii_bad", "column 'bad'", "b'caf\\xe9'", "not UTF-8", "SQL_ASCII", "convert_from("):
+        assert part in message, (part, message)
+    folder = lake_table_dir(tmp_path / "lake", "sql", "types", "ascii_bad")
+    assert not folder.exists() or not any(folder.iterdir())
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT to_regclass('raw.ascii_bad')").fetchone() == (None,)
+    # The documented way out: convert the column in a query from the encoding it was written in.
+    query = ("SELECT id, good, convert_from(convert(convert_to(bad, 'SQL_ASCII'), 'LATIN1', 'UTF8'), 'UTF8') AS bad "
+             "FROM ascii_bad")
+    manifest = write_partition(iter_postgres_batches(source_db, query, table="ascii_bad"), tmp_path / "lake",
+                               "sql", "types", "ascii_bad", PARTITION)
+    with psycopg.connect(dw_url) as dw:
+        load_manifest(dw, manifest, LoadSpec("raw", "ascii_bad"))
+        assert dw.execute("SELECT bad FROM raw.ascii_bad ORDER BY id").fetchall() == [("ok",), ("café",)]
+
+
+def wide_table(conn: psycopg.Connection, name: str, columns: int) -> None:
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(name), sql.SQL(", ").join(
+        sql.SQL("{} integer").format(sql.Identifier(f"c{i}")) for i in range(1, columns + 1))))
+    conn.execute(sql.SQL("INSERT INTO {} (c1, {}) VALUES (1, 2)").format(
+        sql.Identifier(name), sql.Identifier(f"c{columns}")))
+
+
+@pytest.mark.parametrize("columns", [1597, 1598, 1600])
+def test_the_column_limit_is_checked_before_the_extract(columns: int, source_db: str, dw_url: str,
+                                                        tmp_path: Path) -> None:
+    """1,597 columns + _loaded_at, _partition_date, _file_id = PostgreSQL's 1,600: loaded. One more
+    is refused before anything is read, naming the table, its count, the added columns and the limit."""
+    table = f"wide_{columns}"
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        wide_table(conn, table, columns)
+    if columns <= 1597:
+        extract_and_load(source_db, dw_url, tmp_path / "lake", table, {})
+        with psycopg.connect(dw_url) as dw:
+            assert len(table_types(dw, f"raw.{table}")) == 1600
+            assert dw.execute(f'SELECT c1, "c{columns}" FROM raw.{table}').fetchone() == (1, 2)  # noqa: S608
+        return
+    with pytest.raises(ExtractError) as info:
+        extract_and_load(source_db, dw_url, tmp_path / "lake", table, {})
+    message = str(info.value)
+    for part in (table, f"{columns} columns", "_loaded_at, _partition_date, _file_id", "1600", "at most 1597"):
+        assert part in message, (part, message)
+    folder = lake_table_dir(tmp_path / "lake", "sql", "types", table)
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_a_merge_load_counts_its_row_number_column(dw_url: str, tmp_path: Path) -> None:
+    """A merge stages rows with _sndw_row: a table of 1,597 columns made for merge is refused at the
+    load, before the table is created, naming the added columns; the warehouse is unchanged."""
+    import pyarrow as pa
+
+    batch = pa.RecordBatch.from_arrays([pa.array([1])] * 1597, names=[f"c{i}" for i in range(1, 1598)])
+    manifest = write_partition(iter([batch]), tmp_path / "lake", "sql", "types", "wide_merge", PARTITION)
+    with psycopg.connect(dw_url) as dw:
+        with pytest.raises(PermanentError) as info:
+            load_manifest(dw, manifest, LoadSpec("raw", "wide_merge", write_mode="merge", primary_key=["c1"]))
+        assert dw.execute("SELECT to_regclass('raw.wide_merge')").fetchone() == (None,)
+    for part in ("raw.wide_merge", "1597 columns", "_sndw_row", "1600", "at most 1596"):
+        assert part in str(info.value), (part, str(info.value))

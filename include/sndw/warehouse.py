@@ -33,6 +33,7 @@ from sndw.naming import (
     FILE_ID,
     LAKE_FILES_TABLE,
     LOADED_AT,
+    META_COLUMNS,
     PARTITION_DATE,
     advisory_lock_key,
     partition_child_table,
@@ -285,6 +286,23 @@ def _meta_columns_sql() -> list[sql.Composable]:
     ]
 
 
+# PostgreSQL's limit of columns in a table (dropped columns count too). The warehouse adds
+# META_COLUMNS to every table; a merge that meets a repeated key also numbers its staged rows.
+PG_MAX_COLUMNS = 1600
+MERGE_ROW_COLUMN = "_sndw_row"
+
+
+def column_limit_error(table: str, columns: int, write_mode: str | None = None) -> str | None:
+    """Why a table of ``columns`` source columns cannot be a warehouse table, or None when it can."""
+    added = [*META_COLUMNS, *([MERGE_ROW_COLUMN] if write_mode == "merge" else [])]
+    if columns + len(added) <= PG_MAX_COLUMNS:
+        return None
+    return (f"{table} has {columns} columns, and the warehouse adds {len(added)} ({', '.join(added)}"
+            f"{' for a merge' if write_mode == 'merge' else ''}): a PostgreSQL table holds at most "
+            f"{PG_MAX_COLUMNS} columns, so at most {PG_MAX_COLUMNS - len(added)} can be loaded; select fewer "
+            "columns with a 'query'")
+
+
 def create_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) -> None:
     columns: list[sql.Composable] = [
         sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(warehouse_type(f))) for f in schema
@@ -316,6 +334,9 @@ def evolve_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) ->
     existing = table_columns(cur, spec.schema, spec.table)
     changes: list[dict[str, Any]] = []
     if not existing:
+        too_many = column_limit_error(spec.qualified, len(schema), spec.write_mode)
+        if too_many:
+            raise PermanentError(f"{too_many}; nothing was loaded")
         create_table(cur, spec, schema)
         changes.append({"change": "create_table", "table": spec.qualified, "columns": len(schema)})
         if spec.write_mode == "merge":
@@ -325,6 +346,9 @@ def evolve_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) ->
         raise PermanentError(
             f"{spec.qualified} exists and is not partitioned, but write_mode is 'partition': "
             "drop or rename the table so it can be created partitioned by _partition_date")
+    added = [f.name for f in schema if f.name not in existing]
+    if added:
+        _check_room(cur, spec, added)
     for f in schema:
         if f.name not in existing:
             pg_type = warehouse_type(f)
@@ -335,6 +359,7 @@ def evolve_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) ->
             continue
         planned = plan_column(spec.qualified, f.name, existing[f.name], f.type, _declared(f))
         if isinstance(planned, str):
+            _check_no_dependent_views(cur, spec, f.name, existing[f.name], planned)
             cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
                 spec.ident(), sql.Identifier(f.name), sql.SQL(planned)))
             log.warning("schema change: widened %s.%s from %s to %s", spec.qualified, f.name,
@@ -350,6 +375,53 @@ def evolve_table(cur: psycopg.Cursor[Any], spec: LoadSpec, schema: pa.Schema) ->
     if spec.write_mode == "merge":
         _ensure_key_index(cur, spec)
     return table_columns(cur, spec.schema, spec.table), changes
+
+
+def _check_room(cur: psycopg.Cursor[Any], spec: LoadSpec, added: list[str]) -> None:
+    """Fail, naming the columns, when adding ``added`` would pass PostgreSQL's column limit."""
+    cur.execute(
+        """
+        SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0
+        """, (spec.schema, spec.table))
+    row = cur.fetchone()
+    used = int(row[0]) if row else 0
+    if used + len(added) > PG_MAX_COLUMNS:
+        raise PermanentError(
+            f"{spec.qualified} uses {used} of PostgreSQL's {PG_MAX_COLUMNS} columns (its own, dropped ones and "
+            f"{', '.join(META_COLUMNS)}), and this load would add {len(added)} more ({', '.join(added[:10])}"
+            f"{', ...' if len(added) > 10 else ''}): nothing was loaded. Select fewer columns in the source, or "
+            "recreate the table (dropped columns keep their place until then)")
+
+
+def _check_no_dependent_views(cur: psycopg.Cursor[Any], spec: LoadSpec, column: str, old: str, new: str) -> None:
+    """Fail, naming them, when views or rules use ``column``: PostgreSQL cannot change its type then."""
+    cur.execute(
+        """
+        SELECT DISTINCT format('%%s %%I.%%I', CASE v.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                                            ELSE 'a rule on' END, vn.nspname, v.relname)
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attname = %s
+                           AND (a.attrelid = c.oid OR a.attrelid IN (SELECT relid FROM pg_partition_tree(c.oid)))
+        JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                        AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+        JOIN pg_rewrite r ON r.oid = d.objid
+        JOIN pg_class v ON v.oid = r.ev_class
+        JOIN pg_namespace vn ON vn.oid = v.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s
+        ORDER BY 1
+        """, (column, spec.schema, spec.table))
+    users = [row[0] for row in cur.fetchall()]
+    if users:
+        raise PermanentError(
+            f"{spec.qualified}.{column} must be widened from {old} to {new} for this load to hold its values "
+            f"exactly, but PostgreSQL cannot change the type of a column that views use: {'; '.join(users)}. "
+            "Nothing was loaded. Drop them (and the views built on them), run the load again, then create them "
+            f"again; or widen it yourself in one transaction: DROP VIEW ..., ALTER TABLE {spec.qualified} ALTER "
+            f"COLUMN {column} TYPE {new}, CREATE VIEW ...; then the load goes through."
+            + (f" column_types: {{{column}: numeric}} in the source config makes a new table's column numeric "
+               "from the start" if new == "numeric" else ""))
 
 
 # ----------------------------------------------------------------------- encoding batches
@@ -949,7 +1021,8 @@ def _merge_staged(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str]
     staging = sql.Identifier(f"_sndw_stage_{spec.table[:40]}")
     cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
         staging, spec.ident()))
-    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN _sndw_row bigint GENERATED ALWAYS AS IDENTITY").format(staging))
+    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint GENERATED ALWAYS AS IDENTITY").format(
+        staging, sql.Identifier(MERGE_ROW_COLUMN)))
     _copy_all(cur, staging, spec, paths, columns, partition, run_id, result, batch_rows)
     keys = [sql.Identifier(k) for k in spec.primary_key]
     key_list = sql.SQL(", ").join(keys)

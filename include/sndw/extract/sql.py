@@ -195,6 +195,18 @@ def register_connection_password(conninfo: str) -> None:
     register_secret(str(password) if password else None)
 
 
+def make_client_conninfo(conninfo: str, encoding: str = "UTF8") -> str:
+    """``conninfo`` with ``client_encoding``: UTF8 makes a database of another encoding (LATIN1,
+    WIN1252) send its text converted to UTF-8 by the server, exactly, and a SQL_ASCII one send only
+    valid UTF-8; the lake and the warehouse are UTF-8."""
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        return make_conninfo(conninfo, client_encoding=encoding)
+    except Exception as exc:  # a malformed string: its message may quote it, so it goes through redact()
+        raise ExtractError(f"cannot read the PostgreSQL connection string: {redact(str(exc))}") from None
+
+
 def postgres_batch_bytes(batch_rows: int) -> int:
     """ADBC batches by bytes: aim near ``batch_rows`` (~128 B a row) so a checkpointed extract's
     parts stay near ``batch_rows`` rows; 64 KiB to 16 MiB."""
@@ -221,7 +233,7 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
     columns = describe_postgres(uri, query, table, column_types)
     query = typed_query(query, columns)
     try:
-        database = adbc_driver_postgresql.connect(uri)
+        database = adbc_driver_postgresql.connect(make_client_conninfo(uri))
         conn = adbc_driver_manager.AdbcConnection(database)
     except adbc_driver_manager.Error as exc:  # libpq may echo the connection string: never pass it on
         raise ExtractError(f"cannot connect to the PostgreSQL source: {redact(str(exc))}") from None
@@ -242,6 +254,8 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
         if total == 0:
             yield normalize_adbc_batch(pa.RecordBatch.from_pylist([], schema=reader.schema), columns, table)
     except (adbc_driver_manager.Error, pa.ArrowException, OSError) as exc:
+        if _ENCODING_ERROR.search(str(exc)):
+            raise ExtractError(_encoding_problem(uri, query, columns, table, str(exc))) from None
         scaled = [c for c in columns if c.decimal is not None]
         if not scaled or "cannot convert NaN to bigint" not in str(exc):
             raise
@@ -254,6 +268,58 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
         conn.close()
         database.close()
     log.info("extracted %d rows", total)
+
+
+# The server's refusal of text that has no UTF-8 form: a SQL_ASCII database's bytes that are not
+# UTF-8, or a character of another encoding that UTF-8 lacks.
+_ENCODING_ERROR = re.compile(r'invalid byte sequence for encoding "UTF8"|has no equivalent in encoding "UTF8"')
+
+
+def _encoding_problem(uri: str, query: str, columns: list[PgColumn], table: str, message: str) -> str:
+    """What to say when the server could not send text as UTF-8: the column and value when found.
+
+    A SQL_ASCII database declares no encoding: its text reaches the lake only when it is UTF-8. The
+    column is found by reading the rows again as bytes (only on this failure), up to the first bad one.
+    """
+    import psycopg
+
+    server_message = redact(message.split("ERROR:", 1)[-1].strip().splitlines()[0])
+    found: tuple[str, Any] | None = None
+    encoding = "unknown"
+    try:
+        with psycopg.connect(make_client_conninfo(uri, "SQL_ASCII"), autocommit=True) as conn:
+            encoding = conn.info.parameter_status("server_encoding") or encoding
+            if encoding == "SQL_ASCII":
+                items = ", ".join(f"convert_to(c{i}::text, 'SQL_ASCII')" for i in range(1, len(columns) + 1))
+                aliases = ", ".join(f"c{i}" for i in range(1, len(columns) + 1))
+                with conn.transaction(), conn.cursor(name="sndw_encoding") as cur:
+                    cur.execute(f"SELECT {items} FROM ({query}) AS sndw_raw({aliases})")  # noqa: S608 - the query read
+                    for row in cur:
+                        found = next(((c.name, v) for c, v in zip(columns, row, strict=True)
+                                      if v is not None and not _is_utf8(bytes(v))), None)
+                        if found:
+                            break
+    except psycopg.Error:  # the source is gone: the server's own message says enough
+        pass
+    if found is None:
+        return (f"{table}: the source database (encoding {encoding}) holds text that has no UTF-8 form: "
+                f"{server_message}. Convert or exclude it in a 'query'")
+    name, value = found
+    value = bytes(value)
+    shown = value if len(value) <= 40 else value[:40] + b"..."
+    return (f"{table}: column {name!r} holds {shown!r}, which is not UTF-8: the source database's encoding is "
+            "SQL_ASCII, whose text has no declared encoding, so only UTF-8 text is carried. Convert it in a 'query' "
+            f"from the encoding it was written in, e.g. convert_from(convert(convert_to({name}, 'SQL_ASCII'), "
+            f"'LATIN1', 'UTF8'), 'UTF8') AS {name}; or keep its bytes: convert_to({name}, 'SQL_ASCII') AS {name} "
+            "(bytea)")
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _DONE = object()
@@ -326,6 +392,9 @@ _NATIVE_OIDS = {16, 17, 20, 21, 23, 25, 114, 700, 701, 1042, 1043, 1082, 1083, 1
 _NUMERIC_OID = 1700
 _SCALED_MAX_PRECISION = 18  # numeric(p,s) with p <= 18: every value * 10^s fits a bigint
 _MONEY_OID = 790
+# regclass, regtype, regproc...: OIDs that name objects of the source database, which the warehouse
+# may not have (casting 'app.orders' to regclass there fails): carried as text, their names.
+_REG_OIDS = {24, 2202, 2203, 2204, 2205, 2206, 3734, 3769, 4089, 4096, 4191}
 # column_types: the cast in the source query and the warehouse type it gives.
 _OVERRIDES = {"text": ("{}::text", "text"), "bigint": ("{}::bigint", "bigint"),
               "double": ("{}::double precision", "double precision"), "numeric": ("{}::numeric::text", "numeric"),
@@ -358,20 +427,25 @@ def describe_postgres(uri: str, query: str, table: str = "query",
     """
     import psycopg
 
+    from sndw.warehouse import column_limit_error
+
     overrides = {normalize_identifier(k): v for k, v in (column_types or {}).items()}
     try:
-        conn = psycopg.connect(uri, autocommit=True)
+        conn = psycopg.connect(make_client_conninfo(uri), autocommit=True)
     except psycopg.Error as exc:  # libpq may echo the connection string: never pass it on
         raise ExtractError(f"cannot connect to the PostgreSQL source: {redact(str(exc))}") from None
     try:
         with conn.cursor() as cur:
             try:
                 cur.execute(f"SELECT * FROM ({query}) AS sndw_described LIMIT 0")  # noqa: S608 - the configured query
+                result = cur.pgresult
+                assert result is not None
+                names = [d.name for d in cur.description or []]
             except psycopg.Error as exc:
                 raise ExtractError(f"{table}: the source query failed: {exc}") from None
-            result = cur.pgresult
-            assert result is not None
-            names = [d.name for d in cur.description or []]
+            too_many = column_limit_error(table, len(names))
+            if too_many:
+                raise ExtractError(f"{too_many}; nothing was extracted")
             types = [(result.ftype(i), result.fmod(i)) for i in range(len(names))]
             rows = _type_rows(cur, types)  # one round trip for every column
             columns = [_pg_column(cur, table, name, oid, typmod, overrides.pop(normalize_identifier(name), None), row)
@@ -389,7 +463,7 @@ def _type_rows(cur: Any, types: list[tuple[int, int]]) -> list[tuple[Any, ...] |
     cur.execute(
         """
         SELECT q.i, format_type(t.oid, q.mod), t.typtype, n.nspname, t.typcategory = 'A' AND t.typelem <> 0,
-               e.typtype, en.nspname, t.typbasetype, t.typtypmod, e.typbasetype, e.typtypmod
+               e.typtype, en.nspname, t.typbasetype, t.typtypmod, t.typelem
         FROM unnest(%s::oid[], %s::int4[]) WITH ORDINALITY AS q(oid, mod, i)
         JOIN pg_type t ON t.oid = q.oid JOIN pg_namespace n ON n.oid = t.typnamespace
         LEFT JOIN pg_type e ON e.oid = t.typelem
@@ -406,18 +480,17 @@ def _pg_column(cur: Any, table: str, name: str, oid: int, typmod: int, override:
         return PgColumn(name, warehouse, select)
     if row is None:
         raise ExtractError(f"{table}: column {name!r}: unknown type oid {oid}")
-    pg_type, kind, schema, is_array, elem_kind, elem_schema, base, base_mod, elem_base, elem_base_mod = row
+    pg_type, kind, schema, is_array, elem_kind, elem_schema, base, base_mod, elem = row
     if kind == "d":  # the server sends a domain's base type; a domain here is resolved the same way
         return _pg_column(cur, table, name, base, base_mod, None, _type_rows(cur, [(base, base_mod)])[0])
-    if kind in ("e", "c", "p"):  # enums, composite types and records arrive as their text
+    if kind in ("e", "c", "p") or oid in _REG_OIDS:  # enums, composites, records and reg* names: their text
         return PgColumn(name, "text", "{}::text")
     if is_array:
-        if elem_kind in ("e", "c"):
+        if elem_kind in ("e", "c") or elem in _REG_OIDS:
             return PgColumn(name, "text[]", "{}::text")
-        if elem_kind == "d":
-            cur.execute("SELECT format_type(%s, %s)", (elem_base, elem_base_mod))
-            element = cur.fetchone()
-            return PgColumn(name, f"{element[0]}[]", "{}::text")
+        if elem_kind == "d":  # an array of a domain: an array of what the domain resolves to
+            element = _pg_column(cur, table, name, elem, typmod, None, _type_rows(cur, [(elem, typmod)])[0])
+            return PgColumn(name, element.warehouse.removesuffix("[]") + "[]", "{}::text")
         if elem_schema != "pg_catalog":
             _uncarriable(table, name, pg_type)
         return PgColumn(name, pg_type, "{}::text")
