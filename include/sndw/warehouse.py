@@ -158,6 +158,8 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
         if pa.types.is_floating(t) or pa.types.is_integer(t):
             return ColumnPlan(name, pg_type, _FLOAT_TARGET[base], "native")
     elif base == "numeric":
+        if pa.types.is_decimal256(t):  # no binary encoder for it: its exact text, cast by PostgreSQL
+            return ColumnPlan(name, pg_type, pa.string(), "staged")
         if pa.types.is_decimal(t):
             return ColumnPlan(name, pg_type, t, "native")
         if pa.types.is_integer(t):
