@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from sndw.errors import SchemaConflictError
+from sndw.lake import PG_TYPE_KEY
 from sndw.naming import NESTED_SEPARATOR, normalize_identifier
 
 JSON_TYPE = pa.json_()
@@ -259,6 +261,17 @@ def _numeric(value: Any) -> decimal.Decimal | object:
     return number if fits_numeric(number) else _MISFIT
 
 
+def special_numeric(value: Any) -> decimal.Decimal | None:
+    """NaN or +-Infinity as the Decimal PostgreSQL's ``numeric`` holds them as (a float or a Decimal),
+    else None. Only a column that ``column_types`` declares numeric takes them: an inferred column
+    with NaN stays what its first value made it (a float NaN is text there, as before)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return decimal.Decimal(value)
+    if isinstance(value, decimal.Decimal) and (value.is_infinite() or value.is_qnan()):
+        return decimal.Decimal("NaN") if value.is_nan() else value
+    return None
+
+
 def convert(kind: str, value: Any) -> Any:
     """``value`` as a value of a column of ``kind``, or _MISFIT when that would change or lose it."""
     if value is None:
@@ -291,9 +304,14 @@ def convert(kind: str, value: Any) -> Any:
 
 
 def kind_array(kind: str, values: Sequence[Any]) -> pa.Array | None:
-    """Converted values as the lake array of ``kind``; None when they do not fit it (numeric too wide)."""
+    """Converted values as the lake array of ``kind``; None when they do not fit it (numeric too wide).
+
+    A numeric column holding NaN or Infinity (no Arrow decimal can) is carried as the numbers' exact
+    text; ``kind_field`` names its warehouse type, and the load casts the text to ``numeric``."""
     if kind == "json":
         return pa.array([to_json_text(v) for v in values], type=pa.string()).cast(JSON_TYPE)
+    if kind == "numeric" and any(isinstance(v, decimal.Decimal) and not v.is_finite() for v in values):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
     if kind == "numeric":
         try:
             array = pa.array(values) if any(v is not None for v in values) else pa.nulls(len(values), pa.decimal128(1, 0))
@@ -301,6 +319,12 @@ def kind_array(kind: str, values: Sequence[Any]) -> pa.Array | None:
             return None
         return array if pa.types.is_decimal128(array.type) else None
     return pa.array(values, type=KIND_TYPES[kind])
+
+
+def kind_field(name: str, kind: str | None, array: pa.Array) -> pa.Field:
+    """The lake field of a column of ``kind``: a numeric column carried as text names its warehouse type."""
+    carried = kind == "numeric" and pa.types.is_string(array.type)
+    return pa.field(name, array.type, metadata={PG_TYPE_KEY: b"numeric"} if carried else None)
 
 
 class TypedBatchBuilder:
@@ -360,7 +384,8 @@ class TypedBatchBuilder:
             assert array is not None
             columns[name] = array
         self.records += len(rows)
-        return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+        fields = [kind_field(name, self.kinds.get(name), array) for name, array in columns.items()]
+        return pa.RecordBatch.from_arrays(list(columns.values()), schema=pa.schema(fields))
 
     def _column(self, name: str, values: list[Any], variants: dict[str, list[Any]]) -> pa.Array:
         kind = self._established(name)
@@ -369,9 +394,12 @@ class TypedBatchBuilder:
             if kind is None:
                 return pa.nulls(len(values))
             self.kinds[name] = kind
-        converted = [convert(kind, v) for v in values]
-        misfits = [i for i, v in enumerate(converted) if v is _MISFIT]
         declared = normalize_identifier(name) in self.declared
+        converted = [convert(kind, v) for v in values]
+        if declared and kind == "numeric":
+            specials = [special_numeric(v) if c is _MISFIT else None for v, c in zip(values, converted, strict=True)]
+            converted = [c if s is None else s for c, s in zip(converted, specials, strict=True)]
+        misfits = [i for i, v in enumerate(converted) if v is _MISFIT]
         widen = [i for i in misfits if _numeric(values[i]) is not _MISFIT]
         other = [i for i in misfits if _numeric(values[i]) is _MISFIT]
         if widen and kind == "bigint" and not declared and (
