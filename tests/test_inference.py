@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import decimal
 import math
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from sndw.config import FileTable, HttpTable, table_spec
-from sndw.errors import SchemaConflictError, SourceDataError
+from sndw.errors import ExtractError, SchemaConflictError, SourceDataError
 from sndw.extract import SchemaDriftError
 from sndw.extract.files import iter_file_batches
 from sndw.extract.http import iter_http_batches, requests_client
 from sndw.lake import Manifest, write_partition
+from sndw.pipeline import ExtractRequest, SourceAccess, extract_table
 from sndw.warehouse import LoadSpec, load_manifest
 
 from tests.conftest import run, states
@@ -128,6 +130,47 @@ def test_parquet_corpus(name: str, dw: psycopg.Connection, tmp_path: Path) -> No
     pq.write_table(pa.table(arrays), tmp_path / f"{name}.parquet")
     spec = file_table(f"{name}.parquet", column_types=case.get("column_types"))
     check_case(dw, {**case, "columns": case.get("expect", {})}, spec, tmp_path, tmp_path / "lake")
+
+
+def sqlite_cases() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load((CORPUS / "sqlite" / "cases.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, None])
+@pytest.mark.parametrize("name", sorted(sqlite_cases()))
+def test_sqlite_corpus_whatever_the_batch_size(name: str, batch_rows: int | None, dw: psycopg.Connection,
+                                               tmp_path: Path) -> None:
+    case = sqlite_cases()[name]
+    names = list(case["values"])
+    rows = list(zip(*case["values"].values(), strict=True))
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as conn:  # columns without a declared type: SQLite keeps each value's own
+        conn.execute(f"CREATE TABLE t ({', '.join(names)})")
+        conn.executemany(f"INSERT INTO t VALUES ({', '.join('?' for _ in names)})", rows)  # noqa: S608 - the case's names
+    table = table_spec("sql", {k: v for k, v in {"name": "t", "query": "SELECT * FROM t ORDER BY rowid",
+                                                 "column_types": case.get("column_types"),
+                                                 "batch_rows": batch_rows}.items() if v is not None})
+    lake = tmp_path / "lake"
+    request = ExtractRequest(pipeline="p", source="s", kind="sql", table=table, partition=DAY, lake_root=str(lake))
+    access = SourceAccess(dbapi_connect=lambda: sqlite3.connect(db))
+
+    def extract_and_load() -> None:
+        manifest = extract_table(request, access)
+        load_manifest(dw, manifest, LoadSpec(schema="public", table="t", write_mode="replace"))
+
+    if case["outcome"] == "error":
+        with pytest.raises((ExtractError, SchemaConflictError)) as info:
+            extract_and_load()
+        for part in case["error_names"]:
+            assert str(part) in str(info.value), (part, str(info.value))
+        assert not (lake / "sql" / "s" / "t" / DAY.isoformat()).exists()
+        assert dw.execute("SELECT to_regclass('t')").fetchone() == (None,)
+        return
+    extract_and_load()
+    types = column_info(dw, "t")
+    for column, (pg_type, values) in case["columns"].items():
+        assert types.get(column) == pg_type, (column, types)
+        assert texts(dw, "t", column) == values, column
 
 
 def test_a_type_in_one_json_file_holds_for_the_next_file(tmp_path: Path) -> None:

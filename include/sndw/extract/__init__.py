@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from sndw.errors import SchemaConflictError
+from sndw.errors import ExtractError, SchemaConflictError
 from sndw.lake import PG_TYPE_KEY
 from sndw.naming import NESTED_SEPARATOR, normalize_identifier
 
@@ -168,6 +168,7 @@ class SchemaDriftError(SchemaConflictError):
                  value: Any = None, declared: bool = False) -> None:
         super().__init__(table, column, old_type, new_type)
         self.where = where
+        self.value = value
         shown = _excerpt(value)
         if declared:
             self.args = (
@@ -437,3 +438,58 @@ class TypedBatchBuilder:
         array = kind_array(kind, converted)
         assert array is not None
         return array
+
+
+# SQLite's own value types besides bytes: a column of them may mix them row by row.
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, _SCALARS) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+class ScalarColumns:
+    """The columns of a DB-API result whose driver names no type and whose values are numbers,
+    booleans and text (SQLite's: 1, 2 and 'three' in one column), typed by ``TypedBatchBuilder``'s rules, as http
+    records are: a column's kind comes from its first value and holds for the whole extract, so
+    ``batch_rows`` never changes the outcome (a type change fails in one batch as across two).
+
+    ``eligible``: per column, whether the driver left its type open (and column_types did not set it);
+    which of those are typed here is decided by the first batch with rows: those whose values there
+    are all integers, finite floats, booleans or text, at least one not NULL (decimals, dates, bytes,
+    infinities and the like keep the type Arrow infers, as a typed driver's columns do).
+    """
+
+    def __init__(self, table: str, names: Sequence[str], eligible: Sequence[bool]) -> None:
+        self.table = table
+        self.names = list(names)
+        unique = {n for n in names if list(names).count(n) == 1}
+        self.eligible = [e and n in unique for n, e in zip(names, eligible, strict=True)]
+        self.positions: list[int] | None = None
+        self.builder = TypedBatchBuilder(table)
+
+    def arrays(self, columns: Sequence[Sequence[Any]]) -> dict[int, pa.Array]:
+        """The typed arrays of one batch's columns (values by column), by column position."""
+        if not columns or not len(columns[0]):
+            return {}
+        if self.positions is None:
+            self.positions = [i for i, ok in enumerate(self.eligible) if ok
+                              and any(v is not None for v in columns[i]) and all(_scalar(v) for v in columns[i])]
+        if not self.positions:
+            return {}
+        for i in self.positions:
+            odd = next((v for v in columns[i] if v is not None and not isinstance(v, _SCALARS)), None)
+            if odd is not None:
+                kind = self.builder.kinds.get(self.names[i])
+                raise ExtractError(f"{self.table}: column {self.names[i]!r} held {KIND_NAMES.get(kind or '', 'no')} "
+                                   f"values and then {type(odd).__name__} ({_excerpt(odd)}) after row "
+                                   f"{self.builder.records}: set column_types: {{{self.names[i]}: text}}")
+        rows = [{self.names[i]: columns[i][r] for i in self.positions} for r in range(len(columns[0]))]
+        try:
+            batch = self.builder.build(rows)
+        except SchemaDriftError as exc:  # a sql table has no variant columns: column_types is the way out
+            exc.args = (f"type change in {exc.table}.{exc.column} at {exc.where.replace('record', 'row')}: earlier "
+                        f"rows gave {exc.old_type}, this one gives {exc.new_type} ({_excerpt(exc.value)}). Nothing "
+                        f"was loaded. Set column_types: {{{exc.column}: text}} (or fix the source's values)",)
+            raise
+        return {i: batch.column(self.names[i]) for i in self.positions}
