@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -239,6 +240,56 @@ def _exchange(a: Path, b: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         return False
     raise OSError(code, os.strerror(code), str(a))
+
+
+def _readers_path(final_dir: Path) -> Path:
+    return final_dir.parent / f".{final_dir.name}.readers"
+
+
+def _hold(path: Path, mode: int) -> int:
+    """A flock of ``mode`` on ``path`` (created if missing), waiting for it; the file is then still
+    the one at ``path`` (the last holder removes it, see ``_let_go``)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, mode)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _let_go(path: Path, fd: int) -> None:
+    """Release a ``_hold``; the last holder removes the file (nobody holds a lock on a file it may
+    unlink: an exclusive lock tells)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def reading_partition(paths: Iterable[str]) -> Iterator[None]:
+    """Keep the local lake partitions of ``paths`` in place while a load reads them.
+
+    A commit of the same partition by another run (its re-extract) waits until the readers are done
+    before it swaps the folder and deletes the replaced files, so no file vanishes under a load.
+    An object store's paths are not held (its readers see a manifest's parts whole or gone).
+    """
+    held: list[tuple[Path, int]] = []
+    try:
+        for folder in sorted({Path(p).parent for p in paths if not storage.is_url(str(p))}):
+            if folder.parent.is_dir():
+                path = _readers_path(folder)
+                held.append((path, _hold(path, fcntl.LOCK_SH)))
+        yield
+    finally:
+        for path, fd in held:
+            _let_go(path, fd)
 
 
 def sweep_work_dirs(final_dir: Path, *, inprogress: bool = False) -> int:
@@ -562,19 +613,32 @@ class PartitionWriter:
         columns = self.validate()
         final_paths = [self.final_dir / p.name for p in self._files]
         self._checkpoint_path.unlink(missing_ok=True)
-        if not self.final_dir.exists():
-            try:
-                os.rename(self.tmp_dir, self.final_dir)
-            except OSError as exc:  # a concurrent writer of the same partition got there first
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-        if self.tmp_dir.exists():
-            if not _exchange(self.tmp_dir, self.final_dir):
-                old_dir = self.final_dir.parent / f".{self.final_dir.name}.old-{self._token}"
-                self.final_dir.rename(old_dir)
-                self.tmp_dir.rename(self.final_dir)
-                self.tmp_dir = old_dir
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)  # now the replaced partition
+        readers = _readers_path(self.final_dir)
+        fd = os.open(readers, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("lake partition %s: waiting for the loads reading it to finish before replacing it",
+                     self.final_dir)
+        finally:
+            os.close(fd)
+        fd = _hold(readers, fcntl.LOCK_EX)
+        try:
+            if not self.final_dir.exists():
+                try:
+                    os.rename(self.tmp_dir, self.final_dir)
+                except OSError as exc:  # a concurrent writer of the same partition got there first
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+            if self.tmp_dir.exists():
+                if not _exchange(self.tmp_dir, self.final_dir):
+                    old_dir = self.final_dir.parent / f".{self.final_dir.name}.old-{self._token}"
+                    self.final_dir.rename(old_dir)
+                    self.tmp_dir.rename(self.final_dir)
+                    self.tmp_dir = old_dir
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)  # now the replaced partition
+        finally:
+            _let_go(readers, fd)
         self._unlock()
         # Attempts of other runs that never finished this partition are superseded now.
         sweep_work_dirs(self.final_dir, inprogress=True)
