@@ -23,6 +23,7 @@ from sndw.audit import AuditRecord, ensure_audit_table, insert_audit_row
 from sndw.cli import main as cli_main
 from sndw.demo import manufacturing
 from sndw.demo.api import DemoApi, default_routes, todos
+from sndw.errors import PartitionReplacedError
 from sndw.lake import write_partition
 from sndw.warehouse import LoadSpec, load_manifest
 
@@ -126,6 +127,67 @@ def test_two_loads_of_one_partition_at_once(tmp_path: Path, dw_url: str, mode: s
     assert not errors, errors
     with psycopg.connect(dw_url) as dw:
         assert dw.execute("SELECT count(*), count(DISTINCT id) FROM t").fetchone() == (50_000, 50_000)
+
+
+def test_a_rerun_of_the_partition_waits_for_the_load_reading_it(tmp_path: Path, dw_url: str) -> None:
+    """Two runs of one partition (issue 21 item 13): run 1's load is reading the partition when run 2's
+    re-extract commits. Run 2's swap waits for the load (a load whose files vanished failed with a raw
+    FileNotFoundError); then run 2's own load replaces the rows: one copy, the newer one."""
+    def extract(run: str, rows: int) -> Any:
+        batch = pa.record_batch({"id": pa.array(range(rows), pa.int64()), "run": pa.array([run] * rows)})
+        return write_partition([batch], tmp_path / "lake", "sql", "src", "t", PARTITION, run_id=run)
+
+    first = extract("run-1", 5_000)
+    outcome: dict[str, Any] = {}
+    with psycopg.connect(dw_url, autocommit=True) as blocker:
+        blocker.execute("SELECT pg_advisory_lock(hashtext('sndw:public.t'))")  # run 1's load waits inside
+        def load_first() -> Any:
+            with psycopg.connect(dw_url) as conn:
+                return load_manifest(conn, first, LoadSpec("public", "t", "replace"))
+
+        loading = threading.Thread(target=lambda: outcome.update(load=_attempt(load_first)))
+        loading.start()
+        deadline = time.monotonic() + 30
+        while not blocker.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                  ).fetchone()[0]:
+            assert time.monotonic() < deadline, "the load never reached the table lock"
+            time.sleep(0.05)
+        rerun = threading.Thread(target=lambda: outcome.update(second=_attempt(lambda: extract("run-2", 3_000))))
+        rerun.start()
+        time.sleep(1.0)
+        assert rerun.is_alive(), "run 2 swapped the partition while run 1's load was reading it"
+        assert all(Path(p).exists() for p in first.paths)
+        blocker.execute("SELECT pg_advisory_unlock(hashtext('sndw:public.t'))")
+        loading.join(timeout=60)
+        rerun.join(timeout=60)
+    assert not isinstance(outcome["load"], BaseException), outcome["load"]
+    second = outcome["second"]
+    assert not isinstance(second, BaseException), second
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT run, count(*) FROM t GROUP BY run").fetchall() == [("run-1", 5_000)]
+        load_manifest(dw, second, LoadSpec("public", "t", "replace"))
+        assert dw.execute("SELECT run, count(*), count(DISTINCT id) FROM t GROUP BY run").fetchall() == [
+            ("run-2", 3_000, 3_000)]
+    partition = Path(second.paths[0]).parent
+    assert not [p for p in partition.parent.iterdir() if p.name.startswith(".")]  # no lock file left
+
+
+def test_a_load_whose_partition_was_already_replaced_says_so(tmp_path: Path, dw: psycopg.Connection) -> None:
+    first = big_manifest(tmp_path, rows=1_000)
+    big_manifest(tmp_path, rows=2_000)  # another run's re-extract of the same partition, committed first
+    with pytest.raises(PartitionReplacedError) as info:
+        load_manifest(dw, first, LoadSpec("public", "t", "replace"))
+    for part in ("public.t", "lake partition 2024-03-01 of sql/src/t", "replaced by another extract",
+                 first.manifest_id, Path(first.paths[0]).name, "Nothing was loaded"):
+        assert part in str(info.value), (part, str(info.value))
+    assert dw.execute("SELECT to_regclass('t')").fetchone() == (None,)
+
+
+def _attempt(call: Any) -> Any:
+    try:
+        return call()
+    except BaseException as exc:  # noqa: BLE001 - the test reports it
+        return exc
 
 
 @pytest.mark.slow

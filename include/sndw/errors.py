@@ -82,3 +82,8 @@ class SourceDataError(PermanentError, ExtractError):
 
 class LoadError(SndwError):
     """A load into the warehouse failed; the transaction was rolled back."""
+
+
+class PartitionReplacedError(PermanentError, LoadError):
+    """The lake files a load was given are gone: another run's extract of the same partition replaced
+    them. No retry of this load can find them again; the newer extract has a load of its own."""

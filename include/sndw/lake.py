@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -27,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sndw import storage
-from sndw.errors import ExtractError, PartitionValidationError, SchemaConflictError
-from sndw.naming import lake_partition_dir, lake_table_dir, unique_column_names
+from sndw.errors import ExtractError, PartitionValidationError, SchemaConflictError, SourceDataError
+from sndw.naming import lake_partition_dir, lake_table_dir, normalize_identifier, unique_column_names
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ class Manifest:
 def lake_type(data_type: pa.DataType) -> pa.DataType:
     """The type a column is stored with in the lake (what the warehouse loader can encode)."""
     if pa.types.is_timestamp(data_type):
-        # UTC with a zone, microseconds: PostgreSQL's precision; naive source times are taken as UTC.
+        # UTC with a zone, microseconds: PostgreSQL's precision; naive source times are taken as UTC
+        # (nanoseconds below a microsecond are refused by normalize_batch, never cut).
         return pa.timestamp("us", tz="UTC")
     if pa.types.is_large_string(data_type) or pa.types.is_string_view(data_type):
         return pa.string()
@@ -120,20 +122,50 @@ def lake_type(data_type: pa.DataType) -> pa.DataType:
         return pa.int64()
     if data_type == pa.uint64():
         return pa.decimal128(20, 0)
+    if pa.types.is_decimal256(data_type) and data_type.precision <= 38:
+        return pa.decimal128(data_type.precision, data_type.scale)  # wider ones stay decimal256
     return data_type
 
 
-def _cast_timestamp(array: pa.Array | pa.ChunkedArray, target: pa.DataType) -> pa.Array | pa.ChunkedArray:
-    source = array.type
-    if source.tz is None:
-        array = pc.assume_timezone(array, "UTC") if source.unit == target.unit else pc.assume_timezone(
-            array.cast(pa.timestamp(source.unit)), "UTC")
-    # Sub-microsecond digits are dropped (PostgreSQL keeps microseconds).
-    return array.cast(target, safe=False)
+def _exact_cast(column: pa.Array | pa.ChunkedArray, target: pa.DataType, name: str,
+                where: str) -> pa.Array | pa.ChunkedArray:
+    """``column`` as ``target``, every value exactly; naive timestamps are taken as UTC.
+
+    Arrow's safe cast refuses a value it would change (nanoseconds below PostgreSQL's microsecond,
+    a timestamp out of range): that is an error naming the column and value, never a truncation.
+    """
+    source = column.type
+    try:
+        if pa.types.is_timestamp(source) and source.tz is None and getattr(target, "tz", None):
+            return pc.assume_timezone(column, "UTC").cast(target)
+        return column.cast(target)
+    except pa.ArrowInvalid as exc:
+        lost = _first_sub_microsecond(column, target)
+        if lost is not None:
+            problem = (f"value {lost} has digits below a microsecond, which PostgreSQL cannot hold (it keeps "
+                       f"microseconds)")
+        else:
+            problem = f"a value cannot be carried exactly as {target} ({exc})"
+        raise SourceDataError(f"{where}column {name!r}: {problem}; nothing was written. Round the values in the "
+                              f"source, or read the column as text (column_types: {{{normalize_identifier(name)}: "
+                              "text})") from None
 
 
-def normalize_batch(batch: pa.RecordBatch, names: list[str] | None = None) -> pa.RecordBatch:
-    """Normalised column names (see naming) and lake types (UTC timestamps, plain strings)."""
+def _first_sub_microsecond(column: pa.Array | pa.ChunkedArray, target: pa.DataType) -> str | None:
+    """The first value of a nanosecond column that microseconds would cut, as text; None if none is."""
+    unit = getattr(column.type, "unit", None)
+    if unit != "ns" or getattr(target, "unit", None) != "us":
+        return None
+    back = column.cast(target, safe=False).cast(column.type)
+    index = pc.index(pc.not_equal(back, column), True).as_py()
+    if index < 0:
+        return None
+    return str(pc.cast(column.slice(index, 1), pa.string())[0].as_py())
+
+
+def normalize_batch(batch: pa.RecordBatch, names: list[str] | None = None, where: str = "") -> pa.RecordBatch:
+    """Normalised column names (see naming) and lake types (UTC timestamps, plain strings); a value
+    a lake type cannot carry exactly is a SourceDataError (``where`` starts its message)."""
     names = names or unique_column_names(batch.schema.names)
     arrays = []
     fields = []
@@ -143,10 +175,7 @@ def normalize_batch(batch: pa.RecordBatch, names: list[str] | None = None) -> pa
         if pa.types.is_timestamp(target) and declared.startswith(b"timestamp") and declared.endswith(NAIVE_TIMESTAMP):
             target = pa.timestamp("us")  # a PostgreSQL timestamp stays a wall-clock time, never UTC
         if target != column.type:
-            if pa.types.is_timestamp(target):
-                column = _cast_timestamp(column, target) if target.tz else column.cast(target, safe=False)
-            else:
-                column = column.cast(target)
+            column = _exact_cast(column, target, fld.name, where)
         arrays.append(column)
         fields.append(pa.field(name, target, nullable=True, metadata=fld.metadata))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
@@ -211,6 +240,56 @@ def _exchange(a: Path, b: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         return False
     raise OSError(code, os.strerror(code), str(a))
+
+
+def _readers_path(final_dir: Path) -> Path:
+    return final_dir.parent / f".{final_dir.name}.readers"
+
+
+def _hold(path: Path, mode: int) -> int:
+    """A flock of ``mode`` on ``path`` (created if missing), waiting for it; the file is then still
+    the one at ``path`` (the last holder removes it, see ``_let_go``)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, mode)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _let_go(path: Path, fd: int) -> None:
+    """Release a ``_hold``; the last holder removes the file (nobody holds a lock on a file it may
+    unlink: an exclusive lock tells)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def reading_partition(paths: Iterable[str]) -> Iterator[None]:
+    """Keep the local lake partitions of ``paths`` in place while a load reads them.
+
+    A commit of the same partition by another run (its re-extract) waits until the readers are done
+    before it swaps the folder and deletes the replaced files, so no file vanishes under a load.
+    An object store's paths are not held (its readers see a manifest's parts whole or gone).
+    """
+    held: list[tuple[Path, int]] = []
+    try:
+        for folder in sorted({Path(p).parent for p in paths if not storage.is_url(str(p))}):
+            if folder.parent.is_dir():
+                path = _readers_path(folder)
+                held.append((path, _hold(path, fcntl.LOCK_SH)))
+        yield
+    finally:
+        for path, fd in held:
+            _let_go(path, fd)
 
 
 def sweep_work_dirs(final_dir: Path, *, inprogress: bool = False) -> int:
@@ -401,7 +480,8 @@ class PartitionWriter:
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         for record_batch in _batches(batch):
             origin = (record_batch.schema.metadata or {}).get(SOURCE_FILE_KEY)
-            record_batch = normalize_batch(record_batch, self._names(record_batch.schema))
+            where = f"{self.manifest.source}.{self.manifest.table}: " + (f"{origin.decode()} " if origin else "")
+            record_batch = normalize_batch(record_batch, self._names(record_batch.schema), where)
             self._last_schema = record_batch.schema
             if record_batch.num_rows == 0:
                 continue
@@ -533,19 +613,32 @@ class PartitionWriter:
         columns = self.validate()
         final_paths = [self.final_dir / p.name for p in self._files]
         self._checkpoint_path.unlink(missing_ok=True)
-        if not self.final_dir.exists():
-            try:
-                os.rename(self.tmp_dir, self.final_dir)
-            except OSError as exc:  # a concurrent writer of the same partition got there first
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-        if self.tmp_dir.exists():
-            if not _exchange(self.tmp_dir, self.final_dir):
-                old_dir = self.final_dir.parent / f".{self.final_dir.name}.old-{self._token}"
-                self.final_dir.rename(old_dir)
-                self.tmp_dir.rename(self.final_dir)
-                self.tmp_dir = old_dir
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)  # now the replaced partition
+        readers = _readers_path(self.final_dir)
+        fd = os.open(readers, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("lake partition %s: waiting for the loads reading it to finish before replacing it",
+                     self.final_dir)
+        finally:
+            os.close(fd)
+        fd = _hold(readers, fcntl.LOCK_EX)
+        try:
+            if not self.final_dir.exists():
+                try:
+                    os.rename(self.tmp_dir, self.final_dir)
+                except OSError as exc:  # a concurrent writer of the same partition got there first
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+            if self.tmp_dir.exists():
+                if not _exchange(self.tmp_dir, self.final_dir):
+                    old_dir = self.final_dir.parent / f".{self.final_dir.name}.old-{self._token}"
+                    self.final_dir.rename(old_dir)
+                    self.tmp_dir.rename(self.final_dir)
+                    self.tmp_dir = old_dir
+                shutil.rmtree(self.tmp_dir, ignore_errors=True)  # now the replaced partition
+        finally:
+            _let_go(readers, fd)
         self._unlock()
         # Attempts of other runs that never finished this partition are superseded now.
         sweep_work_dirs(self.final_dir, inprogress=True)

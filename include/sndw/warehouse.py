@@ -27,8 +27,14 @@ from sndw import storage
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
 from sndw.checks_config import Check
 from sndw.ddl import create_schema
-from sndw.errors import EmptyExtractError, LoadError, PermanentError, SchemaConflictError
-from sndw.lake import PG_TYPE_KEY, Manifest, iter_file_batches, partition_rows
+from sndw.errors import (
+    EmptyExtractError,
+    LoadError,
+    PartitionReplacedError,
+    PermanentError,
+    SchemaConflictError,
+)
+from sndw.lake import PG_TYPE_KEY, Manifest, iter_file_batches, partition_rows, reading_partition
 from sndw.naming import (
     FILE_ID,
     LAKE_FILES_TABLE,
@@ -170,6 +176,8 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
         if pa.types.is_floating(t) or pa.types.is_integer(t):
             return ColumnPlan(name, pg_type, _FLOAT_TARGET[base], "native")
     elif base == "numeric":
+        if pa.types.is_decimal256(t):  # no binary encoder for it: its exact text, cast by PostgreSQL
+            return ColumnPlan(name, pg_type, pa.string(), "staged")
         if pa.types.is_decimal(t):
             return ColumnPlan(name, pg_type, t, "native")
         if pa.types.is_integer(t):
@@ -783,9 +791,31 @@ def load_manifest(conn: psycopg.Connection[Any], manifest: Manifest | dict[str, 
     m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
     if audit is not None:
         audit.manifest_id = m.manifest_id
-    return load_files(conn, m.paths, spec, partition=m.partition_date, run_id=m.run_id, audit=audit,
-                      audit_schema=audit_schema, watermark=Watermark.from_dict(m.watermark),
-                      state_key=state_key)
+    try:
+        # Another run's re-extract of this partition waits for this load before it replaces the files.
+        with reading_partition(m.paths):
+            _check_not_replaced(m, spec)
+            return load_files(conn, m.paths, spec, partition=m.partition_date, run_id=m.run_id, audit=audit,
+                              audit_schema=audit_schema, watermark=Watermark.from_dict(m.watermark),
+                              state_key=state_key)
+    except FileNotFoundError as exc:  # an object store's parts, deleted by a newer publication mid-load
+        if all(storage.exists(p) for p in m.paths):
+            raise
+        raise PartitionReplacedError(_replaced_message(m, spec, "while this load read it")) from exc
+
+
+def _check_not_replaced(m: Manifest, spec: LoadSpec) -> None:
+    if m.paths and not all(storage.exists(p) for p in m.paths):
+        raise PartitionReplacedError(_replaced_message(m, spec, "before this load read it"))
+
+
+def _replaced_message(m: Manifest, spec: LoadSpec, when: str) -> str:
+    gone = [p for p in m.paths if not storage.exists(p)]
+    return (f"{spec.qualified}: lake partition {m.partition} of {m.protocol}/{m.source}/{m.table} was replaced by "
+            f"another extract of the same partition (another run) {when}: the files of this run's extract "
+            f"(manifest {m.manifest_id}) are gone ({', '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}). Nothing "
+            "was loaded and the table is unchanged; the newer extract is loaded by its own run's load (run the "
+            "extract again to load this partition from here)")
 
 
 def _constants(file_id: int, partition: date) -> dict[str, tuple[pa.DataType, Any]]:

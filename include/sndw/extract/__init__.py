@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from sndw.errors import SchemaConflictError
+from sndw.errors import ExtractError, SchemaConflictError
+from sndw.lake import PG_TYPE_KEY
 from sndw.naming import NESTED_SEPARATOR, normalize_identifier
 
 JSON_TYPE = pa.json_()
@@ -166,6 +168,7 @@ class SchemaDriftError(SchemaConflictError):
                  value: Any = None, declared: bool = False) -> None:
         super().__init__(table, column, old_type, new_type)
         self.where = where
+        self.value = value
         shown = _excerpt(value)
         if declared:
             self.args = (
@@ -259,6 +262,17 @@ def _numeric(value: Any) -> decimal.Decimal | object:
     return number if fits_numeric(number) else _MISFIT
 
 
+def special_numeric(value: Any) -> decimal.Decimal | None:
+    """NaN or +-Infinity as the Decimal PostgreSQL's ``numeric`` holds them as (a float or a Decimal),
+    else None. Only a column that ``column_types`` declares numeric takes them: an inferred column
+    with NaN stays what its first value made it (a float NaN is text there, as before)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return decimal.Decimal(value)
+    if isinstance(value, decimal.Decimal) and (value.is_infinite() or value.is_qnan()):
+        return decimal.Decimal("NaN") if value.is_nan() else value
+    return None
+
+
 def convert(kind: str, value: Any) -> Any:
     """``value`` as a value of a column of ``kind``, or _MISFIT when that would change or lose it."""
     if value is None:
@@ -291,9 +305,14 @@ def convert(kind: str, value: Any) -> Any:
 
 
 def kind_array(kind: str, values: Sequence[Any]) -> pa.Array | None:
-    """Converted values as the lake array of ``kind``; None when they do not fit it (numeric too wide)."""
+    """Converted values as the lake array of ``kind``; None when they do not fit it (numeric too wide).
+
+    A numeric column holding NaN or Infinity (no Arrow decimal can) is carried as the numbers' exact
+    text; ``kind_field`` names its warehouse type, and the load casts the text to ``numeric``."""
     if kind == "json":
         return pa.array([to_json_text(v) for v in values], type=pa.string()).cast(JSON_TYPE)
+    if kind == "numeric" and any(isinstance(v, decimal.Decimal) and not v.is_finite() for v in values):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
     if kind == "numeric":
         try:
             array = pa.array(values) if any(v is not None for v in values) else pa.nulls(len(values), pa.decimal128(1, 0))
@@ -301,6 +320,12 @@ def kind_array(kind: str, values: Sequence[Any]) -> pa.Array | None:
             return None
         return array if pa.types.is_decimal128(array.type) else None
     return pa.array(values, type=KIND_TYPES[kind])
+
+
+def kind_field(name: str, kind: str | None, array: pa.Array) -> pa.Field:
+    """The lake field of a column of ``kind``: a numeric column carried as text names its warehouse type."""
+    carried = kind == "numeric" and pa.types.is_string(array.type)
+    return pa.field(name, array.type, metadata={PG_TYPE_KEY: b"numeric"} if carried else None)
 
 
 class TypedBatchBuilder:
@@ -360,7 +385,8 @@ class TypedBatchBuilder:
             assert array is not None
             columns[name] = array
         self.records += len(rows)
-        return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+        fields = [kind_field(name, self.kinds.get(name), array) for name, array in columns.items()]
+        return pa.RecordBatch.from_arrays(list(columns.values()), schema=pa.schema(fields))
 
     def _column(self, name: str, values: list[Any], variants: dict[str, list[Any]]) -> pa.Array:
         kind = self._established(name)
@@ -369,9 +395,12 @@ class TypedBatchBuilder:
             if kind is None:
                 return pa.nulls(len(values))
             self.kinds[name] = kind
-        converted = [convert(kind, v) for v in values]
-        misfits = [i for i, v in enumerate(converted) if v is _MISFIT]
         declared = normalize_identifier(name) in self.declared
+        converted = [convert(kind, v) for v in values]
+        if declared and kind == "numeric":
+            specials = [special_numeric(v) if c is _MISFIT else None for v, c in zip(values, converted, strict=True)]
+            converted = [c if s is None else s for c, s in zip(converted, specials, strict=True)]
+        misfits = [i for i, v in enumerate(converted) if v is _MISFIT]
         widen = [i for i in misfits if _numeric(values[i]) is not _MISFIT]
         other = [i for i in misfits if _numeric(values[i]) is _MISFIT]
         if widen and kind == "bigint" and not declared and (
@@ -409,3 +438,58 @@ class TypedBatchBuilder:
         array = kind_array(kind, converted)
         assert array is not None
         return array
+
+
+# SQLite's own value types besides bytes: a column of them may mix them row by row.
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, _SCALARS) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+class ScalarColumns:
+    """The columns of a DB-API result whose driver names no type and whose values are numbers,
+    booleans and text (SQLite's: 1, 2 and 'three' in one column), typed by ``TypedBatchBuilder``'s rules, as http
+    records are: a column's kind comes from its first value and holds for the whole extract, so
+    ``batch_rows`` never changes the outcome (a type change fails in one batch as across two).
+
+    ``eligible``: per column, whether the driver left its type open (and column_types did not set it);
+    which of those are typed here is decided by the first batch with rows: those whose values there
+    are all integers, finite floats, booleans or text, at least one not NULL (decimals, dates, bytes,
+    infinities and the like keep the type Arrow infers, as a typed driver's columns do).
+    """
+
+    def __init__(self, table: str, names: Sequence[str], eligible: Sequence[bool]) -> None:
+        self.table = table
+        self.names = list(names)
+        unique = {n for n in names if list(names).count(n) == 1}
+        self.eligible = [e and n in unique for n, e in zip(names, eligible, strict=True)]
+        self.positions: list[int] | None = None
+        self.builder = TypedBatchBuilder(table)
+
+    def arrays(self, columns: Sequence[Sequence[Any]]) -> dict[int, pa.Array]:
+        """The typed arrays of one batch's columns (values by column), by column position."""
+        if not columns or not len(columns[0]):
+            return {}
+        if self.positions is None:
+            self.positions = [i for i, ok in enumerate(self.eligible) if ok
+                              and any(v is not None for v in columns[i]) and all(_scalar(v) for v in columns[i])]
+        if not self.positions:
+            return {}
+        for i in self.positions:
+            odd = next((v for v in columns[i] if v is not None and not isinstance(v, _SCALARS)), None)
+            if odd is not None:
+                kind = self.builder.kinds.get(self.names[i])
+                raise ExtractError(f"{self.table}: column {self.names[i]!r} held {KIND_NAMES.get(kind or '', 'no')} "
+                                   f"values and then {type(odd).__name__} ({_excerpt(odd)}) after row "
+                                   f"{self.builder.records}: set column_types: {{{self.names[i]}: text}}")
+        rows = [{self.names[i]: columns[i][r] for i in self.positions} for r in range(len(columns[0]))]
+        try:
+            batch = self.builder.build(rows)
+        except SchemaDriftError as exc:  # a sql table has no variant columns: column_types is the way out
+            exc.args = (f"type change in {exc.table}.{exc.column} at {exc.where.replace('record', 'row')}: earlier "
+                        f"rows gave {exc.old_type}, this one gives {exc.new_type} ({_excerpt(exc.value)}). Nothing "
+                        f"was loaded. Set column_types: {{{exc.column}: text}} (or fix the source's values)",)
+            raise
+        return {i: batch.column(self.names[i]) for i in self.positions}

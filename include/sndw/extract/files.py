@@ -6,6 +6,7 @@ import codecs
 import csv
 import decimal
 import glob
+import itertools
 import json
 import logging
 import math
@@ -34,10 +35,12 @@ from sndw.extract import (
     flatten_record,
     get_path,
     kind_array,
+    kind_field,
+    special_numeric,
     to_json_text,
 )
 from sndw.lake import SOURCE_FILE_KEY
-from sndw.naming import normalize_identifier
+from sndw.naming import normalize_identifier, unique_column_names
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +178,23 @@ def _csv(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[p
         "raise_if_empty": False,
     }
     try:
+        if _lone_cr(source):
+            copy = _lf_copy(source, options.quote_char)
+            if source != path:
+                os.unlink(source)
+            source = copy
         # whole-file inference: a late odd value must not fail the read
         inferred = pl.scan_csv(source, infer_schema_length=None, try_parse_dates=True, **common).collect_schema()
-        declared = _declared(table, list(inferred))
+        found = list(inferred)
+        names = _header_names(source, options, found) or found
+        declared = _declared(table, names)
         raw = pl.scan_csv(source, infer_schema=False, **common)
-        schema, wide = exact_csv_schema(raw, dict(inferred), declared)
+        schema, wide = exact_csv_schema(raw, dict(inferred), {f: declared[n] for f, n in zip(found, names, strict=True)
+                                                              if n in declared})
         frame = pl.scan_csv(source, schema=schema, **common)
+        if names != found:
+            frame = frame.rename(dict(zip(found, names, strict=True)))
+            wide = {n for f, n in zip(found, names, strict=True) if f in wide}
         row = 0
         for chunk in frame.collect_batches(chunk_size=table.batch_rows):
             for batch in chunk.to_arrow().to_batches():
@@ -194,6 +208,67 @@ def _csv(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[p
     finally:
         if source != path:
             os.unlink(source)
+
+
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def _lone_cr(path: Path) -> bool:
+    """Whether the file holds a CR not followed by LF: a line end of old Mac files, or a CR in a
+    quoted value. Polars ends lines at LF only: it read ``id,name<CR>1,a<CR>2,b<CR>`` as a header and no rows."""
+    with open(path, "rb") as handle:
+        carry = b""
+        while chunk := handle.read(1 << 20):
+            data = carry + chunk
+            carry = b"\r" if data.endswith(b"\r") else b""  # the next chunk may start with its LF
+            if carry:
+                data = data[:-1]
+            if data.count(b"\r") != data.count(b"\r\n"):
+                return True
+        return carry == b"\r"
+
+
+def _lf_copy(path: Path, quote: str | None) -> Path:
+    """A UTF-8 copy of a CSV file whose bare CR line ends are LF, streaming; a CR inside a quoted
+    value stays as it is (it is part of the value)."""
+    handle, tmp = tempfile.mkstemp(suffix=".csv", prefix="sndw-lf-")
+    inside = False
+    with os.fdopen(handle, "w", encoding="utf-8", newline="") as out, \
+            open(path, encoding="utf-8", newline="") as src:
+        while chunk := src.read(1 << 20):
+            while chunk.endswith("\r"):  # decide on a CR with the character after it
+                more = src.read(1)
+                if not more:
+                    break
+                chunk += more
+            if not quote:
+                out.write(_LONE_CR.sub("\n", chunk))
+                continue
+            parts = chunk.split(quote)
+            for i, part in enumerate(parts):
+                if i:
+                    inside = not inside
+                if not inside:
+                    parts[i] = _LONE_CR.sub("\n", part)
+            out.write(quote.join(parts))
+    return Path(tmp)
+
+
+def _header_names(path: Path, options: CsvOptions, found: list[str]) -> list[str] | None:
+    """The header's names when some repeat: the repeats renamed as the lake names columns (``id,a,a``
+    gives ``a_2``; polars says ``a_duplicated_0``); None when no name repeats. ``found``: polars' names."""
+    if not options.has_header or not any("_duplicated_" in name for name in found):
+        return None
+    with open(path, encoding="utf-8", newline="") as handle:
+        if options.quote_char:
+            reader = csv.reader(handle, delimiter=options.delimiter, quotechar=options.quote_char)
+        else:
+            reader = csv.reader(handle, delimiter=options.delimiter, quoting=csv.QUOTE_NONE)
+        header = next(itertools.islice(reader, options.skip_rows, None), None)
+    if not header or len(set(header)) == len(header) or len(header) != len(found):
+        return None
+    unique = unique_column_names(header)
+    return [name if name not in header[:i] else unique[i] for i, name in enumerate(header)]
 
 
 def csv_problem(path: Path, options: CsvOptions) -> str | None:
@@ -240,14 +315,18 @@ def _typed(batch: pa.RecordBatch, table: FileTable, path: Path, first_row: int,
     """Declared columns converted to their type, wide integer columns to decimal128(38, 0)."""
     if not declared and not wide:
         return batch
-    arrays = []
-    for name, array in zip(batch.schema.names, batch.columns, strict=True):
+    arrays, fields = [], []
+    for fld, array in zip(batch.schema, batch.columns, strict=True):
+        name = fld.name
         if name in declared:
             array = declared_array(declared[name], array, _describe(table, path, first_row, name, declared[name]))
+            fld = kind_field(name, declared[name], array)
         elif name in wide:
             array = array.cast(pa.decimal128(MAX_NUMERIC_DIGITS, 0))
+            fld = fld.with_type(array.type)
         arrays.append(array)
-    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+        fields.append(fld)
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=batch.schema.metadata))
 
 
 def _describe(table: FileTable, path: Path, first_row: int, column: str, kind: str) -> Callable[[int, Any], str]:
@@ -262,6 +341,7 @@ def _describe(table: FileTable, path: Path, first_row: int, column: str, kind: s
 # How a text value reads as each declared kind (exactly; booleans as PostgreSQL spells them).
 _NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_NUMERIC_WORDS = re.compile(r"^(?i:nan|[+-]?inf|[+-]?infinity)$")
 _BOOLEANS = {"true": True, "t": True, "yes": True, "y": True, "on": True, "1": True,
              "false": False, "f": False, "no": False, "n": False, "off": False, "0": False}
 _MISFIT = object()
@@ -279,6 +359,8 @@ def _from_text(kind: str, text: str) -> Any:
             return number if math.isfinite(number) or not _NUMBER.match(text) else _MISFIT
         return _MISFIT
     if kind == "numeric":
+        if _NUMERIC_WORDS.match(text):  # PostgreSQL's numeric holds them: NaN, Infinity, -inf
+            return decimal.Decimal(text)
         if _NUMBER.match(text):
             exact = decimal.Decimal(text)
             return exact if fits_numeric(exact) else _MISFIT
@@ -311,7 +393,10 @@ def declared_array(kind: str, array: pa.Array, describe: Callable[[int, Any], st
         else:
             out = convert(kind, value)
             out = to_json_text(out) if kind == "json" else out
-        if out is _MISFIT or (kind == "numeric" and isinstance(out, decimal.Decimal) and not fits_numeric(out)):
+            special = special_numeric(value) if out is _MISFIT and kind == "numeric" else None
+            out = out if special is None else special
+        if out is _MISFIT or (kind == "numeric" and isinstance(out, decimal.Decimal) and out.is_finite()
+                              and not fits_numeric(out)):
             raise SourceDataError(describe(index, value))
         fitted.append(out)
     result = pa.array(fitted, pa.string()).cast(JSON_TYPE) if kind == "json" else kind_array(kind, fitted)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from sndw.audit import redact, register_secret
 from sndw.errors import ExtractError
-from sndw.extract import JSON_TYPE, column_array
+from sndw.extract import JSON_TYPE, ScalarColumns, column_array
 from sndw.lake import PG_TYPE_KEY
 from sndw.naming import normalize_identifier
 
@@ -134,6 +134,7 @@ def iter_query_batches(conn: Any, query: str, batch_rows: int = 100_000, *, serv
                                f"{', '.join(unknown)} (columns: {', '.join(names)})")
         kinds = [declared.get(normalize_identifier(n)) for n in names]
         hints: list[pa.DataType | None] = [_column_type(d) for d in description]
+        scalars = ScalarColumns(table, names, [h is None and k is None for h, k in zip(hints, kinds, strict=True)])
         total = 0
         first = True
         while True:
@@ -141,8 +142,10 @@ def iter_query_batches(conn: Any, query: str, batch_rows: int = 100_000, *, serv
             if not rows and not first:
                 break
             columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-            arrays = [_declared_array(table, name, kind, list(values)) if kind else column_array(list(values), hint)
-                      for name, kind, values, hint in zip(names, kinds, columns, hints, strict=True)]
+            typed = scalars.arrays(columns)  # untyped columns of SQLite & co: batch_rows changes nothing
+            arrays = [typed[i] if i in typed else _declared_array(table, name, kind, list(values)) if kind
+                      else column_array(list(values), hint)
+                      for i, (name, kind, values, hint) in enumerate(zip(names, kinds, columns, hints, strict=True))]
             if rows:
                 # Later batches keep the types the first one found.
                 hints = [h or a.type for h, a in zip(hints, arrays, strict=True)]
