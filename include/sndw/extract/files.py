@@ -35,6 +35,7 @@ from sndw.extract import (
     get_path,
     kind_array,
     to_json_text,
+    too_deep_message,
 )
 from sndw.lake import SOURCE_FILE_KEY
 from sndw.naming import normalize_identifier
@@ -340,7 +341,10 @@ def _records(path: Path, table: FileTable, builder: TypedBatchBuilder,
 
 def _json(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[pa.RecordBatch]:
     with open(path, encoding="utf-8") as handle:
-        document = json.load(handle, parse_float=exact_float)
+        try:
+            document = json.load(handle, parse_float=exact_float)
+        except RecursionError:
+            raise SourceDataError(too_deep_message(f"{table.name}: {path}")) from None
     records = get_path(document, table.records_path)
     if isinstance(records, dict):
         records = [records]
@@ -358,6 +362,8 @@ def _ndjson(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterato
                         yield json.loads(line, parse_float=exact_float)
                     except json.JSONDecodeError as exc:
                         raise SourceDataError(f"{table.name}: {path} line {number}: {exc.msg}") from exc
+                    except RecursionError:
+                        raise SourceDataError(too_deep_message(f"{table.name}: {path} line {number}")) from None
 
     yield from _records(path, table, builder, rows())
 

@@ -52,6 +52,7 @@ from sndw.extract import (
     flatten_record,
     get_path,
     to_json_text,
+    too_deep_message,
 )
 from sndw.naming import normalize_identifier
 
@@ -421,6 +422,9 @@ class HttpClient:
         else:
             try:
                 body = response.json(parse_float=exact_float)  # 0.1000000000000000055 stays exact
+            except RecursionError:
+                raise SourceDataError(self.clean(too_deep_message(
+                    f"{self.table.name}: the {response.status_code} response from {url}"))) from None
             except ValueError as exc:
                 kind = response.headers.get("Content-Type", "no content type")
                 raise SourceDataError(self.clean(
@@ -687,7 +691,7 @@ class _Buffer:
     def __init__(self, name: str, table: HttpTable, source: str) -> None:
         self.rows: list[dict[str, Any]] = []
         self.builder = TypedBatchBuilder(name, on_type_change=table.on_type_change,
-                                         column_types=table.column_types)
+                                         column_types=table.column_types, source=source)
 
 
 class _KeysSeen:
