@@ -170,3 +170,22 @@ def sequence(*responses: Resp | Callable[[Req], Resp]) -> Route:
 def chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(1, total + 1, size):
         yield start, min(start + size, total + 1)
+
+
+def ignores_paging(records: list[dict[str, Any]]) -> Route:
+    """An API that ignores every paging parameter: each request gets the same records."""
+    return lambda req: Resp(body={"data": records, "meta": {"page": req.query.get("page")}})
+
+
+def always_new_next(records: list[dict[str, Any]]) -> Route:
+    """An API whose next link (in the body and in a Link header) and cursor are new on every
+    request, over the same records: no link repeats, so only the records show it goes nowhere."""
+    calls = iter(range(1, 1_000_000))
+
+    def route(req: Req) -> Resp:
+        n = next(calls)
+        target = f"{req.path}?visit={n}"
+        return Resp(body={"data": records, "next": req.base + target, "cursor": f"c{n}"},
+                    headers={"Link": f'<{target}>; rel="next"'})
+
+    return route

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +17,9 @@ from sndw.extract.http import (
     link_header,
     requests_client,
 )
+from sndw.lake import write_partition
 
-from tests.http_api import Req, Resp, TestApi, items
+from tests.http_api import Req, Resp, TestApi, always_new_next, ignores_paging, items
 
 TOTAL = 230
 
@@ -139,3 +142,95 @@ def test_incremental_parameter_from_the_watermark_or_the_initial_value() -> None
             watermark="42")
         sent = api.requests_to("/items")
     assert [r.query.get("since_id") for r in sent] == ["42", "42", "42"]  # kept on every page
+
+
+# ------------------------------------------- an API that ignores the paging (issue 21 item 3)
+
+DAY = dt.date(2024, 1, 2)
+THREE = items(1, 4)
+
+
+def extract_to_lake(api: TestApi, spec: HttpTable, lake: Path, source: str = "shop") -> Any:
+    with requests_client(api.url, spec) as client:
+        return write_partition(iter_http_batches(client, spec, source=source), lake, "http", source, spec.name,
+                               DAY, run_id="r1")
+
+
+def refused(api: TestApi, spec: HttpTable, lake: Path) -> str:
+    """The error of an extract that must stop, after checking the lake kept its earlier partition."""
+    partition = lake / "http" / "shop" / spec.name / DAY.isoformat()
+    before = sorted(p.read_bytes() for p in partition.rglob("*.parquet"))
+    assert before  # a partition of an earlier run, which the failed extract must leave as it was
+    with pytest.raises(HttpRefusedError) as info:
+        extract_to_lake(api, spec, lake)
+    assert isinstance(info.value, PermanentError)  # no task retry: the same pages would come again
+    assert sorted(p.read_bytes() for p in partition.rglob("*.parquet")) == before
+    return str(info.value)
+
+
+@pytest.mark.parametrize("pagination", [
+    {"type": "page_number"},
+    {"type": "page_number", "page_size_param": "per_page", "page_size": 3},
+    {"type": "offset", "limit": 3},
+])
+def test_an_api_that_ignores_the_paging_parameters_is_an_error_not_duplicates(
+        pagination: dict[str, Any], tmp_path: Path) -> None:
+    """It answered every page with the same 3 records: 600 rows with max_pages 200, 30,000 by default."""
+    with TestApi({"/items": lambda req: Resp(body={"data": items(7, 9)})}) as earlier:
+        extract_to_lake(earlier, table(records_path="data"), tmp_path)
+    with TestApi({"/items": ignores_paging(THREE)}) as api:
+        message = refused(api, table(records_path="data", pagination=pagination, max_pages=200,
+                                     params={"token_hint": "x"}), tmp_path)
+        assert len(api.requests_to("/items")) == 2  # stopped at the first repeat
+    assert "shop.res" in message and "page 2" in message and "same records as page 1" in message, message
+    assert "/items?" in message and "token_hint=***" in message  # the page's URL, secrets never shown
+
+
+@pytest.mark.parametrize("pagination", [
+    {"type": "next_link", "next_path": "next"},
+    {"type": "link_header"},
+    {"type": "cursor", "cursor_path": "cursor"},
+])
+def test_links_that_are_always_new_but_bring_the_same_records_are_an_error(
+        pagination: dict[str, Any], tmp_path: Path) -> None:
+    with TestApi({"/items": lambda req: Resp(body={"data": items(7, 9)})}) as earlier:
+        extract_to_lake(earlier, table(records_path="data"), tmp_path)
+    with TestApi({"/items": always_new_next(THREE)}) as api:
+        message = refused(api, table(records_path="data", pagination=pagination, max_pages=50), tmp_path)
+        sent = api.requests_to("/items")
+    assert len(sent) == 2
+    assert "shop.res" in message and "page 2" in message and "same records as page 1" in message, message
+    assert "visit=" not in message  # a server's link may carry anything in its query: its path only
+
+
+def wrapping(req: Req) -> Resp:
+    """Past the end it starts again, never on the same page boundaries (no page equals another)."""
+    page = req.arg("page", 1)
+    start = ((page - 1) * 50) % TOTAL + 1
+    return Resp(body={"rows": items(start, min(start + 50, TOTAL + 1))})
+
+
+def test_a_page_of_primary_keys_all_read_before_is_an_error(tmp_path: Path) -> None:
+    with TestApi({"/items": lambda req: Resp(body={"rows": items(7, 9)})}) as earlier:
+        extract_to_lake(earlier, table(records_path="rows"), tmp_path)
+    with TestApi({"/items": wrapping}) as api:
+        spec = table(records_path="rows", pagination={"type": "page_number"}, primary_key=["id"], max_pages=50)
+        message = refused(api, spec, tmp_path)
+        assert len(api.requests_to("/items")) == 6  # page 6 starts again at id 21
+    assert "shop.res" in message and "page 6" in message and "primary key" in message, message
+    assert "page=6" in message
+
+
+def test_a_key_read_twice_where_pages_shift_is_loaded_for_the_merge_to_keep_the_last() -> None:
+    """Offset paging over live data: a record inserted at the front pushes the last record of a page
+    onto the next one. One repeated key is legitimate (a merge keeps the last row of a key); only a
+    page with nothing new stops the extract."""
+    def shifting(req: Req) -> Resp:
+        offset = req.arg("offset", 0)
+        start = offset + 1 if offset == 0 else offset  # the second page starts one record early
+        return Resp(body={"data": items(start, min(start + 10, 26))})
+
+    with TestApi({"/items": shifting}) as api:
+        spec = table(records_path="data", pagination={"type": "offset", "limit": 10}, primary_key=["id"])
+        got = ids(api, spec)
+    assert got == list(range(1, 11)) + list(range(10, 20)) + list(range(20, 26))  # 10 twice

@@ -10,7 +10,9 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import yaml
 from sndw.config import HttpTable, table_spec
 from sndw.errors import ConfigError, SchemaConflictError, SourceDataError
 from sndw.extract import SchemaDriftError
@@ -21,6 +23,8 @@ from sndw.warehouse import LoadSpec, load_manifest
 from tests.http_api import Req, Resp, TestApi
 
 DAY = dt.date(2024, 1, 2)
+CORPUS = Path(__file__).parent / "bad_inputs" / "json"
+HTTP_CASES = yaml.safe_load((CORPUS / "http_cases.yaml").read_text(encoding="utf-8"))
 
 
 def table(**spec: Any) -> HttpTable:
@@ -41,7 +45,8 @@ def pages(*page_records: list[dict[str, Any]]) -> Any:
 def extract(api: TestApi, spec: HttpTable, lake: Path, source: str = "src") -> tuple[Manifest, dict[str, Manifest]]:
     children = ChildPartitions(lake, source, spec, DAY, run_id="r1") if spec.child_tables else None
     with requests_client(api.url, spec) as client:
-        manifest = write_partition(iter_http_batches(client, spec, children=children.write if children else None),
+        manifest = write_partition(iter_http_batches(client, spec, children=children.write if children else None,
+                                                     source=source),
                                    lake, "http", source, spec.name, DAY, run_id="r1")
     return manifest, (children.commit() if children else {})
 
@@ -208,3 +213,28 @@ def test_a_type_hint_never_truncates_values() -> None:
     assert column_array([1.5, 2.0], pa.int64()).to_pylist() == [1.5, 2.0]  # not [1, 2]
     assert column_array([1, 2], pa.float64()).type == pa.float64()
     assert column_array([1, "a"], pa.int64()).to_pylist() == ["1", "a"]
+
+
+# ------------------------------------------------- JSON Python reads but cannot carry (issue 21)
+
+
+@pytest.mark.parametrize("name", sorted(HTTP_CASES))
+def test_http_json_corpus(name: str, tmp_path: Path) -> None:
+    """Each file of tests/bad_inputs/json/http_cases.yaml as the body of the API's one page."""
+    case = HTTP_CASES[name]
+    body = (CORPUS / case["file"]).read_bytes()
+    if case.get("ndjson_as_list"):
+        body = b"[" + b",".join(line for line in body.splitlines() if line.strip()) + b"]"
+    with TestApi({"/posts": lambda req: Resp(body=body)}) as api:
+        spec = table(records_path=None, pagination={"type": "none"})
+        if case["outcome"] == "error":
+            with pytest.raises(SourceDataError) as info:
+                extract(api, spec, tmp_path)
+            for text in case["error_names"]:
+                assert text in str(info.value), (text, str(info.value))
+            assert not (tmp_path / "http" / "src" / "posts" / DAY.isoformat()).exists()  # nothing published
+            return
+        manifest, _ = extract(api, spec, tmp_path)
+    loaded = pa.concat_tables([pq.read_table(path) for path in manifest.paths]).to_pydict()
+    for column, values in case["columns"].items():
+        assert loaded[column] == values, column

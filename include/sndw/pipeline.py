@@ -260,7 +260,7 @@ def _http_batches(request: ExtractRequest, access: SourceAccess, spec: HttpTable
     try:
         with access.http_client(spec) as client:
             yield from iter_http_batches(client, spec, watermark=format_value(low),
-                                         children=children.write if children else None)
+                                         children=children.write if children else None, source=request.source)
         if children is not None:
             for child, manifest in zip(spec.child_tables, children.commit().values(), strict=True):
                 log.info("Child table %s: %d rows", child.name, manifest.rows)

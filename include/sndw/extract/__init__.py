@@ -6,13 +6,15 @@ import datetime as dt
 import decimal
 import json
 import math
+import re
+import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from sndw.errors import ExtractError, SchemaConflictError
+from sndw.errors import ExtractError, SchemaConflictError, SourceDataError
 from sndw.lake import PG_TYPE_KEY
 from sndw.naming import NESTED_SEPARATOR, normalize_identifier
 
@@ -328,6 +330,61 @@ def kind_field(name: str, kind: str | None, array: pa.Array) -> pa.Field:
     return pa.field(name, array.type, metadata={PG_TYPE_KEY: b"numeric"} if carried else None)
 
 
+# A str from JSON may hold a lone UTF-16 surrogate ("\ud800" escaped without its pair): Python
+# keeps it, UTF-8 cannot carry it, so the lake and the warehouse cannot store it exactly.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def shown_text(text: str) -> str:
+    """``text`` as it can be printed: a lone surrogate as its escape (``\\ud800``), the rest as is."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def lone_surrogate(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first field of ``row`` (a key or a value, at any depth: ``tags[2]``, ``a.b``) whose text
+    holds a lone surrogate, and that surrogate; None when there is none.
+
+    Walked with a stack, not by recursion: the value may be nested deeper than Python recurses.
+    """
+    for key in row:
+        if isinstance(key, str) and (found := _SURROGATE.search(key)):
+            return key, found.group()
+    stack: list[tuple[str, Any]] = [(str(k), v) for k, v in reversed(list(row.items()))]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if found := _SURROGATE.search(value):
+                return path, found.group()
+        elif isinstance(value, Mapping):
+            for key in value:
+                if isinstance(key, str) and (found := _SURROGATE.search(key)):
+                    return f"{path}.{key}", found.group()
+            stack.extend((f"{path}.{k}", v) for k, v in reversed(list(value.items())))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def nesting_depth(value: Any) -> int:
+    """How many lists and objects deep ``value`` is (a scalar: 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            node = list(node.values())
+        if isinstance(node, (list, tuple)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (list, tuple, Mapping)))
+    return deepest
+
+
+def too_deep_message(where: str) -> str:
+    """The error of JSON nested deeper than Python's parser and encoder go (recursion limit)."""
+    return (f"{where}: JSON nested deeper than this reader can follow (about {sys.getrecursionlimit()} levels of "
+            "lists and objects); nothing was loaded. Flatten the data at the source, or leave the field out")
+
+
 class TypedBatchBuilder:
     """Record batches whose column types hold for the whole extract, not just one batch.
 
@@ -342,8 +399,9 @@ class TypedBatchBuilder:
     """
 
     def __init__(self, table: str, *, on_type_change: str = "fail",
-                 column_types: Mapping[str, str] | None = None) -> None:
+                 column_types: Mapping[str, str] | None = None, source: str = "") -> None:
         self.table = table
+        self.label = f"{source}.{table}" if source else table  # how errors about values name the table
         self.on_type_change = on_type_change
         self.declared = {normalize_identifier(k): v for k, v in (column_types or {}).items()}
         self.kinds: dict[str, str] = {}
@@ -367,7 +425,34 @@ class TypedBatchBuilder:
         return kind
 
     def build(self, rows: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
-        """One batch of flat rows (already flattened); columns in order of first appearance."""
+        """One batch of flat rows (already flattened); columns in order of first appearance.
+
+        A text with a lone surrogate, or a value nested deeper than Python can write as JSON, is a
+        SourceDataError naming the record and the field: neither can be stored exactly.
+        """
+        first = self.records - self.origin_records + 1  # the number of rows[0] in errors
+        try:
+            return self._build(rows)
+        except UnicodeEncodeError:
+            for number, row in enumerate(rows, first):
+                found = lone_surrogate(row)
+                if found is not None:
+                    raise SourceDataError(
+                        f"{self.label}: {self.origin}record {number}, field '{shown_text(found[0])}': the text "
+                        f"holds a lone UTF-16 surrogate ({shown_text(found[1])}, an escape without its pair), "
+                        "which UTF-8 cannot carry: it cannot be stored exactly; nothing was loaded. Fix the "
+                        "value at the source") from None
+            raise
+        except RecursionError:
+            # the deepest field, the first record of that depth
+            depth, before, name = max(((nesting_depth(value), -number, name) for number, row in
+                                       enumerate(rows, first) for name, value in row.items()),
+                                      default=(0, 0, "?"))
+            number = -before
+            raise SourceDataError(too_deep_message(
+                f"{self.label}: {self.origin}record {number}, field {name!r} ({depth} levels)")) from None
+
+    def _build(self, rows: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
         names: dict[str, None] = {}
         for row in rows:
             for key in row:

@@ -38,6 +38,7 @@ from sndw.extract import (
     kind_field,
     special_numeric,
     to_json_text,
+    too_deep_message,
 )
 from sndw.lake import SOURCE_FILE_KEY
 from sndw.naming import normalize_identifier, unique_column_names
@@ -425,7 +426,10 @@ def _records(path: Path, table: FileTable, builder: TypedBatchBuilder,
 
 def _json(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[pa.RecordBatch]:
     with open(path, encoding="utf-8") as handle:
-        document = json.load(handle, parse_float=exact_float)
+        try:
+            document = json.load(handle, parse_float=exact_float)
+        except RecursionError:
+            raise SourceDataError(too_deep_message(f"{table.name}: {path}")) from None
     records = get_path(document, table.records_path)
     if isinstance(records, dict):
         records = [records]
@@ -443,6 +447,8 @@ def _ndjson(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterato
                         yield json.loads(line, parse_float=exact_float)
                     except json.JSONDecodeError as exc:
                         raise SourceDataError(f"{table.name}: {path} line {number}: {exc.msg}") from exc
+                    except RecursionError:
+                        raise SourceDataError(too_deep_message(f"{table.name}: {path} line {number}")) from None
 
     yield from _records(path, table, builder, rows())
 

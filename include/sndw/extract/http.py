@@ -15,6 +15,8 @@ Layers, each usable on its own:
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import random
 import re
@@ -44,7 +46,14 @@ from sndw.config import (
     PageNumberPagination,
 )
 from sndw.errors import ExtractError, PermanentError, SourceDataError
-from sndw.extract import TypedBatchBuilder, exact_float, flatten_record, get_path
+from sndw.extract import (
+    TypedBatchBuilder,
+    exact_float,
+    flatten_record,
+    get_path,
+    to_json_text,
+    too_deep_message,
+)
 from sndw.naming import normalize_identifier
 
 log = logging.getLogger(__name__)
@@ -87,7 +96,8 @@ class HttpStatusError(HttpRequestError, PermanentError):
 
 
 class HttpRefusedError(PermanentError, ExtractError):
-    """A request this extractor will not send (credentials to another host, a looping page link)."""
+    """A request this extractor will not send (credentials to another host, a looping page link), or
+    pages it will not load (the same records again: the API ignores the pagination)."""
 
 
 # --------------------------------------------------------------------------- responses
@@ -412,6 +422,9 @@ class HttpClient:
         else:
             try:
                 body = response.json(parse_float=exact_float)  # 0.1000000000000000055 stays exact
+            except RecursionError:
+                raise SourceDataError(self.clean(too_deep_message(
+                    f"{self.table.name}: the {response.status_code} response from {url}"))) from None
             except ValueError as exc:
                 kind = response.headers.get("Content-Type", "no content type")
                 raise SourceDataError(self.clean(
@@ -529,15 +542,49 @@ def first_params(table: HttpTable, watermark: str | None = None) -> dict[str, An
     return params
 
 
-def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None) -> Iterator[list[dict[str, Any]]]:
-    """Each page's records, following the table's pagination until a stop condition.
+@dataclass
+class Page:
+    """One page's records, with its number (from 1) and its URL (safe to show)."""
+
+    number: int
+    url: str
+    records: list[dict[str, Any]]
+
+
+def table_label(table: HttpTable, source: str = "") -> str:
+    """How errors name a table: ``source.table`` when the source is known."""
+    return f"{source}.{table.name}" if source else table.name
+
+
+def page_url(pagination: Any, url: str) -> str:
+    """A page's URL for an error: a server's link (next_link, link_header, cursor) by its path only,
+    as its query may carry credentials under any name; a URL built from the config, made safe."""
+    if isinstance(pagination, (NextLinkPagination, LinkHeaderPagination, CursorPagination)):
+        return urlsplit(url).path
+    return redact(url)
+
+
+def page_digest(records: list[dict[str, Any]]) -> bytes:
+    """A digest of a page's records, to tell a page that repeats the previous one."""
+    try:
+        text = json.dumps(records, default=str, separators=(",", ":"))  # ASCII: a lone surrogate is escaped
+    except RecursionError:
+        return b""  # nested deeper than Python reads: the batch builder names the record
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None, *,
+               source: str = "") -> Iterator[Page]:
+    """Each page, following the table's pagination until a stop condition.
 
     Every style stops at an empty page, once ``total_path``'s count is read, and after
     ``max_pages`` (a warning); page_number/offset also stop at a short page, next_link, cursor and
-    link_header when there is no next. A next link or cursor that repeats is an error (the API
-    ignores the pagination: going on would load the same page forever).
+    link_header when there is no next. A next link or cursor that repeats, or a page with the same
+    records as the page before, is an error (the API ignores the pagination: going on would load
+    the same records page after page, up to ``max_pages``).
     """
     pagination = table.pagination
+    label = table_label(table, source)
     params = first_params(table, watermark)
     endpoint: str = table.endpoint
     page = 0
@@ -545,9 +592,10 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None) -> 
     page_no = pagination.start_page if isinstance(pagination, PageNumberPagination) else 0
     offset = 0
     previous: set[str] = set()
+    last_digest = b""
     while True:
         if page >= table.max_pages:
-            log.warning("%s: stopped after max_pages=%d (%d records)", table.name, table.max_pages, seen)
+            log.warning("%s: stopped after max_pages=%d (%d records)", label, table.max_pages, seen)
             return
         if isinstance(pagination, PageNumberPagination):
             params[pagination.page_param] = page_no
@@ -558,11 +606,20 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None) -> 
             params[pagination.limit_param] = pagination.limit
         response = fetch(endpoint, params)
         document = response.body
-        records = page_records(document, table.records_path, f"{table.name} page {page + 1}")
+        records = page_records(document, table.records_path, f"{label} page {page + 1}")
         page += 1
         seen += len(records)
-        yield records
-        if not records or getattr(pagination, "type", "none") == "none":
+        paged = getattr(pagination, "type", "none") != "none"
+        if paged and records:
+            digest = page_digest(records)
+            if digest and digest == last_digest:
+                raise HttpRefusedError(
+                    f"{label}: page {page} ({page_url(pagination, response.url)}) has the same records as page "
+                    f"{page - 1}: the API ignores the pagination settings; stopped so the same records are not "
+                    "loaded again (nothing of this extract was published)")
+            last_digest = digest
+        yield Page(page, response.url, records)
+        if not records or not paged:
             return
         total = _total(document, getattr(pagination, "total_path", None))
         if total is not None and seen >= total:
@@ -583,7 +640,7 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None) -> 
                 # a link's query may carry credentials under any name: show its path only
                 shown = following[:80] if isinstance(pagination, CursorPagination) else urlsplit(following).path
                 raise HttpRefusedError(
-                    f"{table.name}: page {page} points to a page already read ({shown!r}): the API "
+                    f"{label}: page {page} points to a page already read ({shown!r}): the API "
                     "ignores the pagination settings; stopped so the same records are not loaded again")
             previous.add(following)
             if isinstance(pagination, CursorPagination):
@@ -631,29 +688,72 @@ def _pop_path(record: dict[str, Any], path: str) -> tuple[dict[str, Any], Any]:
 
 
 class _Buffer:
-    def __init__(self, name: str, table: HttpTable) -> None:
+    def __init__(self, name: str, table: HttpTable, source: str) -> None:
         self.rows: list[dict[str, Any]] = []
         self.builder = TypedBatchBuilder(name, on_type_change=table.on_type_change,
-                                         column_types=table.column_types)
+                                         column_types=table.column_types, source=source)
+
+
+class _KeysSeen:
+    """The primary keys read so far in one extract, as hashes (some 70 bytes per record).
+
+    One key read twice is no error: offset paging over live data shifts a record onto the next
+    page, and a merge keeps the last row of a key. A page whose every key was read before brings
+    nothing new: the API went back to records already read (it wraps around, or ignores the paging).
+    """
+
+    def __init__(self, keys: list[str], label: str, pagination: Any) -> None:
+        self.keys = keys
+        self.label = label
+        self.pagination = pagination
+        self.hashes: set[int] = set()
+
+    def check(self, page: Page, rows: Sequence[Mapping[str, Any]]) -> None:
+        new = False
+        for row in rows:
+            if all(k in row for k in self.keys):
+                key = tuple(row[k] for k in self.keys)
+            else:  # the record's own spelling (userId for user_id)
+                by_name = {normalize_identifier(k): v for k, v in row.items()}
+                key = tuple(by_name.get(k) for k in self.keys)
+            if any(v is None for v in key):
+                new = True  # no key to compare (a load with NULL keys fails on its own)
+                continue
+            try:
+                digest = hash(key)
+            except TypeError:  # a list or object in a key column: by its JSON text
+                digest = hash(tuple(to_json_text(v) for v in key))
+            if digest not in self.hashes:
+                self.hashes.add(digest)
+                new = True
+        if rows and not new:
+            raise HttpRefusedError(
+                f"{self.label}: page {page.number} ({page_url(self.pagination, page.url)}) has only records whose "
+                f"primary key ({', '.join(self.keys)}) was read on earlier pages: the API went back to records "
+                "already read (it ignores or wraps the pagination); stopped so they are not loaded again "
+                "(nothing of this extract was published)")
 
 
 def iter_http_batches(fetch: Fetch, table: HttpTable, *, watermark: str | None = None,
-                      children: ChildSink | None = None) -> Iterator[pa.RecordBatch]:
+                      children: ChildSink | None = None, source: str = "") -> Iterator[pa.RecordBatch]:
     """Records of every page, flattened to ``table.max_depth``, in typed batches of ``table.batch_rows``.
 
     ``watermark``: the incremental table's last loaded cursor value (sent as ``incremental.param``).
     ``children``: receives the batches of each ``unnest`` child table (rows linked to their parent
     by ``parent__<key>`` and ``parent__index``); needed when the table unnests lists.
+    ``source``: the source's name, for errors.
     """
     child_tables = table.child_tables
     if child_tables and children is None:
         raise PermanentError(f"{table.name}: unnest needs a writer for the child tables")
-    parent = _Buffer(table.name, table)
-    kids = {c.name: _Buffer(c.name, table) for c in child_tables}
+    parent = _Buffer(table.name, table, source)
+    kids = {c.name: _Buffer(c.name, table, source) for c in child_tables}
     keys = [normalize_identifier(k) for k in table.primary_key]
+    seen_keys = _KeysSeen(keys, table_label(table, source), table.pagination) if keys else None
     total = 0
-    for records in iter_pages(fetch, table, watermark):
-        for record in records:
+    for page in iter_pages(fetch, table, watermark, source=source):
+        first = len(parent.rows)
+        for record in page.records:
             lists: list[tuple[ChildTable, Any]] = []
             for child in child_tables:
                 record, items = _pop_path(record, child.path)
@@ -673,6 +773,8 @@ def iter_http_batches(fetch: Fetch, table: HttpTable, *, watermark: str | None =
                     assert children is not None
                     children(child, buffer.builder.build(buffer.rows))
                     buffer.rows = []
+        if seen_keys is not None:
+            seen_keys.check(page, parent.rows[first:])
         while len(parent.rows) >= table.batch_rows:
             chunk, parent.rows = parent.rows[: table.batch_rows], parent.rows[table.batch_rows:]
             total += len(chunk)
