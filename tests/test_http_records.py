@@ -238,3 +238,36 @@ def test_http_json_corpus(name: str, tmp_path: Path) -> None:
     loaded = pa.concat_tables([pq.read_table(path) for path in manifest.paths]).to_pydict()
     for column, values in case["columns"].items():
         assert loaded[column] == values, column
+
+
+# ------------------------------------------- the body's bytes are decoded strictly (issue 21)
+
+
+@pytest.mark.parametrize(("payload", "content_type", "names"), [
+    # requests' response.json() replaced the invalid byte with U+FFFD and loaded "caf\ufffd"
+    ('[{"id": 1, "name": "caf'.encode() + b"\xe9" + b'"}]', "application/json", ["not valid utf-8", "byte 23"]),
+    # a declared charset that the bytes do not follow
+    ('[{"id": 1, "name": "caf'.encode() + b"\xe9" + b'"}]', "application/json; charset=utf-8", ["not valid utf-8"]),
+])
+def test_a_body_that_is_not_its_encoding_fails_and_changes_nothing(payload: bytes, content_type: str,
+                                                                   names: list[str], tmp_path: Path) -> None:
+    with TestApi({"/posts": lambda req: Resp(body=payload, content_type=content_type)}) as api:
+        with pytest.raises(SourceDataError) as info:
+            extract(api, table(records_path=None, pagination={"type": "none"}), tmp_path)
+    for text in ["posts", "/posts", *names]:
+        assert text in str(info.value), (text, str(info.value))
+    assert not (tmp_path / "http" / "src" / "posts" / DAY.isoformat()).exists()
+
+
+@pytest.mark.parametrize(("payload", "content_type"), [
+    # text/* without a charset: requests read these UTF-8 bytes as Latin-1 and loaded "cafÃ©"
+    ('[{"id": 1, "name": "café"}]'.encode(), "text/plain"),
+    ('\ufeff[{"id": 1, "name": "café"}]'.encode(), "application/json"),  # a byte order mark
+    ('[{"id": 1, "name": "café"}]'.encode("latin-1"), "application/json; charset=ISO-8859-1"),  # declared
+    ('[{"id": 1, "name": "café"}]'.encode("utf-16-le"), "application/json"),  # RFC 8259's older encodings
+])
+def test_a_body_is_read_in_the_encoding_it_has(payload: bytes, content_type: str, tmp_path: Path) -> None:
+    with TestApi({"/posts": lambda req: Resp(body=payload, content_type=content_type)}) as api:
+        manifest, _ = extract(api, table(records_path=None, pagination={"type": "none"}), tmp_path)
+    loaded = pa.concat_tables([pq.read_table(path) for path in manifest.paths]).to_pydict()
+    assert loaded["name"] == ["café"]

@@ -421,7 +421,7 @@ class HttpClient:
             body: Any = None
         else:
             try:
-                body = response.json(parse_float=exact_float)  # 0.1000000000000000055 stays exact
+                body = json.loads(self._text(response, url), parse_float=exact_float)  # 0.1000000000000000055 stays exact
             except RecursionError:
                 raise SourceDataError(self.clean(too_deep_message(
                     f"{self.table.name}: the {response.status_code} response from {url}"))) from None
@@ -431,6 +431,29 @@ class HttpClient:
                     f"{self.table.name}: {response.status_code} from {url} is not JSON ({kind}): "
                     f"{excerpt(self.clean(response.text))!r}")) from exc
         return HttpResponse(body=body, status=response.status_code, headers=response.headers, url=url)
+
+    def _text(self, response: requests.Response, url: str) -> str:
+        """The body as text, decoded strictly: the charset the response names, else UTF-8 (JSON's own
+        encoding, RFC 8259; UTF-16/32 told by their byte pattern). ``response.json()`` replaced bytes
+        it could not decode with U+FFFD, and read a ``text/*`` body without a charset as Latin-1:
+        values changed silently."""
+        content = response.content
+        content_type = response.headers.get("Content-Type", "")
+        media = content_type.split(";")[0].strip().lower()
+        if "charset" in content_type.lower():
+            encoding = requests.utils.get_encoding_from_headers(response.headers) or "utf-8"
+        else:  # requests' defaults (ISO-8859-1 for text/*) are not what the server sent
+            encoding = requests.utils.guess_json_utf(content) or "utf-8"
+        if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+            encoding = "utf-8-sig"  # a byte order mark is not part of the JSON text
+        try:
+            return content.decode(encoding)
+        except (UnicodeDecodeError, LookupError) as exc:
+            where = f"byte {exc.start}" if isinstance(exc, UnicodeDecodeError) else "its charset"
+            raise SourceDataError(self.clean(
+                f"{self.table.name}: the {response.status_code} response from {url} ({media or 'no content type'}) "
+                f"is not valid {encoding.removesuffix('-sig')} at {where}: {exc}; nothing was loaded, "
+                "so no value is changed")) from None
 
     def _body(self, response: requests.Response) -> str:
         # scrubbed before it is cut: a secret across the cut would otherwise leave its first part
