@@ -245,9 +245,9 @@ def test_http_json_corpus(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("payload", "content_type", "names"), [
     # requests' response.json() replaced the invalid byte with U+FFFD and loaded "caf\ufffd"
-    ('[{"id": 1, "name": "caf'.encode() + b"\xe9" + b'"}]', "application/json", ["not valid utf-8", "byte 23"]),
+    (b'[{"id": 1, "name": "caf' + b"\xe9" + b'"}]', "application/json", ["not valid utf-8", "byte 23"]),
     # a declared charset that the bytes do not follow
-    ('[{"id": 1, "name": "caf'.encode() + b"\xe9" + b'"}]', "application/json; charset=utf-8", ["not valid utf-8"]),
+    (b'[{"id": 1, "name": "caf' + b"\xe9" + b'"}]', "application/json; charset=utf-8", ["not valid utf-8"]),
 ])
 def test_a_body_that_is_not_its_encoding_fails_and_changes_nothing(payload: bytes, content_type: str,
                                                                    names: list[str], tmp_path: Path) -> None:
