@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -28,8 +29,8 @@ def pg_env(url: str) -> dict[str, str]:
 
 
 def test_postgres_examples(dw_url: str, source_db: str, tmp_path: Path) -> None:
-    with psycopg.connect(source_db) as src:
-        counts = manufacturing.create(src, rows_per_table=200)
+    with psycopg.connect(source_db) as src:  # rows dated ahead of now(), as sample data may run
+        counts = manufacturing.create(src, rows_per_table=200, start=dt.date.today() + dt.timedelta(days=30))
     done = example("postgres_to_dw.py", dw_url, tmp_path, pg_env(source_db))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "success: 200 rows -> raw.refills" in done.stdout
