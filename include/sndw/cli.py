@@ -176,7 +176,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps(rows, default=str, indent=1))
     else:
         print(format_counts(rows))
-    return 1 if any(r.get("agrees") is False for r in rows) else 0
+    return 1 if any(r.get("agrees") is False or r.get("source_error") for r in rows) else 0
 
 
 def _date(text: str) -> date:
@@ -220,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
 
-    sync = sub.add_parser("sync", help="run every table of a source config without Airflow (extract, load, audit)")
+    sync = sub.add_parser("sync", help="run every table of a source config without Airflow (extract, load, audit)",
+                          description="Run every table of a source config without Airflow. The source's connection: "
+                          "AIRFLOW_CONN_<CONN_ID> when set, else Airflow's metadata DB (`airflow connections get`, "
+                          "where `make demo` puts its connections; needs AIRFLOW_HOME, set by . scripts/dev-env).")
     sync.add_argument("config", help="the source's config file, e.g. dags/sources/manufacturing.yaml")
     sync.add_argument("--table", action="append", help="only this table (repeatable)")
     sync.add_argument("--date", type=_date, help="partition date (default: today, UTC)")
@@ -229,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("-v", "--verbose", action="store_true", help="log progress and each step")
     sync.set_defaults(func=cmd_sync)
 
-    check = sub.add_parser("check", help="row counts of the loaded warehouse tables, beside the source's")
+    check = sub.add_parser("check", help="row counts of the loaded warehouse tables, beside the source's; exit 1 "
+                                         "when a replace/merge table differs or the source cannot be counted")
     check.add_argument("config", nargs="?", help="a source config: its tables, with the source's counts")
     check.add_argument("--schema", help="only tables of this warehouse schema")
     check.add_argument("--json", action="store_true", help="print JSON")
