@@ -573,7 +573,7 @@ def _check_not_empty(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, 
     load's table lock, so no other load fills the table between this check and the write."""
     if spec.write_mode not in ("replace", "partition") or spec.allow_empty or not exists:
         return
-    where = sql.SQL("")
+    where: sql.Composable = sql.SQL("")
     params: tuple[Any, ...] = ()
     if spec.write_mode == "partition":
         where = sql.SQL(" WHERE {} = %s").format(sql.Identifier(PARTITION_DATE))
