@@ -103,10 +103,15 @@ TABLE ?=
 LAKE ?= ./lake
 SCHEMA ?= public
 PIPELINE ?= default
-run-pipeline: $(RUNTIME) ## Run one resource of a connector: CONFIG= QUERY= SOURCE= TABLE= [LAKE= SCHEMA= PIPELINE=]
+# A connector reading PG_* (env_prefix: PG, as examples/postgres_connector.json) without PG_HOST set
+# reads the demo's database sndw_demo_source on the warehouse's server, as the examples do.
+run-pipeline: $(RUNTIME) ## Run one resource of a connector: CONFIG= QUERY= SOURCE= TABLE= [LAKE= SCHEMA= PIPELINE=]; PG_* unset: the demo source DB
 	@test -n "$(CONFIG)" -a -n "$(QUERY)" -a -n "$(SOURCE)" -a -n "$(TABLE)" || \
 		{ echo "usage: make run-pipeline CONFIG=<connector file> QUERY=<sql, path or glob> SOURCE=<name> TABLE=<table>" >&2; exit 2; }
-	@$(ENV) && python -m etl.cli run --config "$(CONFIG)" --query "$(QUERY)" --source "$(SOURCE)" --table "$(TABLE)" \
+	@$(ENV) && if [ -z "$${PG_HOST:-}" ] && grep -qsE '"?env_prefix"?: *"?PG"?' "$(CONFIG)"; then \
+		pg_env="$$(python examples/_demo_source.py env)" && eval "$$pg_env" && \
+		echo "PG_HOST is not set: reading the demo source $$PG_DATABASE on $$PG_HOST:$$PG_PORT" >&2; fi && \
+		python -m etl.cli run --config "$(CONFIG)" --query "$(QUERY)" --source "$(SOURCE)" --table "$(TABLE)" \
 		--lake "$(LAKE)" --schema "$(SCHEMA)" --pipeline "$(PIPELINE)"
 
 test-dw: $(RUNTIME) ## Check that the warehouse answers (python -m etl.cli test-connection --source dw)
