@@ -207,13 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--lake", help="lake root (default: SNDW_LAKE_ROOT)")
     replay.set_defaults(func=cmd_replay)
 
-    gaps = sub.add_parser("gaps", help="per table and date: loaded, missing or failed partitions, row counts")
+    gaps = sub.add_parser(
+        "gaps", help="per table and date: loaded, missing or failed partitions, row counts",
+        description="Per table and date partition: loaded, failed, extracted (in the lake, not loaded), missing "
+        "(the schedule asks for it, nothing ran) or unscheduled, with the row counts of the extract, the lake, the "
+        "load and the warehouse. Only partition tables (and append tables templated on the date) have missing "
+        "dates; a replace or merge table shows its last load.")
     gaps.add_argument("config", help="the source's config file")
-    gaps.add_argument("--from", dest="date_from", type=_date)
-    gaps.add_argument("--to", dest="date_to", type=_date)
+    gaps.add_argument("--from", dest="date_from", type=_date,
+                      help="first date (YYYY-MM-DD); default: the source's start_date with catchup: true, else each "
+                      "table's first extracted or audited partition")
+    gaps.add_argument("--to", dest="date_to", type=_date, help="last date (YYYY-MM-DD); default: today (UTC)")
     gaps.add_argument("--lake", help="lake root (default: SNDW_LAKE_ROOT)")
     gaps.add_argument("--json", action="store_true", help="print JSON")
-    gaps.add_argument("--strict", action="store_true", help="exit 1 when a partition is missing or failed")
+    gaps.add_argument("--strict", action="store_true",
+                      help="exit 1 when a partition is missing or failed, or its counts do not agree")
     gaps.set_defaults(func=cmd_gaps)
 
     from sndw.runner import add_commands  # run, test-connection (the runner seed's commands)
