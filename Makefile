@@ -83,17 +83,28 @@ up: $(RUNTIME) airflow-init ## Start Airflow (UI on localhost:8080) on the local
 up-celery: ## The same as make up EXECUTOR=celery
 	@$(MAKE) --no-print-directory up EXECUTOR=celery
 
-down: ## Stop Airflow standalone, the local PostgreSQL, and the local S3 and Redis if they run
+# The test servers of `make test` (tests/conftest.py stops those a session started itself).
+TEST_PG_DIR := $(or $(SNDW_TEST_PG_DIR),.local/pg-test)
+TEST_S3_DIR := $(or $(SNDW_TEST_S3_DIR),.local/s3-test)
+TEST_REDIS_DIR := $(or $(SNDW_TEST_REDIS_DIR),.local/redis-test)
+
+down: ## Stop Airflow standalone, the local PostgreSQL, S3 and Redis, and the tests' servers (.local/*-test) if they run
 	@scripts/airflow-down
 	@scripts/pg-local stop
 	@scripts/s3-local stop
 	@scripts/redis-local stop
+	@if [ -d "$(TEST_PG_DIR)" ]; then PG_LOCAL_DIR="$(TEST_PG_DIR)" scripts/pg-local stop; fi
+	@if [ -d "$(TEST_S3_DIR)" ]; then S3_LOCAL_DIR="$(TEST_S3_DIR)" scripts/s3-local stop; fi
+	@if [ -d "$(TEST_REDIS_DIR)" ]; then REDIS_LOCAL_DIR="$(TEST_REDIS_DIR)" scripts/redis-local stop; fi
 
-status: ## Show whether Airflow, the local PostgreSQL, S3 and Redis are running
+status: ## Show whether Airflow, the local PostgreSQL, S3 and Redis, and the tests' servers are running
 	@scripts/airflow-down --status || true
 	@scripts/pg-local status || true
 	@scripts/s3-local status || true
 	@scripts/redis-local status || true
+	@if [ -d "$(TEST_PG_DIR)" ]; then printf 'tests: '; PG_LOCAL_DIR="$(TEST_PG_DIR)" scripts/pg-local status || true; fi
+	@if [ -d "$(TEST_S3_DIR)" ]; then printf 'tests: '; S3_LOCAL_DIR="$(TEST_S3_DIR)" scripts/s3-local status || true; fi
+	@if [ -d "$(TEST_REDIS_DIR)" ]; then printf 'tests: '; REDIS_LOCAL_DIR="$(TEST_REDIS_DIR)" scripts/redis-local status || true; fi
 
 # The pipeline runner's targets: make run-pipeline CONFIG=examples/postgres_connector.json QUERY="SELECT 1 AS n" SOURCE=test TABLE=dw_test
 CONFIG ?=
@@ -103,10 +114,15 @@ TABLE ?=
 LAKE ?= ./lake
 SCHEMA ?= public
 PIPELINE ?= default
-run-pipeline: $(RUNTIME) ## Run one resource of a connector: CONFIG= QUERY= SOURCE= TABLE= [LAKE= SCHEMA= PIPELINE=]
+# A connector reading PG_* (env_prefix: PG, as examples/postgres_connector.json) without PG_HOST set
+# reads the demo's database sndw_demo_source on the warehouse's server, as the examples do.
+run-pipeline: $(RUNTIME) ## Run one resource of a connector: CONFIG= QUERY= SOURCE= TABLE= [LAKE= SCHEMA= PIPELINE=]; PG_* unset: the demo source DB
 	@test -n "$(CONFIG)" -a -n "$(QUERY)" -a -n "$(SOURCE)" -a -n "$(TABLE)" || \
 		{ echo "usage: make run-pipeline CONFIG=<connector file> QUERY=<sql, path or glob> SOURCE=<name> TABLE=<table>" >&2; exit 2; }
-	@$(ENV) && python -m etl.cli run --config "$(CONFIG)" --query "$(QUERY)" --source "$(SOURCE)" --table "$(TABLE)" \
+	@$(ENV) && if [ -z "$${PG_HOST:-}" ] && grep -qsE '"?env_prefix"?: *"?PG"?' "$(CONFIG)"; then \
+		pg_env="$$(python examples/_demo_source.py env)" && eval "$$pg_env" && \
+		echo "PG_HOST is not set: reading the demo source $$PG_DATABASE on $$PG_HOST:$$PG_PORT" >&2; fi && \
+		python -m etl.cli run --config "$(CONFIG)" --query "$(QUERY)" --source "$(SOURCE)" --table "$(TABLE)" \
 		--lake "$(LAKE)" --schema "$(SCHEMA)" --pipeline "$(PIPELINE)"
 
 test-dw: $(RUNTIME) ## Check that the warehouse answers (python -m etl.cli test-connection --source dw)
@@ -146,9 +162,12 @@ lock: $(RUNTIME) ## Re-resolve requirements.lock and requirements-dev.lock from 
 	$(BIN)/uv pip compile -q --python-version 3.11 requirements.txt -o requirements.lock
 	$(BIN)/uv pip compile -q --python-version 3.11 requirements-dev.txt -c requirements.lock -o requirements-dev.lock
 
-clean: ## Remove the venv, Airflow home, lake and the local PostgreSQL (asks nothing!)
+clean: ## Stop everything, then delete .venv, .venv-bench, .airflow, lake and all of .local (the local PostgreSQL, S3, Redis, test servers, demo data and connections); asks nothing!
 	-scripts/airflow-down
 	-scripts/pg-local destroy
 	-scripts/s3-local destroy
 	-scripts/redis-local destroy
+	-PG_LOCAL_DIR="$(TEST_PG_DIR)" scripts/pg-local stop
+	-S3_LOCAL_DIR="$(TEST_S3_DIR)" scripts/s3-local stop
+	-REDIS_LOCAL_DIR="$(TEST_REDIS_DIR)" scripts/redis-local stop
 	rm -rf $(VENV) $(BENCH_VENV) .airflow lake .local

@@ -3,12 +3,15 @@
 The source is read through ``examples/postgres_connector.json`` (``env_prefix: PG``): the
 ``PG_*`` variables name it. When they are not set, the manufacturing demo's database
 (``sndw_demo_source``, which ``make demo`` creates) on the warehouse's server is used, and created
-here if it is missing.
+here if it is missing. ``python examples/_demo_source.py env`` prints those ``PG_*`` settings as
+``export`` lines (`make run-pipeline` reads them when ``PG_HOST`` is not set).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -60,3 +63,11 @@ def report(result: dict) -> None:
           f"in {result['seconds']:.1f}s" + (f": {result['error']}" if result["error"] else ""))
     for child in result.get("children", []):
         print(f"         {child['rows_loaded']} rows -> {child['target_table']}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["env"]:
+        sys.exit("usage: python examples/_demo_source.py env")
+    demo_source()
+    for name in ("PG_HOST", "PG_PORT", "PG_DATABASE", "PG_USERNAME", "PG_PASSWORD"):
+        print(f"export {name}={shlex.quote(os.environ.get(name, ''))}")

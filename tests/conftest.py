@@ -49,6 +49,24 @@ metadb = importlib.util.module_from_spec(_metadb_spec)
 _metadb_spec.loader.exec_module(metadb)
 
 
+# The test servers (scripts/pg-local, s3-local, redis-local in .local/*-test): the session stops at
+# its end those it started itself, not those that already ran (SNDW_TEST_KEEP_SERVERS=1 keeps them).
+S3_LOCAL = ROOT / "scripts" / "s3-local"
+REDIS_LOCAL = ROOT / "scripts" / "redis-local"
+TEST_S3_DIR = Path(os.environ.get("SNDW_TEST_S3_DIR", ROOT / ".local" / "s3-test"))
+TEST_REDIS_DIR = Path(os.environ.get("SNDW_TEST_REDIS_DIR", ROOT / ".local" / "redis-test"))
+TEST_SERVERS = ((PG_LOCAL, "PG_LOCAL_DIR", TEST_PG_DIR), (S3_LOCAL, "S3_LOCAL_DIR", TEST_S3_DIR),
+                (REDIS_LOCAL, "REDIS_LOCAL_DIR", TEST_REDIS_DIR))
+
+
+def _server_running(script: Path, state_var: str, state: Path) -> bool:
+    return subprocess.run([str(script), "status"], env={**os.environ, state_var: str(state)}, capture_output=True,
+                          check=False, timeout=60).returncode == 0
+
+
+RUNNING_BEFORE = {state: _server_running(*server) for server in TEST_SERVERS for state in server[2:]}
+
+
 def _start_test_cluster() -> str:
     """Start the tests' PostgreSQL (idempotent, fast when it runs) and return its URL."""
     env = {**os.environ, "PG_LOCAL_DIR": str(TEST_PG_DIR)}
@@ -139,16 +157,38 @@ def metadata_db() -> psycopg.Connection:
     return psycopg.connect(metadb.libpq_url(AIRFLOW_METADATA_URL))
 
 
-# ------------------------------------------------------------------ the lake on an S3-compatible server
+def _other_clients(url: str) -> int:
+    """Connections to the tests' cluster from elsewhere (another test session using it)."""
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                               "AND pid <> pg_backend_pid()").fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
 
-S3_LOCAL = ROOT / "scripts" / "s3-local"
-TEST_S3_DIR = Path(os.environ.get("SNDW_TEST_S3_DIR", ROOT / ".local" / "s3-test"))
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the test servers this session started (`make test` leaves none running); a cluster
+    another session still uses is left alone."""
+    if os.environ.get("SNDW_TEST_KEEP_SERVERS") or hasattr(session.config, "workerinput"):
+        return
+    for script, state_var, state in TEST_SERVERS:
+        if RUNNING_BEFORE[state] or not _server_running(script, state_var, state):
+            continue
+        if script == PG_LOCAL and _other_clients(PG_URL):
+            continue
+        subprocess.run([str(script), "stop"], env={**os.environ, state_var: str(state)}, capture_output=True,
+                       check=False, timeout=180)
+
+
+# ------------------------------------------------------------------ the lake on an S3-compatible server
 
 
 @pytest.fixture(scope="session")
 def s3_env() -> dict[str, str]:
-    """The tests' own SeaweedFS S3 server (scripts/s3-local in .local/s3-test, started once, left
-    running like the tests' PostgreSQL): the ``AWS_*`` and ``AIRFLOW_CONN_SNDW_LAKE`` variables."""
+    """The tests' own SeaweedFS S3 server (scripts/s3-local in .local/s3-test, started once, stopped
+    at the session's end like the tests' PostgreSQL): the ``AWS_*`` and ``AIRFLOW_CONN_SNDW_LAKE`` variables."""
     env = {**os.environ, "S3_LOCAL_DIR": str(TEST_S3_DIR)}
     started = subprocess.run([str(S3_LOCAL), "start"], env=env, capture_output=True, text=True, check=False,
                              timeout=180)

@@ -36,7 +36,7 @@ from tests.conftest import (
     states,
     with_database,
 )
-from tests.test_airflow_postgres import Airflow, _serialized, airflow_stack, wait_for
+from tests.test_airflow_postgres import Airflow, _serialized, airflow_stack, free_port, wait_for
 from tests.test_assets import mfg_config
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,8 @@ def celery(airflow_db: Path, databases: tuple[str, str], s3_env: dict[str, str],
                            SNDW_LAKE_ROOT=lake, S3_LOCAL_DIR=str(TEST_S3_DIR),
                            REDIS_LOCAL_DIR=os.environ.get("SNDW_TEST_REDIS_DIR", str(ROOT / ".local" / "redis-test")),
                            AIRFLOW_CONN_T_CEL_SRC=src_url,
+                           # the task log server's port: a free one, not 8793 of another checkout's stack
+                           AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
                            # a killed worker's task is noticed after 20 s without a heartbeat
                            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
                            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="5") as airflow:
@@ -136,6 +138,31 @@ def user_columns(dw: psycopg.Connection, schema: str, table: str) -> list[str]:
     rows = dw.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
                       "AND table_name = %s ORDER BY ordinal_position", (schema, table)).fetchall()
     return [r[0] for r in rows if r[0] not in LOCAL_LINEAGE]
+
+
+def listening(port: int) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp* has them) of sockets listening on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].rpartition(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                found.append(address)
+    return found
+
+
+def test_one_task_log_server_on_localhost_and_no_worker_fails_to_start_one(celery: tuple[Airflow, str]) -> None:
+    """Two workers on one host each started Airflow's log server on port 8793 of every interface:
+    the second failed with "address already in use". One server on 127.0.0.1 serves the log folder."""
+    airflow, _ = celery
+    home = Path(airflow.env["AIRFLOW_HOME"])
+    for worker in (1, 2):
+        log = (home / f"celery-worker-{worker}.log").read_text(errors="replace")
+        assert "address already in use" not in log.lower(), log[-2000:]
+    port = int(airflow.env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"])
+    wait_for("the task log server to listen", lambda: listening(port), 120)
+    assert listening(port) == ["0100007F"], listening(port)  # 127.0.0.1 only
 
 
 def test_four_tables_run_on_both_workers_and_equal_a_local_run(

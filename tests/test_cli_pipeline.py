@@ -4,7 +4,11 @@ for every kind of source, through a real subprocess with an `airflow` package th
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
+import uuid
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -170,6 +174,63 @@ def test_sync_and_check_match_a_dag_run(cli: Any, tmp_path: Path, source_db: str
     assert code == 1, text
     code, out, err = cli("check", env=cli_env, module="sndw.cli")
     assert code == 0 and "raw.parts" in out and "49" in out, err
+
+
+@pytest.mark.slow
+def test_sync_and_check_find_a_connection_in_airflows_metadata_db(airflow_db: Path, tmp_path: Path, source_db: str,
+                                                                  dw_url: str) -> None:
+    """`make demo` keeps its connections in Airflow's metadata DB only: sync and check find them
+    there (`airflow connections get`) when no AIRFLOW_CONN_ variable names them."""
+    with psycopg.connect(source_db) as src:
+        src.execute("CREATE TABLE parts (id int PRIMARY KEY, name text)")
+        src.execute("INSERT INTO parts SELECT g, 'part ' || g FROM generate_series(1, 7) g")
+    conn_id = f"cli_metadb_{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "DW_", "PG_"))}
+    env["AIRFLOW_CONN_DW"] = dw_url
+    added = subprocess.run(["airflow", "connections", "add", conn_id, "--conn-uri", source_db], env=env,
+                           capture_output=True, text=True, timeout=180, check=False)
+    assert added.returncode == 0, added.stdout + added.stderr
+    config = tmp_path / "metadb_parts.yaml"
+    config.write_text(yaml.safe_dump({"name": "metadb_parts", "kind": "sql", "conn_id": conn_id,
+                                      "start_date": "2024-01-01", "target_schema": "raw",
+                                      "tables": [{"name": "parts", "table": "public.parts"}]}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "etl.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    try:
+        synced = cli("sync", str(config), "--lake", str(tmp_path / "lake"))
+        assert synced.returncode == 0, synced.stderr
+        assert "1 of 1 tables synced, 7 rows" in synced.stderr
+        checked = cli("check", str(config), "--json")
+        assert checked.returncode == 0, checked.stderr
+        assert [(r["table"], r["rows"], r["source_rows"], r.get("agrees")) for r in json.loads(checked.stdout)] == [
+            ("raw.parts", 7, 7, True)]
+    finally:
+        subprocess.run(["airflow", "connections", "delete", conn_id], env=env, capture_output=True, timeout=180,
+                       check=False)
+    missing = cli("sync", str(config), "--lake", str(tmp_path / "lake"))  # deleted: named, with where to add it
+    assert missing.returncode == 2
+    assert f"AIRFLOW_CONN_{conn_id.upper()}" in missing.stderr and "Admin > Connections" in missing.stderr
+
+
+def test_check_says_when_it_cannot_reach_the_source(cli: Any, tmp_path: Path, dw_url: str, source_db: str) -> None:
+    with psycopg.connect(source_db) as src:
+        src.execute("CREATE TABLE parts (id int PRIMARY KEY)")
+        src.execute("INSERT INTO parts SELECT generate_series(1, 3)")
+    path = tmp_path / "unreachable.yaml"
+    path.write_text(yaml.safe_dump({"name": "unreachable", "kind": "sql", "conn_id": "unreachable_src",
+                                    "start_date": "2024-01-01", "tables": [{"name": "parts", "table": "public.parts"}]}))
+    code, _, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), env={"AIRFLOW_CONN_UNREACHABLE_SRC": source_db})
+    assert code == 0, err
+    closed = "postgresql://robot:hunter2-secret@127.0.0.1:1/nowhere"
+    code, out, err = cli("check", str(path), env={"AIRFLOW_CONN_UNREACHABLE_SRC": closed})
+    assert code == 1, (out, err)
+    assert "public.parts" in out and "could not be counted" in out and "unreachable" in out, out
+    no_secret("hunter2-secret", out, err)
+    code, out, _ = cli("check", str(path), "--json", env={"AIRFLOW_CONN_UNREACHABLE_SRC": closed})
+    assert code == 1 and out[0]["source_rows"] is None and "127.0.0.1" in out[0]["source_error"], out
 
 
 def test_progress_lines_on_long_work(cli: Any, tmp_path: Path, source_db: str, dw_url: str) -> None:

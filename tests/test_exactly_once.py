@@ -261,12 +261,19 @@ def test_backfill_three_dates_twice_then_replay_from_the_lake(
         original = {t: snapshot(dw, t) for t in ("springs", "bodies", "refills")}
     config_path = str(TEST_SOURCES / "e2e_backfill.yaml")
 
-    # Gaps: Jan 1 was never run; Jan 2-4 are loaded and their counts agree from source to warehouse.
-    assert cli_main(["gaps", config_path, "--to", "2024-01-04", "--strict"]) == 1
+    # Gaps from start_date: Jan 1 was never run; Jan 2-4 are loaded and their counts agree from source
+    # to warehouse. The replace and merge tables show their last load only.
+    assert cli_main(["gaps", config_path, "--from", "2024-01-01", "--to", "2024-01-04", "--strict"]) == 1
     report = capsys.readouterr().out
     springs_lines = [line for line in report.splitlines() if line.startswith("springs")]
     assert [line.split()[2] for line in springs_lines] == ["missing", "loaded", "loaded", "loaded"]
     assert all(line.endswith("yes") for line in springs_lines[1:]), report
+    assert [line.split()[:3] for line in report.splitlines() if line.startswith(("refills", "bodies"))] == [
+        ["refills", "2024-01-04", "loaded"], ["bodies", "2024-01-04", "loaded"]], report
+    # Without --from a source without catchup is expected from its first run on: nothing is missing.
+    assert cli_main(["gaps", config_path, "--to", "2024-01-04", "--strict"]) == 0
+    report = capsys.readouterr().out
+    assert "missing" not in report and len(report.splitlines()) == 1 + 3 + 1 + 1 + 1, report
 
     # Replay: drop the tables, rebuild them from the lake alone (the source is gone too).
     with psycopg.connect(source_db) as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -28,8 +29,8 @@ def pg_env(url: str) -> dict[str, str]:
 
 
 def test_postgres_examples(dw_url: str, source_db: str, tmp_path: Path) -> None:
-    with psycopg.connect(source_db) as src:
-        counts = manufacturing.create(src, rows_per_table=200)
+    with psycopg.connect(source_db) as src:  # rows dated ahead of now(), as sample data may run
+        counts = manufacturing.create(src, rows_per_table=200, start=dt.date.today() + dt.timedelta(days=30))
     done = example("postgres_to_dw.py", dw_url, tmp_path, pg_env(source_db))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "success: 200 rows -> raw.refills" in done.stdout
@@ -59,3 +60,21 @@ def test_rest_api_example(dw_url: str, tmp_path: Path) -> None:
                           "WHERE parent__id = 2 ORDER BY parent__index").fetchall() == [(2, 0, "t0"), (2, 1, "t1")]
         assert count(dw, "staging.api_users__tags") == sum(i % 3 for i in range(1, 11))
         assert dw.execute("SELECT address__city IS NOT NULL FROM staging.api_users WHERE id = 1").fetchone() == (True,)
+
+
+def test_make_run_pipeline_on_the_example_connector_without_pg_settings(dw_url: str, tmp_path: Path) -> None:
+    """The documented `make run-pipeline CONFIG=examples/postgres_connector.json ...` with no PG_*
+    set reads the demo's source database on the warehouse's server, as the examples do."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "DW_", "PG_", "MAKE"))}
+    env["AIRFLOW_CONN_DW"] = dw_url
+    done = subprocess.run(["make", "--no-print-directory", "run-pipeline", "CONFIG=examples/postgres_connector.json",
+                           "QUERY=SELECT 1 AS n", "SOURCE=test", "TABLE=dw_test", f"LAKE={tmp_path / 'lake'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reading the demo source sndw_demo_source" in done.stderr
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT n FROM public.dw_test").fetchall() == [(1,)]
+        assert dw.execute("SELECT source_name, status, rows_loaded FROM etl_audit_log").fetchall() == [
+            ("test", "success", 1)]
+    password = urlsplit(dw_url).password
+    assert not password or password not in done.stdout + done.stderr

@@ -227,6 +227,7 @@ def test_every_lake_case_is_exercised() -> None:
     exercised = {"lake_conflicting_csv_glob", "lake_conflicting_csv_glob_reversed", "lake_stray_part_file",
                  "lake_corrupt_part_file", "lake_killed_extract", "lake_killed_mid_swap", "lake_concurrent_writer",
                  "lake_header_only_csv_replace", "lake_header_only_csv_allow_empty", "lake_empty_partition_mode",
-                 "lake_replace_referenced_key_dropped"}
+                 "lake_replace_referenced_key_dropped",
+                 "lake_empty_into_empty", "lake_empty_replay"}  # tests/test_replace.py
     assert set(CASES) == exercised
     assert all("outcome" in case and "input" in case for case in CASES.values())

@@ -175,6 +175,12 @@ def test_the_plugin_is_registered_and_documented(site: dict[str, Any]) -> None:
     status, spec = client.get("/sndw/openapi.json")
     assert status == 200
     assert {"/health", "/stats", "/data/{schema}/{table}", "/partitions/{source}"} <= set(spec["paths"])
+    # /sndw/docs works offline: no script or style from another host, every endpoint listed.
+    status, page = client.get("/sndw/docs")
+    assert status == 200 and isinstance(page, str)
+    assert "cdn" not in page.lower() and "<script" not in page and 'href="openapi.json"' in page
+    assert all(f"/sndw{path}" in page for path in spec["paths"])
+    assert "/sndw/partitions/{source}" in page and "The gap report" in page
 
 
 def test_no_token_is_401_and_a_token_is_200(site: dict[str, Any]) -> None:

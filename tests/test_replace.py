@@ -16,11 +16,15 @@ import pyarrow as pa
 import pytest
 import yaml
 from psycopg import sql
+from sndw.audit import AuditRecord
+from sndw.config import parse_source
+from sndw.demo import manufacturing
 from sndw.errors import EmptyExtractError, LoadError
 from sndw.lake import Manifest, write_partition
+from sndw.replay import replay_table
 from sndw.warehouse import LoadSpec, load_manifest
 
-from tests.conftest import run, states
+from tests.conftest import count, run, states
 
 BAD = Path(__file__).parent / "bad_inputs"
 CASES = yaml.safe_load((BAD / "faults" / "lake_cases.yaml").read_text())
@@ -185,6 +189,87 @@ def test_an_empty_extract_is_refused_by_replace_and_partition_unless_allowed(
     append = LoadSpec("public", "items_append", "append")  # appending nothing is fine, as before
     load_manifest(dw, extract(tmp_path, {"id": [1], "v": ["a"]}), append)
     assert load_manifest(dw, extract(tmp_path, empty), append).rows_loaded == 0
+
+
+def test_an_empty_extract_into_an_empty_table_or_date_loads_0_rows(tmp_path: Path, dw: psycopg.Connection) -> None:
+    """A quiet day (no rows for the date) or a source table still empty removes nothing: it loads
+    0 rows, audited as a success; only an empty extract that would remove rows is refused."""
+    empty = {"id": pa.array([], pa.int64()), "v": pa.array([], pa.string())}
+    for mode in ("replace", "partition"):  # the table does not exist yet: it is made, empty
+        spec = LoadSpec("public", f"new_{mode}", mode)
+        audit = AuditRecord(pipeline_name="src", source_name="src", protocol="sql", target_table=spec.qualified,
+                            status="success", started_at=dt.datetime.now(dt.UTC), step="load", partition_date=DAY)
+        assert load_manifest(dw, extract(tmp_path, empty), spec, audit=audit).rows_loaded == 0
+        assert dw.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"new_{mode}"))).fetchone() == (0,)
+        assert dw.execute("SELECT status, rows_loaded FROM etl_audit_log WHERE target_table = %s",
+                          (spec.qualified,)).fetchall() == [("success", 0)]
+    replace = LoadSpec("public", "new_replace", "replace")  # exists now, still empty: again 0 rows
+    assert load_manifest(dw, extract(tmp_path, empty), replace).rows_loaded == 0
+    # A partition table whose other dates hold rows: an empty date is a quiet day, not a broken export.
+    spec = LoadSpec("public", "items_partition", "partition")
+    load_manifest(dw, extract(tmp_path, {"id": [1, 2], "v": ["a", "b"]}), spec)
+    for offset in range(1, 5):
+        assert load_manifest(dw, extract(tmp_path, empty, DAY + dt.timedelta(days=offset)), spec).rows_loaded == 0
+    assert dw.execute("SELECT _partition_date, count(*) FROM items_partition GROUP BY 1").fetchall() == [(DAY, 2)]
+    with pytest.raises(EmptyExtractError) as caught:  # the date that holds rows is still protected
+        load_manifest(dw, extract(tmp_path, empty), spec)
+    assert_error_names("lake_empty_partition_mode", str(caught.value))
+    assert dw.execute("SELECT count(*) FROM items_partition").fetchone() == (2,)
+    merge = LoadSpec("public", "items_merge", "merge", ["id"])  # merging nothing changes nothing
+    load_manifest(dw, extract(tmp_path, {"id": [1], "v": ["a"]}), merge)
+    assert load_manifest(dw, extract(tmp_path, empty), merge).rows_loaded == 0
+    assert dw.execute("SELECT id, v FROM items_merge").fetchall() == [(1, "a")]
+
+
+def test_replay_over_empty_partitions_succeeds_and_its_refusal_names_the_lake(
+        tmp_path: Path, dw: psycopg.Connection) -> None:
+    source = parse_source({"name": "src", "kind": "sql", "conn_id": "src", "start_date": "2024-03-01",
+                           "tables": [{"name": "items", "query": "SELECT 1", "write_mode": "partition"}]}, "src.yaml")
+    lake_root = tmp_path / "lake"
+    extract(tmp_path, {"id": [1, 2], "v": ["a", "b"]})
+    empty = {"id": pa.array([], pa.int64()), "v": pa.array([], pa.string())}
+    for offset in range(1, 4):
+        extract(tmp_path, empty, DAY + dt.timedelta(days=offset))
+    results = replay_table(dw, source, source.tables[0], lake_root)
+    assert [r.rows_loaded for r in results] == [2, 0, 0, 0]
+    extract(tmp_path, empty)  # the lake's first date now empty, the warehouse's still holds 2 rows
+    with pytest.raises(EmptyExtractError) as caught:
+        replay_table(dw, source, source.tables[0], lake_root, DAY, DAY)
+    assert_error_names("lake_empty_replay", str(caught.value))
+    assert "extract" not in str(caught.value)
+    assert dw.execute("SELECT count(*) FROM items").fetchone() == (2,)
+
+
+@pytest.mark.slow
+def test_a_backfill_of_quiet_days_stays_green(env: dict[str, Any], source_db: str, configs: list[Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample manufacturing source (replace, incremental merge, partition) run through
+    dag.test() for a date with springs data and then four dates without: every task succeeds."""
+    with psycopg.connect(source_db) as conn:
+        manufacturing.create(conn, rows_per_table=60)
+        last = conn.execute("SELECT max(produced_at)::date FROM springs").fetchone()[0]
+    monkeypatch.setenv("AIRFLOW_CONN_QUIET_MFG", source_db)
+    config = {
+        "name": "quiet_mfg", "kind": "sql", "conn_id": "quiet_mfg", "target_schema": "raw",
+        "start_date": "2024-01-01", "catchup": False, "retries": 0, "tables": [
+            {"name": "refills", "table": "public.refills", "write_mode": "replace"},
+            {"name": "bodies", "query": "SELECT * FROM bodies", "write_mode": "merge", "primary_key": ["id"],
+             "incremental": {"cursor": "updated_at"}},
+            {"name": "springs", "write_mode": "partition", "query":
+             "SELECT * FROM springs WHERE produced_at >= DATE '{{ partition_date }}' "
+             "AND produced_at < DATE '{{ partition_date }}' + 1"},
+        ],
+    }
+    days = [last + dt.timedelta(days=n) for n in range(5)]
+    for day in days:
+        dag_run = run(config, configs, dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC))
+        assert set(states(dag_run).values()) == {"success"}, (day, states(dag_run))
+    with psycopg.connect(env["dw_url"]) as dw:
+        loads = dw.execute("SELECT partition_date, rows_loaded FROM etl_audit_log WHERE step = 'load' "
+                           "AND status = 'success' AND target_table = 'raw.springs' ORDER BY partition_date").fetchall()
+        assert [d for d, _ in loads] == days and loads[0][1] > 0 and {n for _, n in loads[1:]} == {0}
+        assert dw.execute("SELECT count(*) FROM etl_audit_log WHERE status <> 'success'").fetchone() == (0,)
+        assert count(dw, "raw.refills") == 60
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ def check_counts(connect: Callable[[], Any], source: Any = None, config_path: st
         if schema:
             wanted = [(name, t) for name, t in wanted if name.split(".", 1)[0] == schema]
         out = []
+        counter = _SourceCounter(source, config_path)
         for name, table in wanted:
             schema_name, _, table_name = name.partition(".")
             exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema_name, table_name).as_string(conn),)
@@ -52,23 +53,42 @@ def check_counts(connect: Callable[[], Any], source: Any = None, config_path: st
                 entry["write_mode"] = table.write_mode
                 # A templated table reads one partition: its count is not the warehouse table's.
                 templated = "{{" in table.model_dump_json()
-                entry["source_rows"] = None if templated else _source_rows(source, table, config_path)
+                entry["source_rows"], error = (None, None) if templated else counter.rows(table)
+                if error:
+                    entry["source_error"] = error
                 if entry["source_rows"] is not None and table.write_mode in ("replace", "merge"):
                     entry["agrees"] = rows == entry["source_rows"]
             out.append(entry)
     return out
 
 
-def _source_rows(source: Any, table: Any, config_path: str | None) -> int | None:
-    from datetime import UTC, datetime
+class _SourceCounter:
+    """The source's count of each table, its connection found once; a source that cannot be
+    reached gives the reason instead of a count (shown, and ``check`` exits 1)."""
 
-    from sndw.sync import render, source_access, source_count
+    def __init__(self, source: Any, config_path: str | None) -> None:
+        self.source = source
+        self.config_path = config_path or "."
+        self.access: Any = None
+        self.error: str | None = None
 
-    try:
-        access = source_access(source, config_path or ".", None)
-        return source_count(source, render(table, datetime.now(UTC).date()), access)
-    except Exception:  # a source that cannot be counted shows as unknown, not as a disagreement
-        return None
+    def rows(self, table: Any) -> tuple[int | None, str | None]:
+        from datetime import UTC, datetime
+
+        from sndw.audit import redact
+        from sndw.sync import render, source_access, source_count
+
+        if self.error is not None:
+            return None, self.error
+        try:
+            if self.access is None:
+                self.access = source_access(self.source, self.config_path, None)
+            return source_count(self.source, render(table, datetime.now(UTC).date()), self.access), None
+        except Exception as exc:  # shown beside the table: the check could not compare it
+            message = f"{self.source.name}.{table.name}: " + redact(" ".join(str(exc).split()))[:300]
+            if self.access is None:  # no connection: every table of the source fails alike
+                self.error = message = f"source {self.source.name!r}: " + redact(" ".join(str(exc).split()))[:300]
+            return None, message
 
 
 def format_counts(rows: list[dict[str, Any]]) -> str:
@@ -81,6 +101,8 @@ def format_counts(rows: list[dict[str, Any]]) -> str:
         last = r["last_load"].isoformat(timespec="seconds") if r["last_load"] else "-"
         rows_text = "missing" if r["rows"] is None else str(r["rows"])
         lines.append(f"{r['table']:40} {rows_text:>12} {source:>12}  {last:25} {r['last_status'] or '-'}{mark}")
+    errors = list(dict.fromkeys(r["source_error"] for r in rows if r.get("source_error")))
+    lines += [f"not compared, the source could not be counted: {e}" for e in errors]
     return "\n".join(lines)
 
 

@@ -193,7 +193,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps(rows, default=str, indent=1))
     else:
         print(format_counts(rows))
-    return 1 if any(r.get("agrees") is False for r in rows) else 0
+    return 1 if any(r.get("agrees") is False or r.get("source_error") for r in rows) else 0
 
 
 def _check_quality(args: argparse.Namespace, source: Any, connect: Any) -> int:
@@ -237,20 +237,31 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--lake", help="lake root (default: SNDW_LAKE_ROOT)")
     replay.set_defaults(func=cmd_replay)
 
-    gaps = sub.add_parser("gaps", help="per table and date: loaded, missing or failed partitions, row counts")
+    gaps = sub.add_parser(
+        "gaps", help="per table and date: loaded, missing or failed partitions, row counts",
+        description="Per table and date partition: loaded, failed, extracted (in the lake, not loaded), missing "
+        "(the schedule asks for it, nothing ran) or unscheduled, with the row counts of the extract, the lake, the "
+        "load and the warehouse. Only partition tables (and append tables templated on the date) have missing "
+        "dates; a replace or merge table shows its last load.")
     gaps.add_argument("config", help="the source's config file")
-    gaps.add_argument("--from", dest="date_from", type=_date)
-    gaps.add_argument("--to", dest="date_to", type=_date)
+    gaps.add_argument("--from", dest="date_from", type=_date,
+                      help="first date (YYYY-MM-DD); default: the source's start_date with catchup: true, else each "
+                      "table's first extracted or audited partition")
+    gaps.add_argument("--to", dest="date_to", type=_date, help="last date (YYYY-MM-DD); default: today (UTC)")
     gaps.add_argument("--lake", help="lake root (default: SNDW_LAKE_ROOT)")
     gaps.add_argument("--json", action="store_true", help="print JSON")
-    gaps.add_argument("--strict", action="store_true", help="exit 1 when a partition is missing or failed")
+    gaps.add_argument("--strict", action="store_true",
+                      help="exit 1 when a partition is missing or failed, or its counts do not agree")
     gaps.set_defaults(func=cmd_gaps)
 
     from sndw.runner import add_commands  # run, test-connection (the runner seed's commands)
 
     add_commands(sub)
 
-    sync = sub.add_parser("sync", help="run every table of a source config without Airflow (extract, load, audit)")
+    sync = sub.add_parser("sync", help="run every table of a source config without Airflow (extract, load, audit)",
+                          description="Run every table of a source config without Airflow. The source's connection: "
+                          "AIRFLOW_CONN_<CONN_ID> when set, else Airflow's metadata DB (`airflow connections get`, "
+                          "where `make demo` puts its connections; needs AIRFLOW_HOME, set by . scripts/dev-env).")
     sync.add_argument("config", help="the source's config file, e.g. dags/sources/manufacturing.yaml")
     sync.add_argument("--table", action="append", help="only this table (repeatable)")
     sync.add_argument("--date", type=_date, help="partition date (default: today, UTC)")
@@ -259,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("-v", "--verbose", action="store_true", help="log progress and each step")
     sync.set_defaults(func=cmd_sync)
 
-    check = sub.add_parser("check", help="row counts of the loaded warehouse tables, beside the source's")
+    check = sub.add_parser("check", help="row counts of the loaded warehouse tables, beside the source's; exit 1 "
+                                         "when a replace/merge table differs or the source cannot be counted")
     check.add_argument("config", nargs="?", help="a source config: its tables, with the source's counts")
     check.add_argument("--schema", help="only tables of this warehouse schema")
     check.add_argument("--json", action="store_true", help="print JSON")

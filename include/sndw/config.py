@@ -101,7 +101,8 @@ class TableBase(_Model):
         "resume at the next key; other tables are read again and skip the batches already written."))
     allow_empty: bool = Field(default=False, description=(
         "Let an extract of 0 rows (a header-only CSV, an empty API page) empty the table (replace) or "
-        "its date (partition). Off by default: such a load fails, audited, with the table unchanged."))
+        "its date (partition) when they hold rows. Off by default: such a load fails, audited, with the "
+        "table unchanged. Into an empty table or date (a quiet day) 0 rows load either way."))
     column_types: dict[str, ColumnType] = Field(default_factory=dict, description=(
         "Fixed warehouse types of (flattened) columns, e.g. {zip: text}, instead of the inferred ones. "
         "A value that does not fit its declared type is an error naming the column and the value "

@@ -1,5 +1,13 @@
 """Gaps and reconciliation: per table and date partition, what is expected, extracted, in the lake,
-loaded or failed, and whether the row counts agree along the way."""
+loaded or failed, and whether the row counts agree along the way.
+
+Only tables that keep each date's rows apart have missing dates: ``partition`` tables, and
+``append`` tables whose config is templated on the date. A ``replace`` or ``merge`` table (or an
+untemplated ``append``) holds the source as of its last load: the report shows that last load only.
+Without ``date_from``, a source with ``catchup: true`` is expected from its ``start_date``; one
+without catchup (the default: the scheduler makes only the latest run) from each table's first
+partition that was extracted or audited, so a source never run reports nothing missing.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from sndw.audit import AUDIT_TABLE
-from sndw.config import FileSource, HttpSource, SqlSource
+from sndw.config import FileSource, HttpSource, SqlSource, TableBase
 from sndw.lake import partition_dates, partition_files, partition_rows
 from sndw.naming import PARTITION_DATE, qualified
 
@@ -92,25 +100,36 @@ def _warehouse_counts(conn: psycopg.Connection[Any], schema: str, table: str) ->
     return {r[0]: int(r[1]) for r in rows}
 
 
+def has_dated_partitions(table: TableBase) -> bool:
+    """Whether each date's rows stay apart in the warehouse, so a date never loaded is missing."""
+    return table.write_mode == "partition" or (table.write_mode == "append" and "{{" in table.model_dump_json())
+
+
 def reconcile(conn: psycopg.Connection[Any], source: Source, lake_root: str | Path,
               date_from: date | None = None, date_to: date | None = None) -> list[PartitionStatus]:
+    """Per table and date: loaded, failed, extracted, missing or unscheduled (see the module's doc
+    for which tables have missing dates and the default range)."""
     today = datetime.now(UTC).date()
     date_to = date_to or today
-    date_from = date_from or source.start_date
     has_audit = conn.execute("SELECT to_regclass(%s)", (AUDIT_TABLE,)).fetchone()
     report: list[PartitionStatus] = []
     for table in source.tables:
         target = qualified(source.target_schema, table.target)
         lake_target = f"lake:{source.kind}/{source.name}/{table.name}"
         audit = _audit_by_partition(conn, source, target, lake_target) if has_audit and has_audit[0] else {}
+        dated = has_dated_partitions(table)
         # Per-date warehouse counts mean something where rows stay with their partition.
-        in_dw = (_warehouse_counts(conn, source.target_schema, table.target)
-                 if table.write_mode in ("partition", "append") else {})
+        in_dw = _warehouse_counts(conn, source.target_schema, table.target) if dated else {}
         lake = set(partition_dates(lake_root, source.kind, source.name, table.name))
-        expected = set(expected_dates(source, date_from, date_to))
-        for day in sorted(expected | lake | set(audit)):
-            if not date_from <= day <= date_to:
-                continue
+        seen = lake | set(audit)
+        start = date_from or (source.start_date if source.catchup else min(seen, default=None))
+        if start is None:
+            continue  # never extracted nor audited, and no schedule that asks for the past
+        expected = set(expected_dates(source, start, date_to)) if dated else set()
+        days = sorted(d for d in expected | seen if start <= d <= date_to)
+        if not dated:  # the table holds the source as of its last load: that one only
+            days = days[-1:]
+        for day in days:
             info = audit.get(day, {})
             lake_rows = (partition_rows(partition_files(lake_root, source.kind, source.name, table.name, day))
                          if day in lake else None)

@@ -3,7 +3,8 @@
 ``sync dags/sources/<source>.yaml`` runs every table of the source through the same core pipeline
 as its DAG (extract to the lake, load, audit), one after the other, and prints per table the rows,
 seconds and write mode. The source's connection comes from ``AIRFLOW_CONN_<CONN_ID>`` (a URI or
-Airflow's JSON form), as Airflow itself would read it; no Airflow import is needed.
+Airflow's JSON form), else from Airflow's metadata DB (``airflow connections get``, where `make demo`
+puts its connections); the command line itself never imports Airflow.
 
 ``check [--schema S] [<source>.yaml]`` prints the row count of each warehouse table the product
 loaded, with its last load; with a source config, the source's own counts beside them (sql and
@@ -67,15 +68,66 @@ def connection_from_env(conn_id: str, environ: Mapping[str, str] | None = None) 
                           unquote(parts.path.removeprefix("/")) or None, dict(parse_qsl(parts.query)))
 
 
+def find_connection(conn_id: str, environ: Mapping[str, str] | None = None) -> ConnectionInfo:
+    """A connection as Airflow would find it: ``AIRFLOW_CONN_<ID>``, else Airflow's metadata DB
+    (where `make demo` and Admin > Connections put theirs), read through ``airflow connections get``
+    in a subprocess: the command line itself never imports Airflow."""
+    env = os.environ if environ is None else environ
+    name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    if env.get(name):
+        return connection_from_env(conn_id, env)
+    found, reason = connection_from_airflow(conn_id, env)
+    if found is not None:
+        return found
+    raise ConfigError("environment", name, f"connection {conn_id!r} is not defined: set {name} "
+                      "(a URI such as postgresql://user:password@host:5432/db, or Airflow's JSON form), or add it "
+                      f"to Airflow (Admin > Connections, `airflow connections add`); Airflow's metadata DB: {reason}")
+
+
+def connection_from_airflow(conn_id: str, environ: Mapping[str, str]) -> tuple[ConnectionInfo | None, str]:
+    """The connection from ``airflow connections get`` (the metadata DB of ``AIRFLOW_HOME``), or
+    None and why not. Only with ``AIRFLOW_HOME`` set (``. scripts/dev-env`` sets it): Airflow would
+    otherwise make ~/airflow and a database of its own there."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not environ.get("AIRFLOW_HOME"):
+        return None, "not looked up (AIRFLOW_HOME is not set: run `. scripts/dev-env` first)"
+    beside = Path(sys.executable).with_name("airflow")
+    airflow = str(beside) if beside.is_file() else shutil.which("airflow", path=environ.get("PATH"))
+    if not airflow:
+        return None, "not looked up (no airflow command)"
+    try:
+        done = subprocess.run([airflow, "connections", "get", conn_id, "--output", "json"], env=dict(environ),
+                              capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"`airflow connections get` failed: {exc}"
+    text = done.stdout[done.stdout.find("["):] if "[" in done.stdout else ""
+    try:
+        rows = json.loads(text) if done.returncode == 0 and text else []
+    except json.JSONDecodeError:
+        rows = []
+    if not rows or not isinstance(rows[0], dict):
+        last = (done.stderr.strip() or done.stdout.strip() or "no answer").splitlines()[-1]
+        return None, f"not found there ({last[:200]})"
+    data = rows[0]
+    extra = data.get("extra_dejson") or {}
+    return ConnectionInfo(conn_id, str(data.get("conn_type") or ""), data.get("host") or None,
+                          int(data["port"]) if data.get("port") else None, data.get("login") or None,
+                          data.get("password") or None, data.get("schema") or None,
+                          dict(extra) if isinstance(extra, dict) else {}), "found"
+
+
 def source_access(source: Source, config_path: str | os.PathLike[str], warehouse: Callable[[], Any] | None,
                   environ: Mapping[str, str] | None = None) -> Any:
-    """The ``SourceAccess`` of a source config, from its ``AIRFLOW_CONN_`` connection."""
+    """The ``SourceAccess`` of a source config, from its connection (``find_connection``)."""
     from sndw.audit import register_secret
     from sndw.pipeline import SourceAccess
 
     if isinstance(source, FileSource):
         return SourceAccess(base_path=file_base_path(source, config_path), warehouse=warehouse)
-    conn = connection_from_env(source.conn_id, environ)
+    conn = find_connection(source.conn_id, environ)
     register_secret(conn.password, login=conn.login)
     if isinstance(source, SqlSource):
         if conn.conn_type == "postgres":

@@ -216,7 +216,8 @@ class LoadSpec:
     table: str
     write_mode: str = "replace"
     primary_key: Sequence[str] = ()
-    # replace/partition: an extract of 0 rows would empty the table (or the date); refused unless set.
+    # replace/partition: an extract of 0 rows that would empty a table (or a date) holding rows is
+    # refused unless set; into an empty table or date it loads 0 rows.
     allow_empty: bool = False
     # A table's ``transform`` (``package.module:function``), resolved by load_files; see sndw.transform.
     transform: str | BatchTransform | None = None
@@ -666,16 +667,27 @@ def _check_files(paths: Sequence[str]) -> None:
             f"deleted): {', '.join(missing[:5])}; run the extract again")
 
 
-def _check_not_empty(paths: Sequence[str], spec: LoadSpec, partition: date) -> None:
-    """A replace of everything (or of a date) by nothing is refused unless the table allows it:
-    an empty extract is far more often a broken export than a source that really emptied."""
-    if spec.write_mode not in ("replace", "partition") or spec.allow_empty or partition_rows(paths):
+def _check_not_empty(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, exists: bool) -> None:
+    """A replace of rows (the table's, or the date's) by nothing is refused unless the table allows
+    it: an empty extract is far more often a broken export than a source that really emptied. Into
+    an empty table or date (a quiet day, a table not made yet) it loads 0 rows. Made under the
+    load's table lock, so no other load fills the table between this check and the write."""
+    if spec.write_mode not in ("replace", "partition") or spec.allow_empty or not exists:
+        return
+    where: sql.Composable = sql.SQL("")
+    params: tuple[Any, ...] = ()
+    if spec.write_mode == "partition":
+        where = sql.SQL(" WHERE {} = %s").format(sql.Identifier(PARTITION_DATE))
+        params = (partition,)
+    cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}{})").format(spec.ident(), where), params)
+    row = cur.fetchone()
+    if not (row and row[0]):
         return
     what = "the table" if spec.write_mode == "replace" else f"its partition {partition}"
     raise EmptyExtractError(
-        f"{spec.qualified}: the extract of partition {partition} has 0 rows; a {spec.write_mode} load would "
-        f"empty {what}, so nothing was loaded and the table is unchanged. If the source can really be "
-        "empty, set 'allow_empty: true' on this table in the source config")
+        f"{spec.qualified}: the lake partition {partition} has 0 rows; a {spec.write_mode} load would "
+        f"empty {what}, which holds rows, so nothing was loaded and the table is unchanged. If the source "
+        "can really become empty, set 'allow_empty: true' on this table in the source config")
 
 
 def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSpec, *, partition: date,
@@ -690,7 +702,7 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
     """
     started = time.perf_counter()
     _check_files(paths)
-    _check_not_empty(paths, spec, partition)
+    empty = not partition_rows(paths)
     if isinstance(spec.transform, str):  # imported before anything is written: a bad one changes nothing
         spec = replace(spec, transform=load_transform(spec.transform))
     transform = spec.transform if isinstance(spec.transform, BatchTransform) else None
@@ -712,6 +724,8 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                 return result
             create_schema(cur, spec.schema)
             exists = bool(table_columns(cur, spec.schema, spec.table))
+            if empty:
+                _check_not_empty(cur, spec, partition, exists)
             if not paths and not exists:
                 log.info("%s: nothing to load and no table yet", spec.qualified)
             else:

@@ -40,11 +40,40 @@ app = FastAPI(
         "Health, run statistics, loaded tables and partition gaps of the warehouse, from `etl_audit_log`. "
         "Authenticate as for Airflow's REST API (`POST /auth/token`, then `Authorization: Bearer <token>`; "
         "the UI's session cookie works too). A user sees only the sources whose DAG they may read."),
+    # FastAPI's Swagger UI loads its script from a CDN (blank offline): /docs is a page of our own.
+    docs_url=None,
+    redoc_url=None,
 )
 
 
+@app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+def api_docs() -> HTMLResponse:
+    """The API's endpoints from its OpenAPI document, as a plain page that needs no CDN."""
+    from html import escape
+
+    spec = app.openapi()
+    rows = []
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            params = ", ".join(f"{p['name']} ({p['in']}{', required' if p.get('required') else ''})"
+                               for p in op.get("parameters", []))
+            rows.append(f"<tr><td><code>{escape(method.upper())}</code></td><td><code>/sndw{escape(path)}</code></td>"
+                        f"<td>{escape(op.get('summary', ''))}<br><small>{escape(op.get('description', ''))}</small></td>"
+                        f"<td><small>{escape(params)}</small></td></tr>")
+    return HTMLResponse(
+        "<!doctype html><html><head><meta charset=utf-8><title>sndw warehouse API</title><style>"
+        "body{font-family:sans-serif;margin:2em}td{border-top:1px solid #ccc;padding:.4em;vertical-align:top}"
+        "</style></head><body>"
+        f"<h1>{escape(spec['info']['title'])} {escape(spec['info']['version'])}</h1>"
+        f"<p>{escape(spec['info'].get('description', ''))}</p>"
+        "<p>The OpenAPI document: <a href=\"openapi.json\">/sndw/openapi.json</a> (load it into any OpenAPI "
+        "viewer).</p><table><tr><th>method</th><th>path</th><th>what</th><th>parameters</th></tr>"
+        + "".join(rows) + "</table></body></html>")
+
+
 _bearer = HTTPBearer(auto_error=False)
-# Only for the OpenAPI page's login form; the token arrives as the same Authorization header.
+# The OpenAPI document's password flow (a viewer's login form); the token arrives as the same
+# Authorization header.
 _oauth2 = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 

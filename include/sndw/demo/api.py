@@ -109,11 +109,31 @@ def default_routes() -> dict[str, Callable[[dict[str, list[str]], str], tuple[in
             "/todos-linked": get_todos_linked}
 
 
-class DemoApi:
-    """A threaded HTTP server on 127.0.0.1; ``port=0`` picks a free port."""
+# The checkout that serves the API (its SNDW_ROOT): `make demo` and `make up` reuse a server on
+# their port only when it is their own, not another checkout's on the same port.
+OWNER_PATH = "/_sndw_owner"
 
-    def __init__(self, port: int = 0, routes: dict[str, Any] | None = None) -> None:
-        handler = type("Handler", (_Handler,), {"routes": routes or default_routes()})
+
+def served_by(url: str, owner: str) -> bool:
+    """Whether the demo API at ``url`` is served for ``owner`` (a checkout's SNDW_ROOT)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}{OWNER_PATH}", timeout=3) as response:
+            return json.load(response).get("owner") == owner
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class DemoApi:
+    """A threaded HTTP server on 127.0.0.1; ``port=0`` picks a free port; ``owner`` answers
+    ``OWNER_PATH`` (see ``served_by``)."""
+
+    def __init__(self, port: int = 0, routes: dict[str, Any] | None = None, owner: str | None = None) -> None:
+        routes = dict(routes or default_routes())
+        if owner is not None:
+            routes[OWNER_PATH] = lambda query, base: (200, {"owner": owner})
+        handler = type("Handler", (_Handler,), {"routes": routes})
         self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -139,11 +159,19 @@ class DemoApi:
 
 def main() -> None:
     import argparse
+    import os
+    import sys
 
     parser = argparse.ArgumentParser(description="Serve the demo JSON API on 127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--owner", default=os.environ.get("SNDW_ROOT", ""),
+                        help="the checkout it serves (default: SNDW_ROOT), answered on " + OWNER_PATH)
+    parser.add_argument("--is-ours", action="store_true",
+                        help="exit 0 when the API on --port is served for --owner, else 1; serve nothing")
     args = parser.parse_args()
-    api = DemoApi(args.port)
+    if args.is_ours:
+        sys.exit(0 if served_by(f"http://127.0.0.1:{args.port}", args.owner) else 1)
+    api = DemoApi(args.port, owner=args.owner)
     print(api.url, flush=True)
     api.server.serve_forever()
 
