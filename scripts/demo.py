@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 from sndw.config import iter_sources
 from sndw.demo import files, manufacturing, pagila
+from sndw.demo.api import served_by
 from sndw.naming import qualified
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +76,10 @@ def start_api(port: int) -> tuple[subprocess.Popen[str] | None, str]:
     """The demo API on ``port``; the one `make up` serves when it already answers there."""
     url = f"http://127.0.0.1:{port}"
     if api_serves(url):
-        print(f"- JSON API already served on {url} (by make up)")
+        if not served_by(url, os.environ.get("SNDW_ROOT", str(ROOT))):
+            raise SystemExit(f"port {port} serves another checkout's demo API (or another program): "
+                             "set SNDW_DEMO_API_PORT to a free port")
+        print(f"- JSON API already served on {url} (by make up of this checkout)")
         return None, url
     proc = subprocess.Popen([sys.executable, "-m", "sndw.demo.api", "--port", str(port)], stdout=subprocess.PIPE,
                             text=True)
