@@ -6,6 +6,8 @@ the warehouse holds the source's rows, row for row."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from psycopg import sql
 from sndw.cdc import pgoutput
 from sndw.cdc.run import sync_cdc
 from sndw.config import load_source_file
+from sndw.errors import LoadError
 from sndw.sync import source_access
 
 DAY = "2024-03-01"
@@ -218,18 +221,42 @@ def test_a_run_killed_between_commit_and_confirmation_applies_nothing_twice(cdc:
     assert cdc.slot_lsn() != confirmed
 
 
-def test_the_warehouse_down_while_applying_then_the_retry_applies_once(cdc: Cdc, dw_url: str) -> None:
+def test_the_warehouse_lost_while_applying_then_the_retry_applies_once(cdc: Cdc, dw_url: str) -> None:
     cdc.source(*ITEMS, "INSERT INTO items SELECT g, 'i' || g, g, NULL, NULL FROM generate_series(1, 10) g")
     cdc.config(TABLES, KEYS)
     cdc.run()
     cdc.source("UPDATE items SET name = 'changed' WHERE id = 1", "DELETE FROM items WHERE id = 2",
                "INSERT INTO lines VALUES (1, 1, 1, NULL)")
     confirmed = cdc.slot_lsn()
-    parts = dw_url.rsplit(":", 1)
-    down = parts[0].rsplit("@", 1)[0] + "@127.0.0.1:1/" + dw_url.rsplit("/", 1)[1]  # nothing listens on port 1
-    failed = cdc.run(url=down)
-    assert {r["status"] for r in failed} == {"failure"}
-    assert all(r.get("audit_spooled") for r in failed), "the failure's audit rows wait in the spool"
+    down = dw_url.rsplit("@", 1)[0] + "@127.0.0.1:1/" + dw_url.rsplit("/", 1)[1]  # nothing listens on port 1
+    with pytest.raises(LoadError, match="the warehouse cannot be reached"):
+        cdc.run(url=down)
+    assert cdc.slot_lsn() == confirmed
+    # The apply's connection dies in the middle: it waits for a lock on raw.items and is terminated.
+    with psycopg.connect(dw_url) as blocker:
+        blocker.execute("LOCK TABLE raw.items IN ACCESS EXCLUSIVE MODE")
+        stop = threading.Event()
+
+        def terminate_the_waiting_apply() -> None:
+            with psycopg.connect(dw_url, autocommit=True) as admin:
+                while not stop.is_set():
+                    row = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                        "datname = current_database() AND wait_event_type = 'Lock' AND pid <> %s",
+                                        (blocker.info.backend_pid,)).fetchone()
+                    if row:
+                        return
+                    time.sleep(0.05)
+
+        killer = threading.Thread(target=terminate_the_waiting_apply)
+        killer.start()
+        try:
+            failed = cdc.run()
+        finally:
+            stop.set()
+            killer.join()
+        blocker.rollback()
+    assert {r["status"] for r in failed} == {"failure"}, failed
+    assert "terminat" in failed[0]["error"]
     assert cdc.slot_lsn() == confirmed
     with psycopg.connect(dw_url) as dw:
         assert dw.execute("SELECT name FROM raw.items WHERE id = 1").fetchone() == ("i1",)
@@ -238,7 +265,7 @@ def test_the_warehouse_down_while_applying_then_the_retry_applies_once(cdc: Cdc,
     cdc.assert_same("items", "lines")
     with psycopg.connect(dw_url) as dw:
         statuses = dw.execute("SELECT status, count(*) FROM etl_audit_log WHERE pipeline_name = %s "
-                              "AND rows_extracted IS DISTINCT FROM 10 GROUP BY 1 ORDER BY 1", (cdc.name,)).fetchall()
+                              "AND attempt_key LIKE 'cdc|%%' GROUP BY 1 ORDER BY 1", (cdc.name,)).fetchall()
     assert statuses == [("failure", 2), ("success", 2)]
 
 

@@ -1,9 +1,9 @@
 """Applying one run's change partition of a table to the warehouse, inside the caller's transaction.
 
 The change rows are COPYed as text into a temporary table, then applied set-based, in commit order:
-the changes are cut into segments at each truncate (it empties the table; the changes after it
-apply) and at each update that changed a row's key and left values unchanged (their values come
-from the old key's row, so what comes before it is applied first). In a segment, the last change
+a truncate empties the table (the changes before the last one cannot show, so they are passed
+over), and the changes are cut into segments at each update that changed a row's key and left
+values unchanged (their values come from the old key's row, so what comes before is applied first). In a segment, the last change
 of each key decides: a delete removes the row; an insert or update replaces it, its values cast
 server-side to the warehouse column types. A value an update left unchanged (a TOASTed value
 pgoutput did not send) is taken from the key's last change in the segment that carried it, else
@@ -91,14 +91,15 @@ def apply_changes(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str]
         sql.Identifier(STAGE)))
     bounds: list[tuple[int, int, str]] = cur.fetchall()
     start: tuple[int, int] | None = None
-    for lsn, seq, op in bounds:
+    truncates = [i for i, (_, _, op) in enumerate(bounds) if op == "T"]
+    if truncates:  # the changes before the last truncate cannot show: it empties the table
+        applied.truncates = len(truncates)
+        lsn, seq, _ = bounds[truncates[-1]]
+        cur.execute(sql.SQL("DELETE FROM {}").format(spec.ident()))  # not TRUNCATE: foreign keys may point here
+        start, bounds = (lsn, seq), bounds[truncates[-1] + 1:]
+    for lsn, seq, _ in bounds:
         _apply_segment(cur, spec, columns, names, start, (lsn, seq), applied)
-        if op == "T":
-            cur.execute(sql.SQL("DELETE FROM {}").format(spec.ident()))
-            applied.truncates += 1
-            start = (lsn, seq + 1)
-        else:
-            start = (lsn, seq)
+        start = (lsn, seq)
     _apply_segment(cur, spec, columns, names, start, None, applied)
     cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(STAGE)))
     log.info("%s: %d changes applied (%d rows written, %d deleted, %d truncates)", spec.qualified,
@@ -168,6 +169,11 @@ def _apply_segment(cur: psycopg.Cursor[Any], spec: LoadSpec, columns: dict[str, 
         raise LoadError(f"{spec.qualified}: a changed value does not fit its warehouse column: {exc}") from exc
     if not cur.rowcount:
         return
+    cur.execute(sql.SQL("SELECT count(*) FROM {rows} r JOIN {target} t ON {match} WHERE r.cdc_op = 'D'").format(
+        rows=rows, target=spec.ident(),
+        match=sql.SQL(" AND ").join(sql.SQL("t.{k} = r.{k}").format(k=sql.Identifier(k)) for k in keys)))
+    row = cur.fetchone()
+    applied.rows_deleted += int(row[0]) if row else 0  # rows the warehouse held (not inserted and deleted in between)
     # Every key the segment touched goes; the rows whose last change is not a delete come back.
     cur.execute(sql.SQL("DELETE FROM {target} t USING (SELECT DISTINCT {casts} FROM {stage} s WHERE {seg}) d "
                         "WHERE {match}").format(
@@ -179,8 +185,5 @@ def _apply_segment(cur: psycopg.Cursor[Any], spec: LoadSpec, columns: dict[str, 
     cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE cdc_op <> 'D'").format(
         spec.ident(), cols, cols, rows))
     applied.rows_upserted += cur.rowcount
-    cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE cdc_op = 'D'").format(rows))
-    row = cur.fetchone()
-    applied.rows_deleted += int(row[0]) if row else 0
     cur.execute(sql.SQL("DROP TABLE {}").format(rows))
 

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sndw.audit import AuditRecord, ensure_audit_table, error_text, insert_audit_row
+from sndw.audit import AuditRecord, ensure_audit_table, error_text, insert_audit_row, redact
 from sndw.cdc.slot import (
     CdcError,
     CdcTable,
@@ -44,6 +44,7 @@ from sndw.cdc.slot import (
 )
 from sndw.config import SqlSource
 from sndw.ddl import create_schema
+from sndw.errors import LoadError
 from sndw.naming import advisory_lock_key, qualified
 from sndw.state import STATE_DDL, Watermark, ensure_state_table, save_watermark, state_table
 
@@ -99,8 +100,11 @@ def sync_cdc(source: SqlSource, access: Any, *, url: str, lake: str, partition: 
         tables = source_tables(src, source)  # refuses, by name, before anything runs
         ensure_publication(src, publication, tables)
         info = slot_info(src, slot)
-        with psycopg.connect(url) as dw:
-            position, covered, _ = read_state(dw, pipeline, slot)
+        try:
+            with psycopg.connect(url) as dw:
+                position, covered, _ = read_state(dw, pipeline, slot)
+        except psycopg.OperationalError as exc:  # nothing read yet: the run changes nothing
+            raise LoadError(f"source {source.name}: the warehouse cannot be reached: {redact(str(exc))}") from None
         if position is None:
             if info is not None:
                 log.warning("slot %s exists but no snapshot of it was completed: it is dropped and made again", slot)
