@@ -18,7 +18,6 @@ import psycopg
 import pytest
 import yaml
 from psycopg import sql
-
 from sndw.cdc import pgoutput
 from sndw.cdc.run import sync_cdc
 from sndw.config import load_source_file
@@ -158,13 +157,13 @@ def test_snapshot_then_inserts_updates_deletes_and_truncates(cli: Any, cdc: Cdc)
 
 
 def test_an_update_that_leaves_a_toasted_value_unchanged_keeps_it(cli: Any, cdc: Cdc) -> None:
-    cdc.source(*ITEMS, f"INSERT INTO items VALUES (1, 'a', 1, now(), {BIG}), (2, 'b', 2, now(), {BIG})")
+    cdc.source(*ITEMS, f"INSERT INTO items VALUES (1, 'a', 1, now(), {BIG}), (2, 'b', 2, now(), {BIG})")  # noqa: S608 (our constant)
     cdc.config(TABLES, KEYS)
     sync(cli, cdc)
     cdc.assert_same("items")
     cdc.source("UPDATE items SET price = 10 WHERE id = 1",  # doc is not sent: unchanged TOAST
                "UPDATE items SET name = 'a2' WHERE id = 1",
-               f"INSERT INTO items VALUES (3, 'c', 3, now(), {BIG})",
+               f"INSERT INTO items VALUES (3, 'c', 3, now(), {BIG})",  # noqa: S608
                "UPDATE items SET price = 30 WHERE id = 3",  # its value comes from the insert in the same run
                "UPDATE items SET id = 20, price = 20 WHERE id = 2")  # a key change that leaves doc unchanged
     out, err = sync(cli, cdc)
@@ -346,3 +345,22 @@ def test_pgoutput_lsn_text() -> None:
     assert pgoutput.lsn_text(pgoutput.parse_lsn("16/B374D848")) == "16/B374D848"
     assert pgoutput.parse_lsn("0/0") == 0
     assert pgoutput.PG_EPOCH == datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.slow
+def test_a_dag_run_takes_the_snapshot_then_applies_changes(cdc: Cdc, env: dict[str, Any], configs: list[Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source's DAG runs one task, cdc_sync, through the same core function."""
+    from tests.conftest import run, states
+
+    cdc.source(*ITEMS, "INSERT INTO items SELECT g, 'i' || g, g, NULL, NULL FROM generate_series(1, 20) g")
+    cdc.config(TABLES, KEYS)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{cdc.conn_id.upper()}", cdc.source_db)
+    cdc.dw_url = env["dw_url"]
+    config = yaml.safe_load(cdc.path.read_text()) | {"retries": 0}
+    assert states(run(config, configs)) == {"cdc_sync": "success"}
+    cdc.assert_same("items", "lines")
+    cdc.source("UPDATE items SET name = 'x' WHERE id < 5", "DELETE FROM items WHERE id > 15",
+               "INSERT INTO lines VALUES (1, 1, 1, 'a')")
+    assert states(run(config, configs, logical_date=datetime(2024, 1, 3, tzinfo=UTC))) == {"cdc_sync": "success"}
+    cdc.assert_same("items", "lines")
