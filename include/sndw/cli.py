@@ -137,6 +137,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         url = dw_url()
         access = source_access(source, args.config, warehouse_factory(url))
         tables = [t for t in source.tables if not args.table or t.name in args.table]
+        if args.table and isinstance(source, SqlSource) and source.cdc is not None:
+            raise ConfigError(args.config, "cdc", "a cdc source syncs every table in one run: leave out --table")
         if args.table and len(tables) != len(set(args.table)):
             known = ", ".join(t.name for t in source.tables)
             raise ConfigError(args.config, "tables", f"no table {sorted(set(args.table) - {t.name for t in tables})} "
@@ -149,7 +151,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     lake = lake if storage.is_url(lake) else str(Path(lake).resolve())
     results = []
     print(f"sync {source.name} ({source.kind}), partition {partition}, lake {lake}", file=sys.stderr)
-    for table in tables:
+    if isinstance(source, SqlSource) and source.cdc is not None:  # every table in one run: sndw.cdc
+        results = _sync_cdc(source, access, url, lake, partition)
+        progress.end()
+        for result, cdc_table in zip(results, source.tables, strict=False):
+            _print_sync(result, cdc_table.name)
+    for table in [] if isinstance(source, SqlSource) and source.cdc is not None else tables:
         field = f"tables[{[t.name for t in source.tables].index(table.name)}]"
 
         def prepare(spec: Any, field: str = field) -> Any:  # inside the audited attempt: a template error is audited
@@ -160,16 +167,91 @@ def cmd_sync(args: argparse.Namespace) -> int:
                            partition=partition, what=table.name)
         progress.end()
         results.append(result)
-        status = "ok" if result["status"] == "success" else "FAILED"
-        print(f"{status:6} {table.name:30} {result['rows_loaded']:>10} rows {result['seconds']:>8.1f}s  "
-              f"{result['write_mode']:9} -> {result['target_table']}"
-              + (f"\n       {result['error']}" if result["error"] else ""), file=sys.stderr)
+        _print_sync(result, table.name)
     if args.json:
         print(json.dumps(results, default=str))
     failed = [r for r in results if r["status"] != "success"]
     total = sum(r["rows_loaded"] for r in results)
     print(f"{len(results) - len(failed)} of {len(results)} tables synced, {total} rows", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_sync(result: dict[str, Any], name: str) -> None:
+    status = "ok" if result["status"] == "success" else "FAILED"
+    deleted = f" ({result['rows_deleted']} deleted)" if result.get("rows_deleted") else ""
+    print(f"{status:6} {name:30} {result['rows_loaded']:>10} rows {result['seconds']:>8.1f}s  "
+          f"{result['write_mode']:9} -> {result['target_table']}{deleted}"
+          + (f"\n       {result['error']}" if result["error"] else ""), file=sys.stderr)
+
+
+# ---------------------------------------------------------------- change data capture (sndw.cdc)
+
+
+def _sync_cdc(source: SqlSource, access: Any, url: str, lake: str, partition: date) -> list[dict[str, Any]]:
+    from sndw.cdc.run import sync_cdc
+
+    return sync_cdc(source, access, url=url, lake=lake, partition=partition)
+
+
+def cmd_cdc(args: argparse.Namespace) -> int:
+    import json
+
+    from sndw.cdc.run import cdc_reset, cdc_status
+    from sndw.runner import read_env_file, warehouse_factory
+    from sndw.settings import dw_url
+    from sndw.sync import source_access
+
+    read_env_file()
+    try:
+        source = _source(args.config)
+        if not isinstance(source, SqlSource) or source.cdc is None:
+            raise ConfigError(args.config, "cdc", f"source {source.name} does not use change data capture")
+        url = dw_url()
+        access = source_access(source, args.config, warehouse_factory(url))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "reset":
+        done = cdc_reset(source, access, url)
+        print(json.dumps(done) if args.json else
+              f"{source.name}: slot {done['slot']} {'dropped' if done['slot_dropped'] else 'did not exist'}, position "
+              "forgotten: the next sync takes a new snapshot of every table")
+        return 0
+    status = cdc_status(source, access, url)
+    if args.json:
+        print(json.dumps(status, default=str))
+    elif not status["exists"]:
+        print(f"{source.name}: slot {status['slot']} does not exist"
+              + (f" (position {status['stored_position']} stored: run `sndw cdc reset`)" if status["stored_position"]
+                 else " (the next sync creates it and takes the snapshot)"))
+    else:
+        age = status["seconds_since_confirmed"]
+        print(f"{source.name}: slot {status['slot']} ({'active' if status['active'] else 'idle'}, "
+              f"wal {status['wal_status']}), retains {_bytes(status['retained_wal_bytes'])} of WAL, "
+              f"{_bytes(status['pending_wal_bytes'])} not confirmed; position {status['stored_position']}, "
+              f"confirmed {'never' if age is None else f'{age:.0f}s ago'}")
+    return 1 if status["stored_position"] and not status["exists"] else 0
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "?"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def add_cdc_commands(sub: Any) -> None:
+    cdc = sub.add_parser("cdc", help="change data capture: the slot's status, or reset it (a new snapshot)")
+    cdc.add_argument("action", choices=["status", "reset"],
+                     help="status: retained WAL and time since the last confirmation; reset: drop the slot, "
+                          "the next sync takes a new snapshot")
+    cdc.add_argument("config", help="the source's config file (a sql source with cdc:)")
+    cdc.add_argument("--json", action="store_true", help="print JSON")
+    cdc.set_defaults(func=cmd_cdc)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -279,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the config's quality checks on what is loaded, without loading; exit 1 if one blocks")
     check.add_argument("--date", type=_date, help="--quality: the partition of partition tables (default: newest)")
     check.set_defaults(func=cmd_check)
+
+    add_cdc_commands(sub)
     return parser
 
 

@@ -543,10 +543,47 @@ class HttpSource(SourceBase):
         return {**data, "tables": tables}
 
 
+class Cdc(_Model):
+    """Change data capture by PostgreSQL logical replication (``pgoutput``): ``sndw.cdc``."""
+
+    slot: str | None = Field(default=None, description="Replication slot on the source; default sndw_<source>.")
+    publication: str | None = Field(default=None, description="Publication of the tables; default sndw_<source>.")
+
+    @field_validator("slot", "publication")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        # PostgreSQL's own rule for slot names; publications are held to it too (no quoting anywhere).
+        if value is not None and not (value and len(value) <= 63 and all(c in _SLOT_CHARS for c in value)):
+            raise ValueError(f"{value!r}: use lower-case letters, digits and underscores (at most 63)")
+        return value
+
+
+_SLOT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
 class SqlSource(SourceBase):
     kind: Literal["sql"]
     conn_id: str
     tables: list[SqlTable] = Field(min_length=1)
+    cdc: Cdc | None = Field(default=None, description=(
+        "Follow the tables' changes through a logical replication slot instead of reading them whole "
+        "(PostgreSQL sources; docs/guides/sources.md, Change data capture)."))
+
+    @model_validator(mode="after")
+    def _cdc_tables(self) -> SqlSource:
+        if self.cdc is None:
+            return self
+        for index, table in enumerate(self.tables):
+            refused = [(key, why) for key, why in (
+                ("query", "a publication carries tables, not queries: set 'table'"),
+                ("incremental", "every change arrives through the slot"),
+                ("checkpoint", "the first copy is read in one snapshot"),
+                ("transform", "changes are applied as the source has them"),
+            ) if getattr(table, key)]
+            if refused:
+                key, why = refused[0]
+                raise ValueError(f"tables[{index}] ({table.name}): '{key}' is not available with cdc ({why})")
+        return self
 
 
 # $NAME or ${NAME}, as os.path.expandvars finds them (it leaves an unset one in the path as it is).

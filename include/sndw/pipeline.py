@@ -34,9 +34,12 @@ class SourceAccess:
     - ``http_client``: opens an ``HttpClient`` for a table (base URL, auth, session).
     - ``base_path``: the folder relative file paths start from.
     - ``warehouse``: opens a psycopg connection to the warehouse, to read the watermark.
+    - ``postgres_snapshot``: PostgreSQL only: read in this exported snapshot (change capture's
+      first copy of its tables, ``sndw.cdc``).
     """
 
     postgres_conninfo: str | None = None
+    postgres_snapshot: str | None = None
     dbapi_connect: Callable[[], Any] | None = None
     http_client: Callable[[HttpTable], AbstractContextManager[Any]] | None = None
     base_path: str | None = None
@@ -227,7 +230,7 @@ def _sql_batches(request: ExtractRequest, spec: SqlTable, access: SourceAccess, 
         batches = iter_postgres_batches(access.postgres_conninfo, query,
                                         batch_bytes=postgres_batch_bytes(spec.batch_rows),
                                         max_rows=spec.batch_rows, table=sql_label(request.source, spec),
-                                        column_types=spec.column_types)
+                                        column_types=spec.column_types, snapshot=access.postgres_snapshot)
     else:
         assert access.dbapi_connect is not None
         batches = _dbapi_batches(access.dbapi_connect, query, spec.batch_rows, sql_label(request.source, spec),

@@ -72,7 +72,12 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
         params=params,
     ) as dag:
         loads: list[BaseOperator] = []
-        for table in source.tables:
+        if isinstance(source, SqlSource) and source.cdc is not None:  # every table in one run: sndw.cdc
+            from sndw_airflow.cdc import CdcSyncOperator
+
+            loads.append(CdcSyncOperator(task_id="cdc_sync", source=source.model_dump(mode="json"),
+                                         conn_id=source.conn_id, dw_conn_id=source.dw_conn_id))
+        for table in [] if loads else source.tables:
             extract = ExtractToParquetOperator(
                 task_id=extract_task_id(table.name),
                 source=source.name,
