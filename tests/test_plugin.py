@@ -4,6 +4,7 @@ Airflow's JWT login, /health, /stats, /data, /partitions, and the ETL page in he
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.conftest import DAY, PG_LOCAL, ROOT, run, states
+from tests.conftest import DAY, PG_LOCAL, ROOT, TEST_DAGS, run, states
 
 pytestmark = pytest.mark.slow
 
@@ -225,7 +226,8 @@ def test_data_pages_filters_search_and_order(site: dict[str, Any]) -> None:
     assert status == 200 and beyond["data"] == [] and beyond["has_more"] is False
     assert get("/sndw/data/public/inspections?page_size=100", token)[1]["page_size"] == 100
     for bad in ("page_size=101", "page_size=0", "page=0", "page=-1", "page_size=x"):
-        assert get(f"/sndw/data/public/inspections?{bad}", token)[0] == 422, bad
+        status, body = get(f"/sndw/data/public/inspections?{bad}", token)
+        assert status == 400 and body["detail"].startswith(bad.split("=")[0] + ":"), (bad, body)
     status, fails = get("/sndw/data/public/inspections?result=fail&order_by=id&order=desc", token)
     assert status == 200 and fails["total"] == 8
     assert [r["id"] for r in fails["data"]] == [24, 21, 18, 15, 12, 9, 6, 3]
@@ -357,6 +359,200 @@ def test_health_is_503_with_the_warehouse_stopped(site: dict[str, Any], tmp_path
     finally:
         site["mp"].setenv("AIRFLOW_CONN_DW", site["dw_url"])
     assert site["client"].get("/sndw/health", site["admin"])[0] == 200
+
+
+# ------------------------------------------------------------------ hostile parameters, big values, who reads what
+
+
+def raw_get(site: dict[str, Any], path: str, user: str = "admin") -> tuple[int, bytes]:
+    request = urllib.request.Request(site["client"].base + path, headers={"Authorization": f"Bearer {site[user]}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def loaded_by_plugin_csv(dw_url: str, table: str) -> None:
+    """An audit row of a successful load of ``table`` by a step of plugin_csv's DAG (as a SQL step would
+    write it, under a pipeline of its own, so plugin_csv's numbers stay as the tests above read them):
+    what makes a table one the product loaded. The tables below have types no extract writes."""
+    from datetime import UTC, datetime
+
+    from sndw.audit import AuditRecord, write_audit_record
+
+    now = datetime.now(UTC)
+    with psycopg.connect(dw_url) as dw:
+        write_audit_record(dw, AuditRecord(pipeline_name="plugin_csv_sql", source_name="plugin_csv", protocol="sql",
+                                           target_table=table, status="success", started_at=now, finished_at=now,
+                                           rows_loaded=1, dag_id="plugin_csv", step="load"))
+
+
+@pytest.fixture(scope="module")
+def odd_tables(site: dict[str, Any]) -> dict[str, Any]:
+    """public.odd_types: columns no ORDER BY can sort (json[] first, box[], pg_snapshot) with rows whose
+    arrays PostgreSQL would have to compare; public.big_values: ten 1 MB texts, a jsonb and a bytea."""
+    body = {i: f"row {i} " + "x" * 1_000_000 for i in range(1, 11)}
+    with psycopg.connect(site["dw_url"]) as dw:
+        dw.execute("CREATE TABLE public.odd_types (tags json[], id int, boxes box[], snap pg_snapshot, note text)")
+        dw.execute("""INSERT INTO public.odd_types SELECT ARRAY['{"a": 1}'::json, '[2]'], i, ARRAY[box '((0,0),(1,1))'],
+                      pg_current_snapshot(), 'note ' || i FROM generate_series(1, 5) i""")
+        dw.execute("CREATE TABLE public.big_values (id int, body text, doc jsonb, blob bytea)")
+        for i in range(1, 13):
+            dw.execute("INSERT INTO public.big_values VALUES (%s, %s, %s, %s)",
+                       (i, body.get(i, f"short {i}"), json.dumps({"n": i}), bytes([i]) * 3))
+    loaded_by_plugin_csv(site["dw_url"], "public.odd_types")
+    loaded_by_plugin_csv(site["dw_url"], "public.big_values")
+    return {"body": body}
+
+
+HOSTILE = ["99999999999999999999", "-99999999999999999999", "9223372036854775808", "1.5", "1e3", "NaN", "",
+           "%00", "a%00b", "%ff", "%C3%28", "%ED%A0%80", "x" * 5000, "%27%3B--", "tags", "boxes", "snap",
+           "%E2%80%AE", "0x10"]
+
+
+def test_hostile_parameters_are_4xx_never_5xx(site: dict[str, Any], odd_tables: dict[str, Any]) -> None:
+    """Issue 21 items 7-9: every parameter of /sndw/data with hostile values; a malformed one is a 400
+    whose message names it."""
+    get = functools.partial(raw_get, site)
+    for table in ("odd_types", "inspections"):
+        for name in ("page", "page_size", "order", "order_by", "search", "id", "note", "tags", "snap", "%ff", "%00",
+                     "a%00b"):
+            for value in HOSTILE:
+                status, body = get(f"/sndw/data/public/{table}?{name}={value}")
+                assert status < 500, (table, name, value, body[:300])
+    cases = {"page=99999999999999999999": "page", "page=92233720368547759": "page", "id=%00": "id",
+             "search=a%00b": "search", "note=%ff": "note", "%ff=1": "\ufffd", "order_by=tags": "order_by",
+             "order_by=boxes": "order_by", "order_by=snap": "order_by", "order=sideways": "order",
+             "page=1&page=2": "page", "page_size=1e3": "page_size", "order_by=%00": "order_by"}
+    for query, named in cases.items():
+        status, body = get(f"/sndw/data/public/odd_types?{query}")
+        detail = json.loads(body)["detail"]
+        assert status == 400 and detail.startswith(named), (query, detail)
+    detail = json.loads(get("/sndw/data/public/odd_types?order_by=tags")[1])["detail"]
+    assert "json[]" in detail and "cannot be ordered" in detail and "id, note" in detail
+    status, body = get("/sndw/data/public/odd_types?page=92233720368547758")
+    assert status == 200 and json.loads(body)["data"] == []  # the last page there is: past the rows
+    status, body = get("/sndw/data/public/odd_types?order=desc")  # ordered by the first column that can be
+    answer = json.loads(body)
+    assert status == 200 and answer["order_by"] == "id" and [r["id"] for r in answer["data"]] == [5, 4, 3, 2, 1]
+    assert answer["data"][0]["tags"] == [{"a": 1}, [2]] and answer["truncated"] == []
+
+
+def test_a_page_is_bounded_in_bytes_and_says_what_it_cut(site: dict[str, Any], odd_tables: dict[str, Any]) -> None:
+    """Issue 21 item 25: ten values of 1 MB make an answer of a few hundred kB, and every cut value
+    is listed with its column and full length; the others are whole."""
+    from sndw.stats import PAGE_CHARS, TRUNCATION_MARK
+
+    status, raw = raw_get(site, "/sndw/data/public/big_values?page_size=100&order_by=id")
+    assert status == 200, raw[:300]
+    assert len(raw) < PAGE_CHARS + 100_000 < 10_000_000, len(raw)
+    answer = json.loads(raw)
+    shown = answer["value_chars"]
+    assert 64 <= shown < 1_000_000
+    assert answer["truncated"] == [{"row": i - 1, "column": "body", "length": len(odd_tables["body"][i]),
+                                    "shown": shown} for i in range(1, 11)]
+    for row in answer["data"]:
+        full = odd_tables["body"].get(row["id"], f"short {row['id']}")
+        if row["id"] <= 10:
+            assert row["body"] == full[:shown] + TRUNCATION_MARK
+        else:
+            assert row["body"] == full  # whole, and not listed
+        assert row["doc"] == {"n": row["id"]} and row["blob"] == bytes([row["id"]]).hex() * 3
+    status, raw = raw_get(site, "/sndw/data/public/big_values?page_size=1&page=11&order_by=id")
+    assert status == 200 and json.loads(raw)["truncated"] == [] and json.loads(raw)["data"][0]["body"] == "short 11"
+
+
+def test_tables_no_source_dag_owns_are_read_as_their_dags_allow(site: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 21 item 22: a table loaded by ``etl.cli run`` (no DAG) is readable by the admin, who may
+    read every DAG, and by nobody else; one loaded by a DAG composed by hand (as
+    example_manual_pipeline) by whoever Airflow lets read that DAG."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.csv").write_text("id,name\n1,ada\n2,bob\n")
+    (tmp_path / "files.json").write_text(json.dumps({"protocol": "file", "path": "data"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "DW_"))}
+    env.update(PYTHONPATH=str(ROOT / "include"), AIRFLOW_CONN_DW=site["dw_url"])
+    done = subprocess.run([sys.executable, "-m", "etl.cli", "run", "--config", "files.json", "--query", "*.csv",
+                           "--source", "cli_only", "--table", "cli_rows", "--lake", "lake"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # a DAG file in the tests' DAG folder (dag.test() runs what that bundle holds), as
+    # dags/example_manual_pipeline.py composes the operators
+    dag_file = TEST_DAGS / "plugin_manual.py"
+    dag_file.write_text(f"""
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG
+from sndw_airflow.operators import ExtractToParquetOperator, ParquetToDwOperator
+
+with DAG(dag_id="plugin_manual", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC), catchup=False):
+    extract = ExtractToParquetOperator(task_id="extract_rows", source="plugin_manual_src", kind="file",
+                                       base_path={str(data)!r}, table={{"name": "rows", "path": "rows.csv"}})
+    ParquetToDwOperator(task_id="load_rows", manifest=extract.output, target_table="manual_rows",
+                        target_schema="public", write_mode="replace")
+""")
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+
+        dag = DagBag(dag_folder=str(dag_file)).dags["plugin_manual"]
+        assert set(states(dag.test(logical_date=DAY)).values()) == {"success"}
+    finally:
+        dag_file.unlink()
+    get = site["client"].get
+    for path in ("/sndw/data/public/cli_rows", "/sndw/data/public/manual_rows"):
+        status, body = get(path, site["admin"])
+        assert status == 200 and sorted(r["name"] for r in body["data"]) == ["ada", "bob"], (path, body)
+        assert get(path, site["outsider"])[0] == 403, path
+    status, body = get("/sndw/data/public/cli_rows", site["teamb"])
+    assert status == 403 and "outside Airflow" in body["detail"], body
+    airflow_says = get("/api/v2/dags/plugin_manual", site["teamb"])[0]
+    assert get("/sndw/data/public/manual_rows", site["teamb"])[0] == (200 if airflow_says == 200 else 403)
+    assert get("/sndw/data/public/inspections", site["teamb"])[0] == 403  # the source rule is unchanged
+
+
+def test_an_echoed_password_never_reaches_the_api(site: dict[str, Any], configs: list[Path]) -> None:
+    """Issue 21 item 6 through the API: a key echoed with \\u escapes (.NET's "\\u002B") and HTML
+    entities is masked in the failure /sndw/sources and /sndw/health show."""
+    from tests.http_api import Req, Resp, TestApi, items
+
+    secret = "S3cr3t/p@ss+w=rd&x"
+    echoes = ["S3cr3t/p@ss\\u002Bw=rd\\u0026x", "S3cr3t/p@ss&#43;w=rd&#x26;x", "S3cr3t\\u002fp@ss&#x2B;w=rd&amp;x"]
+
+    def route(req: Req) -> Resp:
+        if req.query.get("key") != secret:
+            return Resp(401, {"error": "no key"})
+        if req.arg("page", 1) == 1:
+            return Resp(body={"data": items(1, 3)})
+        return Resp(400, '{"error": "bad request", "echo": ["' + '", "'.join(echoes) + '"]}')
+
+    config = {"name": "plugin_echo", "kind": "http", "conn_id": "plugin_echo_api", "start_date": "2024-01-01",
+              "schedule": "@daily", "retries": 0, "auth": "api_key_query",
+              "tables": [{"name": "echo", "endpoint": "/items", "records_path": "data", "retries": 0,
+                          "pagination": {"type": "page_number", "page_size": 2}}]}
+    source_file = site["tmp"] / "sources" / "plugin_echo.yaml"
+    try:
+        with TestApi({"/items": route}) as api:
+            site["mp"].setenv("AIRFLOW_CONN_PLUGIN_ECHO_API", json.dumps({
+                "conn_type": "http", "host": "127.0.0.1", "port": api.port, "password": secret,
+                "extra": {"api_key_param": "key"}}))
+            assert states(run(config, configs))["extract_echo"] == "failed"
+            assert any(r.query.get("key") == secret for r in api.requests_to("/items"))
+        source_file.write_text(yaml.safe_dump(config))
+        status, source = site["client"].get("/sndw/sources/plugin_echo", site["admin"])
+        assert status == 200 and source["failures"], source
+        error = source["failures"][0]["error"]
+        assert "HTTP 400" in error and error.count("***") >= 4, error
+        status, health = site["client"].get("/sndw/health", site["admin"])
+        assert status == 200 and "plugin_echo" in health["failed_sources"]
+        shown = json.dumps(source) + json.dumps(health)
+        with psycopg.connect(site["dw_url"]) as dw:
+            shown += str(dw.execute("SELECT error_message FROM etl_audit_log WHERE pipeline_name = 'plugin_echo'").fetchall())
+        for form in [secret, *echoes, "p@ss\\u002B", "&#43;w=rd", "\\u002fp@ss"]:
+            assert form not in shown and form.replace("\\", "\\\\") not in shown, form
+    finally:
+        source_file.unlink(missing_ok=True)
+        site["mp"].delenv("AIRFLOW_CONN_PLUGIN_ECHO_API", raising=False)
 
 
 # ------------------------------------------------------------------ the page in headless Chromium

@@ -52,7 +52,33 @@ def forms(value: str) -> dict[str, str]:
     }
 
 
-FORMS = forms(SECRET)
+def _u(char: str, upper: bool = False) -> str:
+    """``char`` as a JSON ``\\u`` escape (a surrogate pair beyond the BMP)."""
+    units = char.encode("utf-16-be")
+    hexes = [f"{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2)]
+    return "".join("\\u" + (h.upper() if upper else h) for h in hexes)
+
+
+def escaped_forms(value: str) -> dict[str, str]:
+    """How other encoders echo ``value`` (issue 21 item 6): JSON ``\\u`` escapes of some or all
+    characters in either hex case (.NET escapes "+", "&", "<", ">", "'" and '"' with upper-case hex, Go
+    "<", ">", "&" with lower-case), HTML numeric entities in decimal and hex. A character that JSON
+    must escape is escaped in every JSON form, so the forms stay valid JSON string contents."""
+    def plain(c: str) -> bool:
+        return c.isascii() and c.isalnum()
+
+    return {
+        "json_dotnet": "".join(_u(c, True) if c in "+&<>'\"" or not c.isascii() else c for c in value),
+        "json_every_char_upper": "".join(_u(c, True) for c in value),
+        "json_alternate_lower": "".join(_u(c) if i % 2 or c in '"\\' else c for i, c in enumerate(value)),
+        "html_decimal": "".join(c if plain(c) else f"&#{ord(c)};" for c in value),
+        "html_hex": "".join(c if plain(c) else f"&#x{ord(c):X};" for c in value),
+        "html_mixed": "".join(c if i % 3 == 0 and plain(c) else f"&#x{ord(c):04x};" if i % 3 == 1
+                              else f"&#{ord(c)};" for i, c in enumerate(value)),
+    }
+
+
+FORMS = {**forms(SECRET), **escaped_forms(SECRET)}
 # What must never show: each echoed form (JSON literals without their quotes), and the cores of the
 # base64 forms (a slice of the middle, which any longer base64 text holding the key contains too).
 NEEDLES = {**{k: v.strip('"') for k, v in FORMS.items()},
@@ -104,6 +130,27 @@ def test_every_registered_form_is_replaced_longest_first() -> None:
     assert register_secret("dw") == [] and redact("dw") == "dw"  # too short to mask (as in Airflow)
 
 
+def test_unicode_escapes_and_html_entities_of_any_character_are_replaced() -> None:
+    """Issue 21 item 6: the password .NET echoes as ``S3cr3t/p@ss\\u002Bw=rd\\u0026x``; any subset of
+    the characters escaped, either hex case, leading zeros, entities with or without ";", and escapes
+    mixed with the encodings already covered (a URL-encoded key inside a JSON string, \\u-escaped)."""
+    value = "S3cr3t/p@ss+w=rd&x"
+    register_secret(value)
+    echoes = ["S3cr3t/p@ss\\u002Bw=rd\\u0026x", "S3cr3t/p@ss\\u002bw=rd\\u0026x",
+              "\\u0053\\u0033cr3t\\/p\\u0040ss+w\\u003Drd&x", "S3cr3t/p@ss&#43;w=rd&#38;x",
+              "S3cr3t&#x2F;p&#X40;ss&#x2b;w&#x003D;rd&amp;x", "S3cr3t/p@ss&#0043w=rd&#x26x",
+              "S3cr3t%2Fp%40ss\\u002Bw%3drd\\u0026x", "S3cr3t\\u0025\\u0032Fp%40ss\\u0025\\u0032Bw%3Drd%26x",
+              "S3cr3t\\\\u002Fp@ss+w=rd&x"]  # the last one a repr of a \\u escape
+    echoes += list(escaped_forms(value).values()) + list(escaped_forms(SECRET).values())
+    for echo in echoes:
+        text = redact(f"<< {echo} >>")
+        assert text == "<< *** >>", (echo, text)
+    emoji = "Key-\U0001F511-9x!"
+    register_secret(emoji)
+    assert redact(json.dumps(emoji)) == '"***"' and redact(f"&#{ord(chr(0x1F511))};".join(emoji.split("\U0001F511"))) == "***"
+    assert redact("S3cr3t/p@ss+w=rd&y and S3cr3t/p@ss\\u002Bw=rd") == "S3cr3t/p@ss+w=rd&y and S3cr3t/p@ss\\u002Bw=rd"
+
+
 def test_a_basic_login_registers_its_token() -> None:
     register_secret("0ther-Pa55word!", login="svc")
     token = base64.b64encode(b"svc:0ther-Pa55word!").decode()
@@ -115,9 +162,12 @@ def test_registered_forms_reach_airflows_task_log_masker() -> None:
     from sndw_airflow.masking import mask_registered_secrets
 
     mask_registered_secrets()  # what importing the operators does
-    value = "Airfl0w-Mask/Key!é"
+    value = "Airfl0w-Mask/Key!é+&"
     register_secret(value)
-    for name, form in forms(value).items():
+    # the literal forms Airflow's masker can hold: the escapes of every character that encoders write
+    sent = {**forms(value), **{k: v for k, v in escaped_forms(value).items()
+                               if k in ("json_dotnet", "json_every_char_upper", "html_decimal", "html_hex")}}
+    for name, form in sent.items():
         form = form.strip('"')
         masked = str(airflow_redact(f"x {form} y"))
         # Airflow tries its patterns in no set order: a shorter form may leave a "Q==" of padding
@@ -209,6 +259,7 @@ def test_no_form_of_the_key_leaves_a_dag_run(env: dict[str, Any], configs: list[
     bad = CASES["audit_echo_query_string_400"]
     flaky = CASES["audit_echo_every_form_503_after_retries"]
     json_echo = CASES["audit_echo_json_escaped_401"]
+    escapes = CASES["audit_echo_unicode_escapes_and_entities_400"]
     retried = {"done": False}
 
     def good(req: Req) -> Resp:
@@ -218,7 +269,8 @@ def test_no_form_of_the_key_leaves_a_dag_run(env: dict[str, Any], configs: list[
         return echo_route(200, "")(req) if req.arg("page", 1) == 1 else Resp(body={"data": []})
 
     routes = {"/good": good, "/bad": echo_route(bad["status"], body_of(bad)),
-              "/json": echo_route(json_echo["status"], body_of(json_echo))}
+              "/json": echo_route(json_echo["status"], body_of(json_echo)),
+              "/escapes": echo_route(escapes["status"], body_of(escapes))}
     with TestApi(routes) as api:
         connection = {"conn_type": "http", "host": "127.0.0.1", "port": api.port, "password": SECRET,
                       "extra": {"api_key_param": PARAM}}
@@ -230,19 +282,23 @@ def test_no_form_of_the_key_leaves_a_dag_run(env: dict[str, Any], configs: list[
                       {"name": "bad", "endpoint": "/bad", "records_path": "data", "retries": 0,
                        "pagination": {"type": "page_number", "page_size": 20}},
                       {"name": "json_echo", "endpoint": "/json", "records_path": "data", "retries": 0,
+                       "pagination": {"type": "page_number", "page_size": 20}},
+                      {"name": "escapes", "endpoint": "/escapes", "records_path": "data", "retries": 0,
                        "pagination": {"type": "page_number", "page_size": 20}}]}
         dag_run = run(config, configs)
-        sent = api.requests_to("/good") + api.requests_to("/bad") + api.requests_to("/json")
+        sent = [r for path in routes for r in api.requests_to(path)]
     captured = capfd.readouterr()
     assert states(dag_run) == {"extract_good": "success", "load_good": "success", "extract_bad": "failed",
                                "load_bad": "upstream_failed", "extract_json_echo": "failed",
-                               "load_json_echo": "upstream_failed"}, states(dag_run)
+                               "load_json_echo": "upstream_failed", "extract_escapes": "failed",
+                               "load_escapes": "upstream_failed"}, states(dag_run)
     assert all(r.query.get(PARAM) == SECRET for r in sent)  # the key really went out, and came back
     with psycopg.connect(env["dw_url"]) as dw:
         audit = all_text(dw, "etl_audit_log")
         errors = dict(dw.execute("SELECT task_id, error_message FROM etl_audit_log WHERE status = 'failure'").fetchall())
         assert dw.execute("SELECT count(*) FROM good").fetchone() == (20,)
-    assert set(errors) == {"extract_bad", "extract_json_echo"}
+    assert set(errors) == {"extract_bad", "extract_json_echo", "extract_escapes"}
+    assert "HTTP 400" in errors["extract_escapes"] and errors["extract_escapes"].count("***") >= escapes["masked"]
     assert "HTTP 400" in errors["extract_bad"] and errors["extract_bad"].count("***") >= bad["masked"]
     assert "HTTP 401" in errors["extract_json_echo"] and errors["extract_json_echo"].count("***") >= json_echo["masked"]
     assert leaks(audit) == [], audit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import html.entities
 import json
 import logging
 import re
@@ -98,8 +99,22 @@ def _json_inner(text: str, ensure_ascii: bool = True) -> str:
     return json.dumps(text, ensure_ascii=ensure_ascii)[1:-1]
 
 
+def _json_u(char: str, upper: bool = False) -> str:
+    """``char`` as JSON's ``\\uXXXX`` escape (two of them, a surrogate pair, beyond the BMP)."""
+    units = char.encode("utf-16-be")
+    escaped = "".join(f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2))
+    return escaped.upper().replace("\\U", "\\u") if upper else escaped
+
+
+def _plain(char: str) -> bool:
+    return char.isascii() and char.isalnum()
+
+
 # How a server (or our own messages) may echo a value: URL-encoded (quote, quote_plus, lower-case
 # hex), JSON string escapes (ASCII-only, UTF-8, PHP's "\/", Go's "\u003c"), HTML, Python repr.
+# These are applied twice (a URL-encoded key inside a JSON body); the regular expression of
+# ``_escapes_pattern`` covers any mixture of them per character. The literal forms are what
+# Airflow's log masker (literal strings only) receives.
 _ENCODERS: tuple[Callable[[str], str], ...] = (
     lambda v: quote(v, safe=""),
     lambda v: quote(v),
@@ -114,6 +129,61 @@ _ENCODERS: tuple[Callable[[str], str], ...] = (
     lambda v: html.escape(v, quote=False),
     lambda v: repr(v)[1:-1],
 )
+# Applied once, for Airflow's masker: the whole-value escapes other encoders write (.NET's
+# System.Text.Json escapes HTML-sensitive characters, "+" and non-ASCII with upper-case hex; every
+# character escaped; HTML numeric entities). ``redact`` needs none of them: its pattern covers them.
+_ESCAPE_ENCODERS: tuple[Callable[[str], str], ...] = (
+    lambda v: "".join(_json_u(c, True) if c in "+&<>'\"`" or not c.isascii() else _json_inner(c) for c in v),
+    lambda v: "".join(_json_u(c) for c in v),
+    lambda v: "".join(_json_u(c, True) for c in v),
+    lambda v: "".join(c if _plain(c) else f"&#{ord(c)};" for c in v),
+    lambda v: "".join(c if _plain(c) else f"&#x{ord(c):X};" for c in v),
+    lambda v: "".join(c if _plain(c) else f"&#x{ord(c):x};" for c in v),
+)
+
+# JSON's and Python's two-character escapes, and the HTML entities with a name.
+_SHORT_ESCAPES = {"\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t", "\v": "v", "\0": "0"}
+_NAMED_ENTITIES = {"'": ["apos"]}
+
+
+def _hex_pattern(number: int, digits: int) -> str:
+    """``number`` in hexadecimal, either case: 0x2b -> "2[bB]"."""
+    return "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in f"{number:0{digits}x}")
+
+
+def _char_pattern(char: str) -> str:
+    """Every way an encoder may write one character: as itself, a JSON or Python escape (``\\u002B``,
+    ``\\u002b``, ``\\/``, with the backslash doubled by a repr), an HTML entity (``&#43;``, ``&#x2B;``,
+    ``&amp;``, the ";" optional as browsers read it), URL-encoded (``%2B``, ``%2b``, "+" for a space)."""
+    point = ord(char)
+    backslash = r"\\+"
+    options = [re.escape(char)]
+    units = char.encode("utf-16-be")
+    options.append("".join(backslash + "u" + _hex_pattern(int.from_bytes(units[i:i + 2], "big"), 4)
+                           for i in range(0, len(units), 2)))
+    if point < 0x100:
+        options.append(backslash + "x" + _hex_pattern(point, 2))
+    elif point > 0xFFFF:
+        options.append(backslash + "U" + _hex_pattern(point, 8))
+    if char in "\"'/\\":
+        options.append(backslash + re.escape(char))
+    if char in _SHORT_ESCAPES:
+        options.append(backslash + _SHORT_ESCAPES[char])
+    options.append(f"&#0*{point};?")
+    options.append("&#[xX]0*" + _hex_pattern(point, 1).lstrip("0") + ";?" if point else "&#[xX]0+;?")
+    names = _NAMED_ENTITIES.get(char, []) + ([html.entities.codepoint2name[point]] if point in
+                                              html.entities.codepoint2name else [])
+    options.extend(f"&{name};" for name in names)
+    options.append("".join("%" + _hex_pattern(byte, 2) for byte in char.encode()))
+    if char == " ":
+        options.append(r"\+")
+    return "(?:" + "|".join(options) + ")"
+
+
+def _escapes_pattern(value: str) -> str:
+    """A regular expression for ``value`` with any subset of its characters escaped, each in any of
+    the ways of ``_char_pattern``: a .NET, Go or hand-written echo is not one fixed form."""
+    return "".join(_char_pattern(c) for c in value)
 
 
 def _base64_forms(value: str) -> set[str]:
@@ -141,12 +211,25 @@ def secret_variants(value: str) -> set[str]:
         forms.update(_base64_forms(form))
     for form in _base64_forms(value):
         forms.update(encode(form) for encode in _ENCODERS)
+    forms.update(encode(value) for encode in _ESCAPE_ENCODERS)
     return {f for f in forms if len(f) >= MIN_SECRET_CHARS}
+
+
+def secret_patterns(value: str) -> set[str]:
+    """The regular expressions of ``_escapes_pattern`` for ``value`` and for the encodings of it whose
+    own characters may be escaped once more (a URL-encoded key whose "%" a JSON encoder wrote as
+    ``\\u0025``, a JSON escape URL-encoded, an entity's "&" escaped): the other encodings are per
+    character, which the pattern of ``value`` covers."""
+    bases = {value, quote(value, safe=""), _json_inner(value), html.escape(value, quote=True)}
+    return {_escapes_pattern(form) for form in bases}
 
 
 _secrets_lock = threading.Lock()
 _secret_forms: set[str] = set()
 _secret_pattern: re.Pattern[str] | None = None
+# Per secret, longest secret first: compiled once, not again with every secret registered after it;
+# replaced whole (never changed in place) so that ``redact`` needs no lock.
+_escape_patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
 _secret_listeners: list[Callable[[list[str]], None]] = []
 
 
@@ -156,7 +239,7 @@ def register_secret(value: str | None, *, login: str | None = None) -> list[str]
     With ``login``, the Basic auth token of ``login:value`` is registered as well. Listeners (the
     Airflow layer's log masker) receive the new forms.
     """
-    global _secret_pattern
+    global _secret_pattern, _escape_patterns
     if not value or len(value) < MIN_SECRET_CHARS:
         return []
     forms = secret_variants(value)
@@ -164,6 +247,9 @@ def register_secret(value: str | None, *, login: str | None = None) -> list[str]
         token = base64.b64encode(f"{login}:{value}".encode()).decode()
         forms |= {token, quote(token, safe=""), quote_plus(token)}
     with _secrets_lock:
+        if value not in dict(_escape_patterns):
+            escapes = re.compile("|".join(sorted(secret_patterns(value), key=len, reverse=True)))
+            _escape_patterns = tuple(sorted([*_escape_patterns, (value, escapes)], key=lambda p: -len(p[0])))
         new = sorted(forms - _secret_forms, key=len, reverse=True)
         if not new:
             return []
@@ -199,6 +285,9 @@ def redact(text: str) -> str:
     known = _secret_pattern
     if known is not None:
         text = known.sub("***", text)
+    # then the mixtures of escapes that no literal form spells out
+    for _, escapes in _escape_patterns:
+        text = escapes.sub("***", text)
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -24,8 +24,15 @@ from sndw.naming import qualified
 
 Source = HttpSource | SqlSource | FileSource
 MAX_PAGE_SIZE = 100
-TEXT_TYPES = ("text", "character varying", "character", "citext")
+# The row offset of a page must fit PostgreSQL's bigint OFFSET.
+MAX_PAGE = (2**63 - 1) // MAX_PAGE_SIZE
 CHART_DATES = 30
+# A page of /data holds at most about this many characters of values: each variable-length value
+# (text, bytea, json, arrays, numeric...) longer than its share is cut, and the answer says so.
+PAGE_CHARS = 2_000_000
+MAX_VALUE_CHARS = 100_000
+MIN_VALUE_CHARS = 64
+TRUNCATION_MARK = "\u2026"
 
 
 class NotFound(LookupError):
@@ -34,6 +41,10 @@ class NotFound(LookupError):
 
 class BadRequest(ValueError):
     """A parameter names an unknown column or has a value out of range: HTTP 400."""
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(f"{parameter}: {message}" if parameter else message)
+        self.parameter = parameter
 
 
 def ping(conn: psycopg.Connection[Any]) -> float:
@@ -227,23 +238,80 @@ def table_sources(conn: psycopg.Connection[Any], schema: str, table: str) -> set
     return sources
 
 
+def table_loaders(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[str, set[str | None]]:
+    """Per pipeline (source) that loaded ``schema.table``, the DAGs whose successful loads wrote it
+    (``None`` for a load outside Airflow, by the command line); NotFound when none did."""
+    target = qualified(schema, table)
+    loaders: dict[str, set[str | None]] = {}
+    if _has_audit(conn):
+        for pipeline, dag_id in conn.execute(sql.SQL(
+                "SELECT DISTINCT pipeline_name, dag_id FROM {} WHERE status = 'success' AND step IN ('load', 'replay') "
+                "AND target_table = %s").format(sql.Identifier(AUDIT_TABLE)), (target,)).fetchall():
+            loaders.setdefault(pipeline, set()).add(dag_id)
+    if not loaders:
+        raise NotFound(f"{target} is not a table this warehouse loaded")
+    return loaders
+
+
 @dataclass
 class Column:
     name: str
-    data_type: str
+    data_type: str  # as format_type writes it: "text", "json[]", "character varying(20)"
+    type_oid: int = 0
+    category: str = ""  # pg_type.typcategory of the type (of a domain's base type): "S" is a string
+    variable_length: bool = False  # pg_type.typlen = -1: the values that may be of any size
+    orderable: bool = True
 
     @property
     def is_text(self) -> bool:
-        return self.data_type in TEXT_TYPES
+        return self.category == "S"
 
 
 def columns(conn: psycopg.Connection[Any], schema: str, table: str) -> list[Column]:
-    rows = conn.execute("SELECT column_name, data_type FROM information_schema.columns "
-                        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-                        (schema, table)).fetchall()
+    rows = conn.execute("""
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, t.typcategory, t.typlen = -1
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_type t ON t.oid = a.atttypid
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum""", (schema, table)).fetchall()
     if not rows:
         raise NotFound(f"{qualified(schema, table)} does not exist in the warehouse")
-    return [Column(r[0], r[1]) for r in rows]
+    known: dict[int, bool] = {}
+    return [Column(r[0], r[1], r[2], r[3], r[4], _orderable(conn, r[2], known)) for r in rows]
+
+
+def _orderable(conn: psycopg.Connection[Any], type_oid: int, known: dict[int, bool]) -> bool:
+    """Whether ORDER BY can sort a column of this type, as PostgreSQL decides it: a default btree
+    operator class for the type (or one it is binary-coercible to); for an array, a composite or a
+    domain, the same of its elements, fields or base type (json[] has array_ops, yet comparing two
+    arrays of json fails at run time)."""
+    if type_oid in known:
+        return known[type_oid]
+    known[type_oid] = False  # a type that contains itself is not orderable
+    row = conn.execute("SELECT typtype, typbasetype, typelem, typrelid, typcategory, typlen FROM pg_type "
+                       "WHERE oid = %s", (type_oid,)).fetchone()
+    if row is None:
+        return False
+    kind, base, element, relation, category, length = row
+    has_btree = conn.execute("""
+        SELECT EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod
+                       WHERE m.amname = 'btree' AND o.opcdefault AND (o.opcintype = %(t)s OR EXISTS (
+                           SELECT 1 FROM pg_cast WHERE castsource = %(t)s AND casttarget = o.opcintype
+                           AND castmethod = 'b')))""", {"t": type_oid}).fetchone()
+    if kind == "d":
+        result = _orderable(conn, base, known)
+    elif has_btree and has_btree[0]:
+        result = True
+    elif category == "A" and element and length == -1:
+        result = _orderable(conn, element, known)
+    elif kind == "c":
+        fields = conn.execute("SELECT atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+                              "AND NOT attisdropped", (relation,)).fetchall()
+        result = all(_orderable(conn, f[0], known) for f in fields)
+    else:
+        result = kind in ("e", "r", "m")  # enums, ranges and multiranges have their btree classes
+    known[type_oid] = result
+    return result
 
 
 def _escape_like(text: str) -> str:
@@ -254,11 +322,18 @@ def query_table(conn: psycopg.Connection[Any], schema: str, table: str, *, page:
                 filters: dict[str, str] | None = None, search: str | None = None, order_by: str | None = None,
                 descending: bool = False) -> dict[str, Any]:
     """One page of a loaded table: equality filters (compared as text), ``search`` over the text
-    columns (case-insensitive substring), ordered by a column; with ``total`` and ``has_more``."""
-    if page < 1:
-        raise BadRequest(f"page must be 1 or more, not {page}")
+    columns (case-insensitive substring), ordered by a column; with ``total`` and ``has_more``.
+
+    A page holds at most about ``PAGE_CHARS`` characters of values: a variable-length value longer
+    than its share (``value_chars``) is cut to that many characters of its text form followed by
+    ``TRUNCATION_MARK``, and listed in ``truncated`` (row, column, full length)."""
+    if not 1 <= page <= MAX_PAGE:
+        raise BadRequest(f"must be between 1 and {MAX_PAGE}, not {page}", "page")
     if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise BadRequest(f"page_size must be between 1 and {MAX_PAGE_SIZE}, not {page_size}")
+        raise BadRequest(f"must be between 1 and {MAX_PAGE_SIZE}, not {page_size}", "page_size")
+    for name, value in [*(filters or {}).items(), *([("search", search)] if search is not None else [])]:
+        if "\x00" in value:
+            raise BadRequest("holds a NUL character (\\x00), which no PostgreSQL text can", name)
     # Read-only (the first statement of its own transaction: the connection must be idle).
     with conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
@@ -266,15 +341,28 @@ def query_table(conn: psycopg.Connection[Any], schema: str, table: str, *, page:
         return _query_page(conn, schema, table, page, page_size, filters or {}, search, order_by, descending)
 
 
+def value_chars(page_size: int, variable_columns: int) -> int:
+    """How many characters of one variable-length value a page shows: its share of ``PAGE_CHARS``."""
+    share = PAGE_CHARS // (page_size * max(variable_columns, 1))
+    return min(MAX_VALUE_CHARS, max(MIN_VALUE_CHARS, share))
+
+
 def _query_page(conn: psycopg.Connection[Any], schema: str, table: str, page: int, page_size: int,
                 filters: dict[str, str], search: str | None, order_by: str | None, descending: bool) -> dict[str, Any]:
     table_sources(conn, schema, table)
     cols = columns(conn, schema, table)
     by_name = {c.name: c for c in cols}
-    unknown = [name for name in [*filters, *([order_by] if order_by else [])] if name not in by_name]
-    if unknown:
-        raise BadRequest(f"unknown column {unknown[0]!r} in {qualified(schema, table)}; its columns: "
-                         f"{', '.join(by_name)}")
+    for name in filters:
+        if name not in by_name:
+            raise BadRequest(f"unknown column {name!r} in {qualified(schema, table)}; its columns: "
+                             f"{', '.join(by_name)}", name)
+    if order_by is not None and order_by not in by_name:
+        raise BadRequest(f"unknown column {order_by!r} in {qualified(schema, table)}; its columns: "
+                         f"{', '.join(by_name)}", "order_by")
+    orderable = [c.name for c in cols if c.orderable]
+    if order_by is not None and not by_name[order_by].orderable:
+        raise BadRequest(f"column {order_by!r} of type {by_name[order_by].data_type} cannot be ordered; the "
+                         f"columns that can: {', '.join(orderable) or 'none'}", "order_by")
     where: list[sql.Composable] = []
     params: list[Any] = []
     for name, value in filters.items():
@@ -283,22 +371,64 @@ def _query_page(conn: psycopg.Connection[Any], schema: str, table: str, page: in
     if search:
         text_cols = [c for c in cols if c.is_text]
         if not text_cols:
-            raise BadRequest(f"{qualified(schema, table)} has no text columns to search")
+            raise BadRequest(f"{qualified(schema, table)} has no text columns to search", "search")
         pattern = f"%{_escape_like(search)}%"
         where.append(sql.SQL("({})").format(sql.SQL(" OR ").join(
             sql.SQL("{} ILIKE %s").format(sql.Identifier(c.name)) for c in text_cols)))
         params.extend([pattern] * len(text_cols))
     clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
     target = sql.Identifier(schema, table)
-    order = sql.Identifier(order_by or cols[0].name)
-    direction = sql.SQL("DESC") if descending else sql.SQL("ASC")
     count = conn.execute(sql.SQL("SELECT count(*) FROM {}{}").format(target, clause), params).fetchone()
     total = int(count[0]) if count else 0
-    cur = conn.execute(
-        sql.SQL("SELECT * FROM {}{} ORDER BY {} {} NULLS LAST, ctid LIMIT %s OFFSET %s").format(
-            target, clause, order, direction),
+    # The page's rows under names of our own (c0, c1, ... and k for the ctid), then per
+    # variable-length column its text form's length: a long value is sent as a prefix, never whole.
+    direction = sql.SQL("DESC") if descending else sql.SQL("ASC")
+    order_name = order_by or (orderable[0] if orderable else None)
+    inner_order: list[sql.Composable] = [sql.SQL("ctid")]
+    outer_order: list[sql.Composable] = [sql.Identifier("k")]
+    if order_name is not None:
+        position = [c.name for c in cols].index(order_name)
+        inner_order.insert(0, sql.SQL("{} {} NULLS LAST").format(sql.Identifier(order_name), direction))
+        outer_order.insert(0, sql.SQL("{} {} NULLS LAST").format(sql.Identifier("t", f"c{position}"), direction))
+    inner = sql.SQL("SELECT {}, ctid AS k FROM {}{} ORDER BY {} LIMIT %s OFFSET %s").format(
+        sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.Identifier(c.name), sql.Identifier(f"c{i}"))
+                           for i, c in enumerate(cols)),
+        target, clause, sql.SQL(", ").join(inner_order))
+    wide = [i for i, c in enumerate(cols) if c.variable_length]
+    limit = value_chars(page_size, len(wide))
+    selected: list[sql.Composable] = []
+    lengths: list[sql.Composable] = []
+    for i, c in enumerate(cols):
+        ref = sql.Identifier("t", f"c{i}")
+        if not c.variable_length:
+            selected.append(ref)
+            continue
+        text = sql.SQL("encode({}, 'hex')").format(ref) if c.data_type == "bytea" else sql.SQL("{}::text").format(ref)
+        length = sql.Identifier("n", f"n{i}")
+        lengths.append(sql.SQL("length({}) AS {}").format(text, sql.Identifier(f"n{i}")))
+        selected.append(sql.SQL("CASE WHEN {n} > {L} THEN NULL ELSE {v} END, CASE WHEN {n} > {L} THEN left({t}, {L}) "
+                                "END, {n}").format(n=length, L=sql.Literal(limit), v=ref, t=text))
+    lateral = (sql.SQL(" CROSS JOIN LATERAL (SELECT {}) AS n").format(sql.SQL(", ").join(lengths))
+               if lengths else sql.SQL(""))
+    cur = conn.execute(sql.SQL("SELECT {} FROM ({}) AS t{} ORDER BY {}").format(
+        sql.SQL(", ").join(selected), inner, lateral, sql.SQL(", ").join(outer_order)),
         [*params, page_size, (page - 1) * page_size])
-    names = [d.name for d in cur.description or []]
-    data = [{n: _json(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+    data: list[dict[str, Any]] = []
+    truncated: list[dict[str, Any]] = []
+    for number, row in enumerate(cur.fetchall()):
+        values = iter(row)
+        record: dict[str, Any] = {}
+        for c in cols:
+            value = next(values)
+            if c.variable_length:
+                prefix, length = next(values), next(values)
+                if prefix is not None:
+                    value = prefix + TRUNCATION_MARK
+                    truncated.append({"row": number, "column": c.name, "length": length, "shown": limit})
+                    record[c.name] = value
+                    continue
+            record[c.name] = _json(value)
+        data.append(record)
     return {"data": data, "total": total, "page": page, "page_size": page_size,
-            "has_more": page * page_size < total, "columns": [c.name for c in cols]}
+            "has_more": page * page_size < total, "columns": [c.name for c in cols],
+            "order_by": order_name, "value_chars": limit, "truncated": truncated}

@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 from sndw import stats
@@ -96,6 +98,35 @@ class WarehouseUnavailable(Exception):
     pass
 
 
+@app.exception_handler(RequestValidationError)
+def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A malformed parameter is a 400 whose message names it (FastAPI's default is a 422)."""
+    problems = [f"{error['loc'][-1]}: {error['msg']}" for error in exc.errors()]
+    return JSONResponse(status_code=400, content={"detail": "; ".join(problems) or "bad request"})
+
+
+def query_parameters(request: Request) -> list[tuple[str, str]]:
+    """The query string's parameters, refused (400, naming the parameter) when one is not UTF-8 once
+    decoded or holds a NUL: Starlette would turn bad bytes into U+FFFD, silently another value."""
+    pairs: list[tuple[str, str]] = []
+    for part in request.scope.get("query_string", b"").split(b"&"):
+        if not part:
+            continue
+        raw_key, _, raw_value = part.partition(b"=")
+        key_bytes = unquote_to_bytes(raw_key.replace(b"+", b" "))
+        key = key_bytes.decode("utf-8", "replace")
+        for what, raw in (("name", key_bytes), ("value", unquote_to_bytes(raw_value.replace(b"+", b" ")))):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise HTTPException(400, f"{key}: the parameter's {what} is not UTF-8 text") from None
+            if "\x00" in text:
+                raise HTTPException(400, f"{key}: the parameter's {what} holds a NUL character (\\x00)")
+            if what == "value":
+                pairs.append((key, text))
+    return pairs
+
+
 @app.exception_handler(WarehouseUnavailable)
 def _unavailable(request: Request, exc: WarehouseUnavailable) -> JSONResponse:
     return JSONResponse(status_code=503, content={"status": "unhealthy", "detail": str(exc),
@@ -152,6 +183,44 @@ def warehouse() -> Iterator[psycopg.Connection[Any]]:
         raise WarehouseUnavailable(redact(f"the warehouse connection failed: {exc}".strip())) from exc
     finally:
         conn.close()
+
+
+def may_read_table(user: Any, schema: str, table: str, loaders: dict[str, set[str | None]]) -> None:
+    """403 unless the user may read every DAG that loads ``schema.table``.
+
+    A table of a source config: that source's DAG. A table no source config owns (operators composed
+    by hand in a DAG, as ``example_manual_pipeline``): the DAGs whose loads wrote it, as the audit log
+    records them. A table loaded outside Airflow (``etl.cli run``): only a user who may read every DAG
+    (an admin) may read it, as no DAG's permissions describe it.
+    """
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    configured = {s.name for s in all_sources()}
+    readable = {s.name for s in readable_sources(user)} if set(loaders) & configured else set()
+    manager = get_auth_manager()
+    dag_ids = {d for name, ids in loaders.items() if name not in configured for d in ids if d is not None}
+    teams = DagModel.get_dag_id_to_team_name_mapping(sorted(dag_ids)) if dag_ids else {}
+    for name, ids in sorted(loaders.items()):
+        if name in configured:
+            if name not in readable:
+                raise HTTPException(403, f"you may not read the DAG {dag_id_for(name)!r} of source {name!r}, "
+                                         f"which loads {schema}.{table}")
+            continue
+        for dag_id in sorted(d for d in ids if d is not None):
+            if not manager.is_authorized_dag(method="GET", user=user,
+                                             details=DagDetails(id=dag_id, team_name=teams.get(dag_id))):
+                raise HTTPException(403, f"you may not read the DAG {dag_id!r}, which loads {schema}.{table}")
+        if None in ids:
+            with create_session() as session:
+                every = set(session.scalars(select(DagModel.dag_id)))
+            allowed = manager.get_authorized_dag_ids(user=user, method="GET")
+            if not manager.is_authorized_dag(method="GET", user=user) or not every <= allowed:
+                raise HTTPException(403, f"{schema}.{table} was loaded outside Airflow (pipeline {name!r}, by the "
+                                         "command line): only a user who may read every DAG may read it")
 
 
 def _source(user: Any, name: str) -> Any:
@@ -249,34 +318,35 @@ def partitions(user: GetUserDep, source: str, date_from: date | None = None, dat
 
 @app.get("/data/{schema}/{table}", summary="Rows of a table the product loaded, paged, filtered and searched",
          description=("Any query parameter besides page, page_size, search, order_by and order is an equality "
-                      "filter on the column of that name (compared as text), e.g. `?status=shipped`. Unknown "
-                      "columns are 400; tables the product did not load are 404."),
-         responses={400: {"description": "Unknown column"}, 404: {"description": "Not a loaded table"}})
+                      "filter on the column of that name (compared as text), e.g. `?status=shipped`. A malformed "
+                      "parameter (unknown or unorderable column, out of range, not UTF-8, a NUL, given twice) is "
+                      "400 with a detail that starts with its name; tables the product did not load are 404; "
+                      "tables whose loading DAGs the user may not read are 403 (docs/guides/web-api.md). A value "
+                      "longer than `value_chars` is cut, ends with \u2026 and is listed in `truncated`."),
+         responses={400: {"description": "A malformed parameter, named in the detail"},
+                    403: {"description": "The user may not read a DAG that loads the table"},
+                    404: {"description": "Not a loaded table"}})
 def data(
     request: Request,
     user: GetUserDep,
     schema: Annotated[str, PathParam()],
     table: Annotated[str, PathParam()],
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=stats.MAX_PAGE)] = 1,
     page_size: Annotated[int, Query(ge=1, le=stats.MAX_PAGE_SIZE)] = 10,
     search: Annotated[str | None, Query(description="Case-insensitive substring over the text columns")] = None,
     order_by: Annotated[str | None, Query(description="A column; default: the first")] = None,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
 ) -> dict[str, Any]:
     filters: dict[str, str] = {}
-    for key in request.query_params:
-        if key in RESERVED_PARAMS:
-            continue
-        values = request.query_params.getlist(key)
-        if len(values) != 1:
-            raise HTTPException(400, f"filter {key!r} is given {len(values)} times; give one value")
-        filters[key] = values[0]
+    given = [key for key, _ in query_parameters(request)]
+    for key in dict.fromkeys(given):
+        if given.count(key) != 1:
+            raise HTTPException(400, f"{key}: the parameter is given {given.count(key)} times; give one value")
+        if key not in RESERVED_PARAMS:
+            filters[key] = request.query_params[key]
     with warehouse() as conn:
         try:
-            owners = stats.table_sources(conn, schema, table)
-            readable = {s.name for s in readable_sources(user)}
-            if not owners <= readable:
-                raise HTTPException(403, f"you may not read the DAG of every source that loads {schema}.{table}")
+            may_read_table(user, schema, table, stats.table_loaders(conn, schema, table))
             return stats.query_table(conn, schema, table, page=page, page_size=page_size, filters=filters,
                                      search=search, order_by=order_by, descending=order == "desc")
         except stats.NotFound as exc:
