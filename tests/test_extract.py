@@ -21,7 +21,7 @@ from sndw.extract import flatten_record, records_to_batch
 from sndw.extract.files import iter_file_batches
 from sndw.extract.http import HttpResponse, iter_http_batches
 from sndw.extract.sql import iter_postgres_batches, iter_query_batches, table_query
-from sndw.lake import PG_TYPE_KEY
+from sndw.typeplan import PG_TYPE_KEY
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from sndw import storage
 from sndw.errors import ExtractError, PartitionValidationError, SchemaConflictError, SourceDataError
 from sndw.naming import lake_partition_dir, lake_table_dir, normalize_identifier, unique_column_names
+from sndw.typeplan import PG_TYPE_KEY, plan_column, warehouse_type
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,6 @@ RUN_ID_KEY = b"sndw.run_id"
 MANIFEST_ID_KEY = b"sndw.manifest_id"
 # Batch schema metadata a reader may set: the source file a batch came from, named in validation errors.
 SOURCE_FILE_KEY = b"sndw.source_file"
-# Field metadata of a PostgreSQL source's column: the warehouse type to create (format_type
-# spelling, e.g. b"numeric(10,2)", b"text[]", b"tsvector"); without it the lake type decides.
-PG_TYPE_KEY = b"sndw.pg_type"
 NAIVE_TIMESTAMP = b"without time zone"
 
 
@@ -544,9 +542,6 @@ class PartitionWriter:
         """
         if self._validated is not None:
             return self._validated
-        # The loader's rules, imported late: the warehouse module imports this one.
-        from sndw.warehouse import plan_column, warehouse_type
-
         if not self._files and self._last_schema is not None and len(self._last_schema):
             # No rows, but the source told us its columns: keep them so the table can be created.
             self._open_file(self._last_schema)

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from sndw.errors import PermanentError
 from sndw.naming import validate_transform_reference
+from sndw.typeplan import pg_type_for
 
 # dags/ of this project, for the command line (Airflow puts its DAGs folder on sys.path itself).
 PROJECT_DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -121,8 +122,6 @@ def _like_input(out: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """Columns the transform passed through keep the lake's exact type and its source-type metadata
     (a round trip through polars gives large strings, and drops the metadata): their warehouse
     columns stay what they are without the transform."""
-    from sndw.warehouse import pg_type_for
-
     fields, arrays, changed = [], [], False
     for fld, column in zip(out.schema, out.columns, strict=True):
         index = schema.get_field_index(fld.name)

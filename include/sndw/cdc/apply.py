@@ -73,13 +73,13 @@ def apply_changes(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str]
     cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
         sql.Identifier(STAGE), sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t))
                                                   for n, t in stage_types.items())))
-    from sndw.warehouse import _constants
+    from sndw.warehouse import file_constants
 
     for path in paths:
         file_id = register_file(cur, spec, path, partition, run_id)
         applied.file_ids.append(file_id)
         rows, _ = copy_file(cur, sql.Identifier(STAGE), path, stage_types, spec.qualified,
-                            _constants(file_id, partition), batch_rows)
+                            file_constants(file_id, partition), batch_rows)
         applied.changes += rows
     keys = list(spec.primary_key)
     key_list = sql.SQL(", ").join(sql.Identifier(k) for k in keys)

@@ -29,8 +29,9 @@ import pyarrow as pa
 from sndw.cdc import pgoutput
 from sndw.cdc.pgoutput import UNCHANGED, Begin, Commit, Delete, Insert, Relation, Truncate, Update, Value
 from sndw.cdc.slot import CdcError, CdcTable, connect
-from sndw.lake import PG_TYPE_KEY, Manifest, PartitionWriter, open_partition
+from sndw.lake import Manifest, PartitionWriter, open_partition
 from sndw.naming import unique_column_names
+from sndw.typeplan import PG_TYPE_KEY
 
 log = logging.getLogger(__name__)
 

@@ -159,7 +159,7 @@ def _changes(source: SqlSource, tables: list[CdcTable], conninfo: str, slot: str
              before_confirm: Callable[[], None] | None) -> list[dict[str, Any]]:
     from sndw.cdc.apply import Applied, apply_changes
     from sndw.cdc.changes import read_changes
-    from sndw.warehouse import LoadResult, LoadSpec, _before_commit, ensure_lake_files_table
+    from sndw.warehouse import LoadResult, LoadSpec, before_commit, ensure_lake_files_table
 
     started, clock = datetime.now(UTC), time.perf_counter()
     run_id = uuid.uuid4().hex
@@ -204,7 +204,7 @@ def _changes(source: SqlSource, tables: list[CdcTable], conninfo: str, slot: str
                                         files=len(paths), schema_changes=applied.schema_changes or [],
                                         file_ids=applied.file_ids or [])
                     if paths:
-                        _before_commit(cur, spec, partition, run_id, loaded, audit, "public")
+                        before_commit(cur, spec, partition, run_id, loaded, audit, "public")
                     audit.rows_extracted, audit.lake_paths = applied.changes, paths
                     audit.rows_loaded, audit.parquet_files = loaded.rows_loaded, len(paths)
                     audit.schema_changes = loaded.schema_changes

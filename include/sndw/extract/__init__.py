@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from sndw.errors import ExtractError, SchemaConflictError, SourceDataError
-from sndw.lake import PG_TYPE_KEY
 from sndw.naming import NESTED_SEPARATOR, normalize_identifier
+from sndw.typeplan import PG_TYPE_KEY
 
 JSON_TYPE = pa.json_()
 

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 from sndw.audit import redact, register_secret
 from sndw.errors import ExtractError
 from sndw.extract import JSON_TYPE, ScalarColumns, column_array
-from sndw.lake import PG_TYPE_KEY
 from sndw.naming import normalize_identifier
+from sndw.typeplan import PG_TYPE_KEY
 
 log = logging.getLogger(__name__)
 

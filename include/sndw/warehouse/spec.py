@@ -1,0 +1,64 @@
+"""What a load is asked to do (``LoadSpec``) and what it did (``LoadResult``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from sndw.checks_config import Check
+from sndw.naming import qualified
+from sndw.transform import BatchTransform
+
+
+@dataclass
+class LoadSpec:
+    schema: str
+    table: str
+    write_mode: str = "replace"
+    primary_key: Sequence[str] = ()
+    # replace/partition: an extract of 0 rows that would empty a table (or a date) holding rows is
+    # refused unless set; into an empty table or date it loads 0 rows.
+    allow_empty: bool = False
+    # A table's ``transform`` (``package.module:function``), resolved by load_files; see sndw.transform.
+    transform: str | BatchTransform | None = None
+    # Quality checks (``sndw.checks_config.Check``) run on this load's rows before it commits: sndw.quality.
+    checks: Sequence[Check] = ()
+
+    @property
+    def qualified(self) -> str:
+        return qualified(self.schema, self.table)
+
+    def ident(self, table: str | None = None) -> sql.Composed:
+        return sql.SQL(".").join([sql.Identifier(self.schema), sql.Identifier(table or self.table)])
+
+
+@dataclass
+class LoadResult:
+    table: str
+    write_mode: str
+    rows_loaded: int
+    files: int
+    schema_changes: list[dict[str, Any]] = field(default_factory=list)
+    nul_replaced: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+    # The quality checks' results (sndw.quality.summary) and the rows they moved to _rejected_<table>.
+    checks: dict[str, Any] | None = None
+    rows_rejected: int = 0
+    # The ``_file_id`` of each file this load wrote: its rows in the table, for the checks.
+    file_ids: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "table": self.table, "write_mode": self.write_mode, "rows_loaded": self.rows_loaded,
+            "files": self.files, "schema_changes": self.schema_changes, "nul_replaced": self.nul_replaced,
+            "seconds": round(self.seconds, 3), "skipped": self.skipped,
+        }
+        if self.checks is not None:
+            out.update(checks=self.checks, rows_rejected=self.rows_rejected)
+        return out
+
+
