@@ -146,7 +146,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         progress.end()
         results.append(result)
         status = "ok" if result["status"] == "success" else "FAILED"
-        print(f"{status:6} {table.name:30} {result['rows_loaded']:>10} rows {result['seconds']:>8.1f}s  "
+        deleted = f", {result['rows_deleted']} deleted" if result.get("rows_deleted") is not None else ""
+        print(f"{status:6} {table.name:30} {result['rows_loaded']:>10} rows{deleted} {result['seconds']:>8.1f}s  "
               f"{result['write_mode']:9} -> {result['target_table']}"
               + (f"\n       {result['error']}" if result["error"] else ""), file=sys.stderr)
     if args.json:

@@ -26,7 +26,9 @@ from psycopg.copy import QueuedLibpqWriter
 from sndw import storage
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
 from sndw.checks_config import Check
+from sndw.contract import apply_contract, safe_widening
 from sndw.ddl import create_schema
+from sndw.deletes import DeleteScope, apply_deletes, before_write, ensure_deleted_at
 from sndw.errors import EmptyExtractError, LoadError, PermanentError, SchemaConflictError
 from sndw.lake import PG_TYPE_KEY, Manifest, iter_file_batches, partition_rows
 from sndw.naming import (
@@ -147,6 +149,9 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
     t = incoming
     if pa.types.is_null(t):
         return ColumnPlan(name, pg_type, pa.null(), "null")
+    wider = safe_widening(pg_type, t, declared)
+    if wider is not None:
+        return wider
     if (declared and pa.types.is_string(t) and base not in _TEXT_TYPES and base not in ("json", "jsonb")):
         if declared.replace(" ", "") != pg_type.replace(" ", ""):
             raise SchemaConflictError(table, name, pg_type, declared)
@@ -213,6 +218,13 @@ class LoadSpec:
     transform: str | BatchTransform | None = None
     # Quality checks (``sndw.checks_config.Check``) run on this load's rows before it commits: sndw.quality.
     checks: Sequence[Check] = ()
+    # Rows whose key the source no longer has: "hard" (deleted) or "soft" (_deleted_at); sndw.deletes.
+    deletes: str | None = None
+    max_delete_fraction: float = 0.5
+    # evolve, freeze or discard_columns: sndw.contract.
+    schema_contract: str = "evolve"
+    # Columns of the data the load leaves out (discard_columns), set by load_files.
+    drop_columns: frozenset[str] = frozenset()
 
     @property
     def qualified(self) -> str:
@@ -235,6 +247,8 @@ class LoadResult:
     # The quality checks' results (sndw.quality.summary) and the rows they moved to _rejected_<table>.
     checks: dict[str, Any] | None = None
     rows_rejected: int = 0
+    # Rows removed or marked deleted because the source no longer has their key (None: no deletes).
+    rows_deleted: int | None = None
     # The ``_file_id`` of each file this load wrote: its rows in the table, for the checks.
     file_ids: list[int] = field(default_factory=list, repr=False)
 
@@ -246,6 +260,8 @@ class LoadResult:
         }
         if self.checks is not None:
             out.update(checks=self.checks, rows_rejected=self.rows_rejected)
+        if self.rows_deleted is not None:
+            out["rows_deleted"] = self.rows_deleted
         return out
 
 
@@ -502,12 +518,16 @@ class _BoundedQueuedWriter(QueuedLibpqWriter):
 def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, columns: dict[str, str],
               table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000,
               progress: Progress | None = None, transform: BatchTransform | None = None,
-              freeze: bool = False, only: list[str] | None = None) -> tuple[int, int]:
+              freeze: bool = False, only: list[str] | None = None,
+              drop: frozenset[str] = frozenset()) -> tuple[int, int]:
     """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements. With a
     ``transform``, each batch goes through it first (the first batch's output is the schema).
     ``freeze``: COPY ... FREEZE, only for a table truncated or created in the current subtransaction.
-    ``only``: just these columns of the file (no transform), e.g. a merge's keys."""
+    ``only``: just these columns of the file (no transform), e.g. a merge's keys. ``drop``: columns
+    left out (a schema contract's discarded ones)."""
     file_schema = output_schema(transform, table, path, batch_rows) if transform else storage.read_schema(path)
+    if only is None and drop & set(file_schema.names):
+        only = [name for name in file_schema.names if name not in drop]
     if only is not None:
         file_schema = pa.schema([file_schema.field(name) for name in only])
     plans: list[ColumnPlan] = []
@@ -531,9 +551,13 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
     # the next batch (shared/POSTGRES-LOADING.md: 0.94x of psql's binary COPY against 0.86x).
     with cur.copy(statement, writer=_BoundedQueuedWriter(cur)) as copy:
         copy.write(encoder.header())
-        batches = iter_file_batches(path, batch_rows, columns=only, batch_bytes=LOAD_BATCH_BYTES)
+        batches = iter_file_batches(path, batch_rows, columns=None if transform else only,
+                                    batch_bytes=LOAD_BATCH_BYTES)
         if transform is not None:
             batches = transformed_batches(transform, table, path, batches)
+            if only is not None:
+                kept = only
+                batches = (b.select([n for n in kept if n in b.schema.names]) for b in batches)
         for number, batch in enumerate(batches, 1):
             if batch.num_rows == 0:
                 continue
@@ -601,15 +625,19 @@ def _check_not_empty(paths: Sequence[str], spec: LoadSpec, partition: date) -> N
 def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSpec, *, partition: date,
                run_id: str | None = None, audit: AuditRecord | None = None,
                audit_schema: str = "public", batch_rows: int = 100_000,
-               watermark: Watermark | None = None, state_key: tuple[str, str] | None = None) -> LoadResult:
+               watermark: Watermark | None = None, state_key: tuple[str, str] | None = None,
+               key_paths: Sequence[str] = ()) -> LoadResult:
     """Load exactly ``paths`` into the warehouse in one transaction.
+
+    ``key_paths``: the source's key set files of an incremental table with ``deletes`` (sndw.deletes);
+    without them the rows of this load are the key set.
 
     The same transaction writes the audit row (if given) and advances the watermark of
     ``state_key`` (pipeline, table) to ``watermark`` (incremental tables). A manifest whose load
     already committed (a retry after a crash just past the commit) is not loaded twice.
     """
     started = time.perf_counter()
-    _check_files(paths)
+    _check_files([*paths, *key_paths])
     _check_not_empty(paths, spec, partition)
     if isinstance(spec.transform, str):  # imported before anything is written: a bad one changes nothing
         spec = replace(spec, transform=load_transform(spec.transform))
@@ -631,24 +659,41 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                 result.skipped = True
                 return result
             create_schema(cur, spec.schema)
-            exists = bool(table_columns(cur, spec.schema, spec.table))
+            before = table_columns(cur, spec.schema, spec.table)
+            exists = bool(before)
+            deletes: DeleteScope | None = None
             if not paths and not exists:
                 log.info("%s: nothing to load and no table yet", spec.qualified)
             else:
+                dropped: set[str] = set()
+                names: list[str] = []
                 if paths:
                     for path in paths:  # evolve with each file's schema: types may differ across files
                         schema = (output_schema(transform, spec.qualified, path, batch_rows) if transform
                                   else storage.read_schema(path))
+                        names += schema.names
+                        schema, discarded = apply_contract(spec, schema, before)
+                        dropped.update(c["column"] for c in discarded)
+                        result.schema_changes.extend(c for c in discarded if c not in result.schema_changes)
                         _, changes = evolve_table(cur, spec, schema)
                         result.schema_changes.extend(changes)
+                if dropped:
+                    spec = replace(spec, drop_columns=frozenset(dropped))
+                if spec.deletes:
+                    result.schema_changes.extend(ensure_deleted_at(cur, spec, names))
                 columns = table_columns(cur, spec.schema, spec.table)
+                if spec.deletes:
+                    deletes = before_write(cur, spec, partition, key_paths)
                 _WRITERS[spec.write_mode](cur, spec, paths, columns, partition, run_id, result, batch_rows)
+                if deletes is not None:  # before the checks: they see the rows as they will commit
+                    result.rows_deleted = apply_deletes(cur, spec, partition, result, columns, deletes, batch_rows)
             _before_commit(cur, spec, partition, run_id, result, audit, audit_schema)
             if watermark is not None and state_key is not None:
                 save_watermark(cur, state_key[0], state_key[1], watermark, run_id, audit_schema)
             if audit is not None:
                 audit.rows_loaded = result.rows_loaded
                 audit.rows_rejected = result.rows_rejected if spec.checks else None
+                audit.rows_deleted = result.rows_deleted
                 audit.parquet_files = len(paths)
                 audit.schema_changes = result.schema_changes
                 audit.finished_at = datetime.now(UTC)
@@ -670,8 +715,9 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
 def _before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run_id: str | None,
                    result: LoadResult, audit: AuditRecord | None, audit_schema: str) -> None:
     """What acts on the rows of this load inside its transaction, after they are written and
-    before the commit: the quality checks now (a failing block check raises QualityCheckError and
-    the whole load rolls back). Deletes of rows the source no longer has belong here too."""
+    before the commit: the quality checks (a failing block check raises QualityCheckError and
+    the whole load rolls back). The deletes of rows the source no longer has (sndw.deletes) ran
+    just before, so the checks see the rows as they will commit."""
     if not spec.checks:
         return
     mode = spec.write_mode
@@ -713,7 +759,7 @@ def load_manifest(conn: psycopg.Connection[Any], manifest: Manifest | dict[str, 
         audit.manifest_id = m.manifest_id
     return load_files(conn, m.paths, spec, partition=m.partition_date, run_id=m.run_id, audit=audit,
                       audit_schema=audit_schema, watermark=Watermark.from_dict(m.watermark),
-                      state_key=state_key)
+                      state_key=state_key, key_paths=m.key_paths)
 
 
 def _constants(file_id: int, partition: date) -> dict[str, tuple[pa.DataType, Any]]:
@@ -783,7 +829,8 @@ def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, 
         result.file_ids.append(file_id)
         rows, nul = copy_file(cur, target, path, columns, spec.qualified, _constants(file_id, partition),
                               batch_rows, progress,
-                              spec.transform if isinstance(spec.transform, BatchTransform) else None, freeze)
+                              spec.transform if isinstance(spec.transform, BatchTransform) else None, freeze,
+                              drop=spec.drop_columns)
         result.rows_loaded += rows
         result.nul_replaced += nul
 
