@@ -21,8 +21,6 @@ from tests.conftest import run, states
 from tests.http_api import Req, Resp, TestApi
 from tests.test_quality import asset_events, table_hash
 
-COLUMNS = "id, name, qty, updated_at"
-
 
 def same_rows(left: Sequence[tuple[Any, ...]], right: Sequence[tuple[Any, ...]]) -> None:
     """Row for row, both ways (EXCEPT ALL each side)."""
@@ -64,7 +62,7 @@ def test_hard_deletes_of_a_merge_table_with_not_null_columns(cli: Any, tmp_path:
     path = write_config(tmp_path, "shop", "sql", [{"name": "items", "table": "public.items", "write_mode": "merge",
                                                    "primary_key": ["id"], "deletes": "hard"}], conn_id="shop_src")
     env = {"AIRFLOW_CONN_SHOP_SRC": source_db}
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0, err
     assert out[0]["rows_loaded"] == 20 and out[0]["rows_deleted"] == 0
     with psycopg.connect(dw_url) as dw:  # the warehouse's own NOT NULL constraints: a delete by key ignores them
@@ -72,11 +70,11 @@ def test_hard_deletes_of_a_merge_table_with_not_null_columns(cli: Any, tmp_path:
     with psycopg.connect(source_db) as src:
         src.execute("DELETE FROM items WHERE id IN (3, 7)")
         src.execute("UPDATE items SET name = 'renamed' WHERE id = 5")
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0, err
     assert (out[0]["rows_loaded"], out[0]["rows_deleted"]) == (18, 2)
     assert "18 rows, 2 deleted" in err
-    same_rows(rows(source_db, f"SELECT {COLUMNS} FROM items"), rows(dw_url, f"SELECT {COLUMNS} FROM items"))
+    same_rows(rows(source_db, "SELECT id, name, qty, updated_at FROM items"), rows(dw_url, "SELECT id, name, qty, updated_at FROM items"))
     assert [a[:3] for a in audit(dw_url, "public.items")] == [("success", 20, 0), ("success", 18, 2)]
     code, out, err = cli("check", str(path), "--json", env=env)
     assert code == 0, err
@@ -94,12 +92,12 @@ def test_soft_deletes_of_an_incremental_table_and_a_key_that_comes_back(cli: Any
         "name": "items", "table": "public.items", "write_mode": "merge", "primary_key": ["id"], "deletes": "soft",
         "incremental": {"cursor": "updated_at"}}], conn_id="shop_src")
     env = {"AIRFLOW_CONN_SHOP_SRC": source_db}
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0, err
     with psycopg.connect(source_db) as src:
         gone = src.execute("SELECT * FROM items WHERE id IN (2, 4)").fetchall()
         src.execute("DELETE FROM items WHERE id IN (2, 4)")
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0, err
     assert (out[0]["rows_loaded"], out[0]["rows_deleted"]) == (0, 2)
     partition = Path(out[0]["lake_paths"][0]).parent
@@ -108,22 +106,22 @@ def test_soft_deletes_of_an_incremental_table_and_a_key_that_comes_back(cli: Any
     import pyarrow.parquet as pq
 
     assert sorted(pq.read_table(keys[0]).column("id").to_pylist()) == [i for i in range(1, 21) if i not in (2, 4)]
-    live = f"SELECT {COLUMNS} FROM items WHERE _deleted_at IS NULL"
-    same_rows(rows(source_db, f"SELECT {COLUMNS} FROM items"), rows(dw_url, live))
-    marked = rows(dw_url, f"SELECT {COLUMNS} FROM items WHERE _deleted_at IS NOT NULL")
+    live = "SELECT id, name, qty, updated_at FROM items WHERE _deleted_at IS NULL"
+    same_rows(rows(source_db, "SELECT id, name, qty, updated_at FROM items"), rows(dw_url, live))
+    marked = rows(dw_url, "SELECT id, name, qty, updated_at FROM items WHERE _deleted_at IS NOT NULL")
     same_rows(marked, gone)  # the rows stay, as they were, marked
     # Again: nothing more is marked, the marks stay.
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0 and out[0]["rows_deleted"] == 0, err
     assert rows(dw_url, "SELECT count(*) FROM items WHERE _deleted_at IS NOT NULL") == [(2,)]
     with psycopg.connect(source_db) as src:
         src.execute("INSERT INTO items VALUES (%s, %s, %s, %s)", gone[0])  # back, with its old cursor
         src.execute("INSERT INTO items VALUES (4, 'item 4 again', 41, TIMESTAMPTZ '2024-02-01')")  # back, changed
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0, err
     assert (out[0]["rows_loaded"], out[0]["rows_deleted"]) == (1, 0)
     assert rows(dw_url, "SELECT count(*) FROM items WHERE _deleted_at IS NOT NULL") == [(0,)]
-    same_rows(rows(source_db, f"SELECT {COLUMNS} FROM items"), rows(dw_url, live))
+    same_rows(rows(source_db, "SELECT id, name, qty, updated_at FROM items"), rows(dw_url, live))
     assert [a[2] for a in audit(dw_url, "public.items")] == [0, 2, 0, 0]
 
 
@@ -134,14 +132,14 @@ def test_keys_query_of_an_incremental_query_table(cli: Any, tmp_path: Path, sour
         "write_mode": "merge", "primary_key": ["id"], "deletes": "hard", "incremental": {"cursor": "updated_at"}}],
         conn_id="shop_src")
     env = {"AIRFLOW_CONN_SHOP_SRC": source_db}
-    assert cli("sync", str(path), env=env)[0] == 0
+    assert cli("sync", str(path), "--lake", str(tmp_path / "lake"), env=env)[0] == 0
     with psycopg.connect(source_db) as src:
         src.execute("DELETE FROM items WHERE id = 11")
         src.execute("UPDATE items SET qty = 0 WHERE id = 12")  # leaves the query's rows; its cursor is unchanged
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0, err
     assert (out[0]["rows_loaded"], out[0]["rows_deleted"]) == (0, 2)
-    same_rows(rows(source_db, f"SELECT {COLUMNS} FROM items WHERE qty > 0"), rows(dw_url, f"SELECT {COLUMNS} FROM stock"))
+    same_rows(rows(source_db, "SELECT id, name, qty, updated_at FROM items WHERE qty > 0"), rows(dw_url, "SELECT id, name, qty, updated_at FROM stock"))
 
 
 def test_the_guard_refuses_a_mass_delete_until_the_table_allows_it(cli: Any, tmp_path: Path, source_db: str,
@@ -150,13 +148,13 @@ def test_the_guard_refuses_a_mass_delete_until_the_table_allows_it(cli: Any, tmp
     table = {"name": "items", "table": "public.items", "write_mode": "merge", "primary_key": ["id"], "deletes": "hard"}
     path = write_config(tmp_path, "shop", "sql", [table], conn_id="shop_src")
     env = {"AIRFLOW_CONN_SHOP_SRC": source_db}
-    assert cli("sync", str(path), env=env)[0] == 0
+    assert cli("sync", str(path), "--lake", str(tmp_path / "lake"), env=env)[0] == 0
     with psycopg.connect(source_db) as src:
         src.execute("DELETE FROM items WHERE id <= 6")
         src.execute("UPDATE items SET qty = -1 WHERE id = 10")
     with psycopg.connect(dw_url) as dw:
         before = table_hash(dw, "items")
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 1 and out[0]["status"] == "failure"
     assert "would delete 6 of the 10 rows of the table, 60%, more than max_delete_fraction 0.5" in out[0]["error"]
     with psycopg.connect(dw_url) as dw:
@@ -165,14 +163,14 @@ def test_the_guard_refuses_a_mass_delete_until_the_table_allows_it(cli: Any, tmp
     assert (status, deleted) == ("failure", None) and "would delete 6 of the 10 rows" in error
     # Allowed: the same run goes through.
     write_config(tmp_path, "shop", "sql", [{**table, "max_delete_fraction": 1.0}], conn_id="shop_src")
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0 and out[0]["rows_deleted"] == 6, err
-    same_rows(rows(source_db, f"SELECT {COLUMNS} FROM items"), rows(dw_url, f"SELECT {COLUMNS} FROM items"))
+    same_rows(rows(source_db, "SELECT id, name, qty, updated_at FROM items"), rows(dw_url, "SELECT id, name, qty, updated_at FROM items"))
     # Every row gone: refused under any share below 1.
     with psycopg.connect(source_db) as src:
         src.execute("DELETE FROM items")
     write_config(tmp_path, "shop", "sql", [{**table, "max_delete_fraction": 0.99}], conn_id="shop_src")
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 1 and "would delete 4 of the 4 rows of the table (every row), 100%" in out[0]["error"]
     assert rows(dw_url, "SELECT count(*) FROM items") == [(4,)]
 
@@ -197,12 +195,12 @@ def test_http_tables_full_and_incremental(cli: Any, tmp_path: Path, dw_url: str)
              "deletes": "hard"},
             {"name": "inc", "endpoint": "/inc", "records_path": "data", "write_mode": "merge", "primary_key": ["id"],
              "deletes": "soft", "incremental": {"cursor": "updated", "param": "since"}}], conn_id="shop_api")
-        code, out, err = cli("sync", str(path), "--json", env=env)
+        code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
         assert code == 0, err
         del records[2]
         del records[5]
         records.append({"id": 11, "name": "n11", "updated": "2024-02-01"})
-        code, out, err = cli("sync", str(path), "--json", env=env)
+        code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
         assert code == 0, err
         assert [(r["rows_loaded"], r["rows_deleted"]) for r in out] == [(9, 2), (1, 2)]
         # The incremental table's keys read: the same request without its incremental parameter.
@@ -224,13 +222,13 @@ def test_file_table_soft_deletes_and_a_returning_key(cli: Any, tmp_path: Path, d
     path = write_config(tmp_path, "files_src", "file", [{"name": "items", "path": "items.csv", "write_mode": "merge",
                                                          "primary_key": ["id"], "deletes": "soft"}],
                         base_path=str(data))
-    assert cli("sync", str(path))[0] == 0
+    assert cli("sync", str(path), "--lake", str(tmp_path / "lake"))[0] == 0
     csv.write_text("id,name,qty\n1,a,10\n3,c,31\n4,d,40\n")
-    code, out, err = cli("sync", str(path), "--json")
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json")
     assert code == 0 and out[0]["rows_deleted"] == 1, err
     assert rows(dw_url, "SELECT id, name, qty FROM items WHERE _deleted_at IS NOT NULL") == [(2, "b", 20)]
     csv.write_text("id,name,qty\n1,a,10\n2,b,22\n3,c,31\n4,d,40\n")
-    code, out, err = cli("sync", str(path), "--json")
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json")
     assert code == 0 and out[0]["rows_deleted"] == 0, err
     same_rows([(1, "a", 10), (2, "b", 22), (3, "c", 31), (4, "d", 40)],
               rows(dw_url, "SELECT id, name, qty FROM items WHERE _deleted_at IS NULL"))
@@ -246,9 +244,9 @@ def test_a_partition_tables_scope_is_its_date(cli: Any, tmp_path: Path, dw_url: 
         "name": "orders", "path": "orders-{{ partition_date }}.csv", "write_mode": "partition", "primary_key": ["id"],
         "deletes": "soft"}], base_path=str(data))
     for day in ("2024-01-02", "2024-01-03"):
-        assert cli("sync", str(path), "--date", day)[0] == 0
+        assert cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--date", day)[0] == 0
     (data / "orders-2024-01-02.csv").write_text("id,amount\n1,20\n3,30\n4,40\n")
-    code, out, err = cli("sync", str(path), "--date", "2024-01-02", "--json")
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--date", "2024-01-02", "--json")
     assert code == 0 and out[0]["rows_deleted"] == 1, err
     day = dt.date(2024, 1, 2)
     assert rows(dw_url, "SELECT _partition_date, id, amount FROM orders WHERE _deleted_at IS NOT NULL") == [(day, 2, 20)]
@@ -258,7 +256,7 @@ def test_a_partition_tables_scope_is_its_date(cli: Any, tmp_path: Path, dw_url: 
     (data / "orders-2024-01-03.csv").write_text("id,amount\n1,30\n")
     with psycopg.connect(dw_url) as dw:
         before = table_hash(dw, "orders")
-    code, out, err = cli("sync", str(path), "--date", "2024-01-03", "--json")
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--date", "2024-01-03", "--json")
     assert code == 1 and "would delete 2 of the 3 rows of its partition 2024-01-03, 67%" in out[0]["error"], out
     with psycopg.connect(dw_url) as dw:
         assert table_hash(dw, "orders") == before
@@ -272,14 +270,14 @@ def test_hard_deletes_of_a_partition_date_and_an_append_table(cli: Any, tmp_path
         {"name": "events", "path": "events.csv", "write_mode": "append", "primary_key": ["id"], "deletes": "hard"},
         {"name": "days", "path": "events.csv", "write_mode": "partition", "primary_key": ["id"], "deletes": "hard"}],
         base_path=str(data))
-    assert cli("sync", str(path), "--date", "2024-01-02")[0] == 0
+    assert cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--date", "2024-01-02")[0] == 0
     (data / "events.csv").write_text("id,kind\n1,a\n3,c\n4,d\n")
-    code, out, err = cli("sync", str(path), "--date", "2024-01-03", "--json")
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--date", "2024-01-03", "--json")
     assert code == 0, err
     assert [r["rows_deleted"] for r in out] == [1, 0]  # the partition table's new date had no rows to lose
     # append keeps each date's rows, less those whose key left the source
     same_rows([(1, "a"), (3, "c"), (1, "a"), (3, "c"), (4, "d")], rows(dw_url, "SELECT id, kind FROM events"))
-    code, out, err = cli("sync", str(path), "--date", "2024-01-02", "--json")
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--date", "2024-01-02", "--json")
     assert code == 0 and [r["rows_deleted"] for r in out] == [0, 1], err
 
 
@@ -333,13 +331,13 @@ def test_pagila_rentals_deleted_at_the_source(cli: Any, tmp_path: Path, source_d
         "name": "rental", "table": "public.rental", "write_mode": "merge", "primary_key": ["rental_id"],
         "deletes": "hard"}], conn_id="pagila_src")
     env = {"AIRFLOW_CONN_PAGILA_SRC": source_db}
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0 and out[0]["rows_loaded"] == 16044, err
     with psycopg.connect(source_db) as src:
         ids = [r[0] for r in src.execute("SELECT rental_id FROM rental ORDER BY rental_id DESC LIMIT 10").fetchall()]
         src.execute("DELETE FROM payment WHERE rental_id = ANY(%s)", (ids,))
         src.execute("DELETE FROM rental WHERE rental_id = ANY(%s)", (ids,))
-    code, out, err = cli("sync", str(path), "--json", env=env)
+    code, out, err = cli("sync", str(path), "--lake", str(tmp_path / "lake"), "--json", env=env)
     assert code == 0 and out[0]["rows_deleted"] == 10, err
     code, out, err = cli("check", str(path), "--json", env=env)
     assert code == 0 and [(r["rows"], r["source_rows"], r["agrees"]) for r in out] == [(16034, 16034, True)], out
