@@ -4,7 +4,8 @@ key the source no longer has, in the load's own transaction, behind a guard agai
 The source's key set of a load: the keys of the rows it wrote (a full extract holds every row), or
 the keys file its extract wrote beside the rows (an incremental table: ``Manifest.key_paths``). The
 keys go to a temporary table; one anti-join DELETE (or UPDATE of ``_deleted_at``) does the rest, so
-NOT NULL columns never matter. A ``partition`` table's scope is the load's date: its rows before the
+NOT NULL columns never matter. A full extract merged needs no key table: the rows it did not write
+are the ones whose key is gone. A ``partition`` table's scope is the load's date: its rows before the
 write are kept aside in a temporary table first, since the write replaces the date.
 """
 
@@ -94,8 +95,10 @@ def apply_deletes(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, res
                   columns: dict[str, str], scope: DeleteScope, batch_rows: int = 100_000) -> int:
     """Remove or mark the rows whose key is not in the source's key set; returns how many. Raises
     MassDeleteError (the load rolls back) when that is more than ``spec.max_delete_fraction``."""
-    keys = _source_keys(cur, spec, partition, result, columns, scope, batch_rows)
     soft = spec.deletes == "soft"
+    if spec.write_mode == "merge" and not scope.key_paths:
+        return _merge_deletes(cur, spec, result)
+    keys = _source_keys(cur, spec, partition, result, columns, scope, batch_rows)
     live = sql.SQL("t.{} IS NULL").format(sql.Identifier(DELETED_AT)) if soft else sql.SQL("true")
     gone = sql.SQL("NOT EXISTS (SELECT 1 FROM {keys} k WHERE {match})").format(keys=keys, match=_match(spec))
     if scope.previous is not None or spec.write_mode == "partition":
@@ -110,6 +113,29 @@ def apply_deletes(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, res
     _guard(spec, "the table", deleted, total)
     if soft:
         _restore(cur, spec, keys)
+    _log(spec, deleted)
+    return deleted
+
+
+def _merge_deletes(cur: psycopg.Cursor[Any], spec: LoadSpec, result: LoadResult) -> int:
+    """A full extract merged: every key it has was just written from its files (the merge replaced
+    the key's old row), so the rows from any other file are those whose key is gone. One pass, no
+    key table: merging 990k of 1M rows took 16.0 s (hard) and 13.6 s (soft) this way against 18.5 s
+    and 21.7 s through the key table's anti-join, 11.3-12.3 s without deletes (the test machine)."""
+    soft = spec.deletes == "soft"
+    live = sql.SQL("{} IS NULL").format(sql.Identifier(DELETED_AT)) if soft else sql.SQL("true")
+    other = sql.SQL("({file} <> ALL(%s) OR {file} IS NULL)").format(file=sql.Identifier(FILE_ID))
+    cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(spec.ident(), live))
+    row = cur.fetchone()
+    total = int(row[0]) if row else 0
+    if soft:
+        statement = sql.SQL("UPDATE {target} SET {deleted} = now() WHERE {live} AND {other}").format(
+            target=spec.ident(), deleted=sql.Identifier(DELETED_AT), live=live, other=other)
+    else:
+        statement = sql.SQL("DELETE FROM {} WHERE {}").format(spec.ident(), other)
+    cur.execute(statement, (result.file_ids,))
+    deleted = cur.rowcount
+    _guard(spec, "the table", deleted, total)
     _log(spec, deleted)
     return deleted
 
