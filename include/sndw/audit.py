@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     schema_changes JSONB,
     attempt_key    TEXT UNIQUE,
     manifest_id    TEXT,
-    rows_rejected  BIGINT
+    rows_rejected  BIGINT,
+    rows_deleted   BIGINT
 )
 """
 
@@ -327,6 +328,8 @@ class AuditRecord:
     manifest_id: str | None = None
     # Rows that quality checks with on_fail: quarantine moved to _rejected_<table> (None: no checks).
     rows_rejected: int | None = None
+    # Rows a table's deletes removed or marked because the source no longer has their key (None: no deletes).
+    rows_deleted: int | None = None
     # The key of an attempt outside Airflow (a CLI run): what makes its row idempotent too.
     attempt_id: str | None = None
 
@@ -357,7 +360,7 @@ def ensure_audit_table(conn: psycopg.Connection[Any], schema: str = "public") ->
         cur.execute(sql.SQL(AUDIT_DDL).format(table=audit_table(schema)))
         # Tables made by an earlier version get the columns added since (ALTER only when missing:
         # it locks the table).
-        for column, pg_type in (("manifest_id", "TEXT"), ("rows_rejected", "BIGINT")):
+        for column, pg_type in (("manifest_id", "TEXT"), ("rows_rejected", "BIGINT"), ("rows_deleted", "BIGINT")):
             cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
                         "AND column_name = %s", (schema, AUDIT_TABLE, column))
             if cur.fetchone() is None:
@@ -403,6 +406,7 @@ def insert_audit_row(cur: psycopg.Cursor[Any], record: AuditRecord, schema: str 
         "attempt_key": record.attempt_key,
         "manifest_id": record.manifest_id,
         "rows_rejected": record.rows_rejected,
+        "rows_deleted": record.rows_deleted,
     }
     query = sql.SQL("INSERT INTO {table} ({cols}) VALUES ({vals}) ON CONFLICT (attempt_key) DO NOTHING").format(
         table=audit_table(schema),

@@ -8,15 +8,17 @@ from typing import Any
 from psycopg import sql
 
 from sndw.audit import AUDIT_TABLE
+from sndw.naming import DELETED_AT
 
-_LOADED = sql.SQL("""
+_LOADED = """
 SELECT target_table, max(finished_at) FILTER (WHERE status = 'success') AS last_load,
-       (array_agg(status ORDER BY id DESC))[1] AS last_status
-FROM {}
+       (array_agg(status ORDER BY id DESC))[1] AS last_status,
+       (array_agg({deleted} ORDER BY id DESC) FILTER (WHERE status = 'success'))[1] AS rows_deleted
+FROM {table}
 WHERE step IN ('load', 'replay')
 GROUP BY target_table
 ORDER BY target_table
-""").format(sql.Identifier(AUDIT_TABLE))
+"""
 
 
 def check_counts(connect: Callable[[], Any], source: Any = None, config_path: str | None = None,
@@ -27,7 +29,14 @@ def check_counts(connect: Callable[[], Any], source: Any = None, config_path: st
     a templated query reads one date: those are shown, not compared)."""
     with connect() as conn:
         known = conn.execute("SELECT to_regclass(%s)", (AUDIT_TABLE,)).fetchone()
-        loaded = {r[0]: r for r in conn.execute(_LOADED).fetchall()} if known and known[0] else {}
+        loaded = {}
+        if known and known[0]:
+            # An audit table no load has migrated yet has no rows_deleted column.
+            has_deleted = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = "
+                                       "'rows_deleted'", (AUDIT_TABLE,)).fetchone()
+            query = sql.SQL(_LOADED).format(deleted=sql.SQL("rows_deleted" if has_deleted else "NULL::bigint"),
+                                            table=sql.Identifier(AUDIT_TABLE))
+            loaded = {r[0]: r for r in conn.execute(query).fetchall()}
         wanted: list[tuple[str, Any]]
         if source is not None:
             wanted = [(f"{source.target_schema}.{t.target}", t) for t in source.tables]
@@ -42,13 +51,22 @@ def check_counts(connect: Callable[[], Any], source: Any = None, config_path: st
             exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema_name, table_name).as_string(conn),)
                                   ).fetchone()
             rows = None
+            marked = None
             if exists and exists[0]:
-                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema_name, table_name))
-                                   ).fetchone()
-                rows = int(row[0]) if row else None
+                soft = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s "
+                                    "AND NOT attisdropped", (exists[0], DELETED_AT)).fetchone()
+                # Rows marked deleted (deletes: soft) are not the source's: counted apart.
+                row = conn.execute(sql.SQL("SELECT count(*){} FROM {}").format(
+                    sql.SQL(", count({})").format(sql.Identifier(DELETED_AT)) if soft else sql.SQL(""),
+                    sql.Identifier(schema_name, table_name))).fetchone()
+                if row:
+                    rows, marked = (int(row[0]) - int(row[1]), int(row[1])) if soft else (int(row[0]), None)
             audit = loaded.get(name)
             entry: dict[str, Any] = {"table": name, "rows": rows, "last_load": audit[1] if audit else None,
-                                     "last_status": audit[2] if audit else None}
+                                     "last_status": audit[2] if audit else None,
+                                     "rows_deleted": audit[3] if audit else None}
+            if marked is not None:
+                entry["marked_deleted"] = marked
             if table is not None:
                 entry["write_mode"] = table.write_mode
                 # A templated table reads one partition: its count is not the warehouse table's.
@@ -94,13 +112,17 @@ class _SourceCounter:
 def format_counts(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no tables loaded yet (etl_audit_log has no load)"
-    lines = [f"{'table':40} {'rows':>12} {'source':>12}  {'last load':25} status"]
+    lines = [f"{'table':40} {'rows':>12} {'source':>12}  {'last load':25} {'status':8} deleted"]
     for r in rows:
         source = "" if r.get("source_rows") is None else str(r["source_rows"])
         mark = {True: "", False: "  DIFFERS", None: ""}[r.get("agrees")]
         last = r["last_load"].isoformat(timespec="seconds") if r["last_load"] else "-"
         rows_text = "missing" if r["rows"] is None else str(r["rows"])
-        lines.append(f"{r['table']:40} {rows_text:>12} {source:>12}  {last:25} {r['last_status'] or '-'}{mark}")
+        deleted = "" if r.get("rows_deleted") is None else str(r["rows_deleted"])
+        if r.get("marked_deleted") is not None:
+            deleted += f" ({r['marked_deleted']} rows marked deleted)"
+        lines.append(f"{r['table']:40} {rows_text:>12} {source:>12}  {last:25} {r['last_status'] or '-':8} "
+                     f"{deleted}{mark}".rstrip())
     errors = list(dict.fromkeys(r["source_error"] for r in rows if r.get("source_error")))
     lines += [f"not compared, the source could not be counted: {e}" for e in errors]
     return "\n".join(lines)

@@ -178,9 +178,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _print_sync(result: dict[str, Any], name: str) -> None:
     status = "ok" if result["status"] == "success" else "FAILED"
-    deleted = f" ({result['rows_deleted']} deleted)" if result.get("rows_deleted") else ""
-    print(f"{status:6} {name:30} {result['rows_loaded']:>10} rows {result['seconds']:>8.1f}s  "
-          f"{result['write_mode']:9} -> {result['target_table']}{deleted}"
+    deleted = f", {result['rows_deleted']} deleted" if result.get("rows_deleted") is not None else ""
+    print(f"{status:6} {name:30} {result['rows_loaded']:>10} rows{deleted} {result['seconds']:>8.1f}s  "
+          f"{result['write_mode']:9} -> {result['target_table']}"
           + (f"\n       {result['error']}" if result["error"] else ""), file=sys.stderr)
 
 

@@ -42,6 +42,8 @@ DEFAULT_BATCH_ROWS = 100_000
 
 
 ColumnType = Literal["text", "bigint", "double", "numeric", "boolean", "json"]
+DeleteMode = Literal["hard", "soft"]
+SchemaContract = Literal["evolve", "freeze", "discard_columns"]
 
 
 class _Model(BaseModel):
@@ -116,6 +118,17 @@ class TableBase(_Model):
     checks: list[Check] = Field(default_factory=list, description=(
         "Quality checks run on the rows of each load, in its transaction, before it commits "
         "(sndw.checks_config; docs/guides/sources.md, Quality checks)."))
+    deletes: DeleteMode | None = Field(default=None, description=(
+        "Rows whose key the source no longer has: removed (hard) or marked in _deleted_at (soft) by "
+        "each load, in its transaction. Needs primary_key; incremental tables read the source's keys "
+        "too (sql: keys_query). docs/guides/sources.md, Deleted rows."))
+    max_delete_fraction: float = Field(default=0.5, ge=0, le=1, description=(
+        "A load that would delete more than this share of the table's rows (of the date's, for a "
+        "partition table), or every row, fails and changes nothing. 1.0: no limit."))
+    schema_contract: SchemaContract = Field(default="evolve", description=(
+        "What a new or changed column does to an existing table: evolve (added, or widened in place), "
+        "freeze (the load fails, naming it) or discard_columns (new columns are not loaded; recorded "
+        "in the audit's schema_changes)."))
 
     @field_validator("name")
     @classmethod
@@ -137,6 +150,12 @@ class TableBase(_Model):
             raise ValueError("elasticsearch needs id_columns or a primary_key: documents without an id would be "
                              "duplicated by every re-run")
         validate_checks(self.checks, self.primary_key, self.write_mode)
+        if self.deletes and not self.primary_key:
+            raise ValueError(f"deletes: {self.deletes} finds rows the source no longer has by their key: it needs "
+                             "primary_key")
+        if self.deletes and self.write_mode == "replace":
+            raise ValueError("deletes: a replace load already holds only the source's rows; use write_mode merge "
+                             "(or append, partition) with deletes")
         return self
 
     @property
@@ -151,11 +170,20 @@ class TableBase(_Model):
 class SqlTable(TableBase):
     table: str | None = Field(default=None, description="Source table, optionally schema-qualified.")
     query: str | None = Field(default=None, description="SQL query (templated with Airflow macros).")
+    keys_query: str | None = Field(default=None, description=(
+        "deletes on an incremental table: the query that returns the source's whole key set (the "
+        "primary_key columns); default SELECT <primary_key> FROM <table>. Templated like query."))
 
     @model_validator(mode="after")
     def _one_of(self) -> SqlTable:
         if bool(self.table) == bool(self.query):
             raise ValueError("set exactly one of 'table' or 'query'")
+        if self.keys_query is not None and not (self.deletes and self.incremental):
+            raise ValueError("keys_query is read only by incremental tables with deletes (a full extract's rows "
+                             "are its key set): set deletes and incremental, or remove it")
+        if self.deletes and self.incremental and self.query and not self.keys_query:
+            raise ValueError("deletes on an incremental table given by 'query' need keys_query: the query that "
+                             "returns every key the source has (the incremental read sees only new rows)")
         check_known_columns(self.checks, select_columns(self.query), "the query")
         return self
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 PARQUET_COMPRESSION = "zstd"
 ROWS_PER_FILE = 1_000_000
 PART_GLOB = "part-*.parquet"
+# The source's whole key set of an incremental table with deletes, beside its rows (sndw.warehouse.deletes).
+KEYS_GLOB = "keys-*.parquet"
 CHECKPOINT_FILE = "_checkpoint.json"
 # An object-store partition's published manifest: the only thing its readers trust.
 MANIFEST_FILE = "_manifest.json"
@@ -76,6 +78,9 @@ class Manifest:
     # Incremental tables: the watermark this extract started from and the one its load commits.
     previous_watermark: dict[str, Any] | None = None
     watermark: dict[str, Any] | None = None
+    # Incremental tables with deletes: the file(s) of every key the source had at extract time.
+    key_paths: list[str] = field(default_factory=list)
+    key_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -376,6 +381,7 @@ class PartitionWriter:
         self._schema: pa.Schema | None = None
         self._file_rows = 0
         self._files: list[Any] = []  # Path in a local lake, a URL string on an object store
+        self._key_files: list[Any] = []
         self._names_cache: dict[tuple[str, ...], list[str]] = {}
         self._checkpointed: list[str] | None = None
         self._last_schema: pa.Schema | None = None
@@ -499,6 +505,41 @@ class PartitionWriter:
             self._file_rows += record_batch.num_rows
             self.manifest.rows += record_batch.num_rows
 
+    def write_keys(self, batches: Iterable[pa.RecordBatch], columns: list[str]) -> int:
+        """Write the source's whole key set (``columns``, normalised names) as one file of this
+        partition, swapped in with its rows and named in the manifest's ``key_paths``; returns the
+        keys written. The last thing an extract writes: the current part is closed first."""
+        self._close_file()
+        path = self._part(f"keys-{self.manifest.manifest_id[:12]}.parquet")
+        writer: pq.ParquetWriter | None = None
+        rows = 0
+        where = f"{self.manifest.protocol}/{self.manifest.source}/{self.manifest.table}"
+        try:
+            for batch in _batches_of(batches):
+                batch = normalize_batch(batch, self._names(batch.schema))
+                missing = [c for c in columns if c not in batch.schema.names]
+                if missing:
+                    raise ExtractError(f"{where}: the keys read returned no column {', '.join(missing)} (it returned "
+                                       f"{', '.join(batch.schema.names)}); it must return the primary_key columns")
+                batch = batch.select(columns)
+                if writer is None:
+                    writer = pq.ParquetWriter(self._sink(path), batch.schema, compression=PARQUET_COMPRESSION,
+                                              use_dictionary=False)
+                writer.write_batch(batch)
+                rows += batch.num_rows
+            if writer is None:  # no keys at all: the file still says so (its columns typed as the rows')
+                known = self._last_schema or pa.schema([])
+                schema = pa.schema([known.field(c) if c in known.names else pa.field(c, pa.null()) for c in columns])
+                writer = pq.ParquetWriter(self._sink(path), schema, compression=PARQUET_COMPRESSION)
+        finally:
+            if writer is not None:
+                writer.close()
+            self._close_file()
+        self._key_files = [path]
+        self.manifest.key_rows = rows
+        log.info("%s: %d keys of the source written beside the rows", where, rows)
+        return rows
+
     def _part(self, name: str) -> Any:
         return self.tmp_dir / name
 
@@ -607,6 +648,7 @@ class PartitionWriter:
         """
         columns = self.validate()
         final_paths = [self.final_dir / p.name for p in self._files]
+        self.manifest.key_paths = [str(self.final_dir / Path(p).name) for p in self._key_files]
         self._checkpoint_path.unlink(missing_ok=True)
         readers = _readers_path(self.final_dir)
         fd = os.open(readers, os.O_RDWR | os.O_CREAT, 0o644)
@@ -663,6 +705,11 @@ def _columns(schemas: list[pa.Schema]) -> list[dict[str, str]]:
             for fld in schema:
                 first.setdefault(fld.name, fld.type)
         return [{"name": name, "type": str(data_type)} for name, data_type in first.items()]
+
+
+def _batches_of(items: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.RecordBatch]:
+    for item in items:
+        yield from _batches(item)
 
 
 def _batches(data: pa.RecordBatch | pa.Table) -> Iterator[pa.RecordBatch]:
@@ -767,6 +814,7 @@ class ObjectPartitionWriter(PartitionWriter):
     def commit(self) -> Manifest:
         columns = self.validate()
         self.manifest.paths = [str(p) for p in self._files]
+        self.manifest.key_paths = [str(p) for p in self._key_files]
         self.manifest.bytes = sum(storage.size(p) for p in self.manifest.paths)
         self.manifest.columns = columns
         manifest_key = storage.strip(storage.join(self.partition_url, MANIFEST_FILE))
@@ -854,6 +902,16 @@ def partition_files(lake_root: str | Path, protocol: str, source: str, table: st
         published = _published(storage.filesystem(root), key)
         return list(published["paths"]) if published else []
     return [str(p) for p in sorted(lake_partition_dir(lake_root, protocol, source, table, partition).glob(PART_GLOB))]
+
+
+def partition_key_files(lake_root: str | Path, protocol: str, source: str, table: str, partition: date) -> list[str]:
+    """The key set files of one published partition (incremental tables with deletes), for a replay."""
+    if storage.is_url(lake_root):
+        root = str(lake_root)
+        key = storage.strip(storage.join(root, protocol, source, table, partition.isoformat(), MANIFEST_FILE))
+        published = _published(storage.filesystem(root), key)
+        return list(published.get("key_paths") or []) if published else []
+    return [str(p) for p in sorted(lake_partition_dir(lake_root, protocol, source, table, partition).glob(KEYS_GLOB))]
 
 
 def iter_file_batches(path: str | Path, batch_rows: int = 100_000, columns: list[str] | None = None,

@@ -24,6 +24,8 @@ META_COLUMNS = (LOADED_AT, PARTITION_DATE, FILE_ID)
 # Per-row lineage columns of tables loaded by earlier versions (kept, NULL for new rows).
 LEGACY_META_COLUMNS = ("_source_file", "_run_id")
 LAKE_FILES_TABLE = "etl_lake_files"
+# Tables with ``deletes: soft``: when the source stopped having the row's key (NULL: it has it).
+DELETED_AT = "_deleted_at"
 
 # Separator between the levels of a flattened nested object: address.geo.lat -> address__geo__lat
 NESTED_SEPARATOR = "__"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -105,6 +105,10 @@ def extract_table(request: ExtractRequest, access: SourceAccess, *,
                     log.info("Pipeline paused: %s.%s stops after %d rows, checkpoint at position %s",
                              request.source, spec.name, writer.manifest.rows, new_position)
                     raise Paused(f"{request.source}.{spec.name}", writer.manifest.rows, new_position)
+        if spec.deletes and spec.incremental is not None:
+            # After the rows: a key deleted between the two reads is then missing from the keys and
+            # deleted by the load; one inserted in between is simply loaded by the next run.
+            writer.write_keys(key_batches(request, access), spec.key_columns)
         manifest = writer.commit()
     if tracker is not None:
         new = tracker.watermark(previous)
@@ -199,13 +203,30 @@ def table_batches(request: ExtractRequest, access: SourceAccess, low: Any = None
         raise PermanentError(f"{spec.name}: unknown table kind {type(spec).__name__}")
 
 
+def key_batches(request: ExtractRequest, access: SourceAccess) -> Iterator[pa.RecordBatch]:
+    """The source's whole key set of an incremental table with deletes (sndw.warehouse.deletes): sql, its
+    ``keys_query`` (default ``SELECT <primary_key> FROM <table>``); http and file, the same read
+    without the incremental filter (unnested lists left out), of which the writer keeps the keys."""
+    spec = request.table
+    log.info("Reading every key of %s.%s for its deletes", request.source, spec.name)
+    if isinstance(spec, SqlTable):
+        from sndw.extract.sql import default_keys_query
+
+        query = spec.keys_query or default_keys_query(spec.table or "", spec.primary_key)
+        types = {k: v for k, v in spec.column_types.items() if normalize_identifier(k) in spec.key_columns}
+        yield from _sql_batches(request, spec.model_copy(update={"column_types": types}), access, query=query)
+        return
+    whole = spec.model_copy(update={"incremental": None, "unnest": []})
+    yield from table_batches(replace(request, table=whole), access)
+
+
 def sql_label(source: str, spec: SqlTable) -> str:
     """How errors name a SQL table: the source and table names, and the source table when set."""
     return f"{source}.{spec.name}" + (f" (source table {spec.table})" if spec.table else "")
 
 
 def _sql_batches(request: ExtractRequest, spec: SqlTable, access: SourceAccess, low: Any = None,
-                 after: Any = None, positioned: bool = False) -> Iterator[Any]:
+                 after: Any = None, positioned: bool = False, query: str | None = None) -> Iterator[Any]:
     from sndw.extract.sql import (
         incremental_query,
         iter_postgres_batches,
@@ -218,10 +239,11 @@ def _sql_batches(request: ExtractRequest, spec: SqlTable, access: SourceAccess, 
     postgres = access.postgres_conninfo is not None
     if not postgres and access.dbapi_connect is None:
         raise PermanentError(f"{spec.name}: a sql source needs a connection")
-    query = spec.query or table_query(spec.table or "")
     dialect = "postgres" if postgres else "other"
-    if spec.incremental is not None:
-        query = incremental_query(query, spec.incremental.cursor, low, dialect)
+    if query is None:  # else a query of its own (the keys read): no incremental filter
+        query = spec.query or table_query(spec.table or "")
+        if spec.incremental is not None:
+            query = incremental_query(query, spec.incremental.cursor, low, dialect)
     if positioned:
         query = keyed_query(query, spec.primary_key, after, dialect)
     batches: Iterator[pa.RecordBatch]

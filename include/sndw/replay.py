@@ -13,7 +13,7 @@ import psycopg
 from sndw.audit import AuditRecord
 from sndw.config import FileSource, HttpSource, SqlSource, TableBase
 from sndw.errors import SndwError
-from sndw.lake import file_run_id, partition_dates, partition_files
+from sndw.lake import file_run_id, partition_dates, partition_files, partition_key_files
 from sndw.naming import qualified
 from sndw.warehouse import LoadResult, LoadSpec, load_files
 
@@ -48,7 +48,8 @@ def replay_table(conn: psycopg.Connection[Any], source: Source, table: TableBase
     mode = "append_partition" if table.write_mode == "append" else table.write_mode
     # The table's transform as the config names it now: the lake holds the data as extracted.
     spec = LoadSpec(source.target_schema, table.target, mode, table.key_columns, allow_empty=table.allow_empty,
-                    transform=table.transform, checks=table.checks)
+                    transform=table.transform, checks=table.checks, deletes=table.deletes,
+                    max_delete_fraction=table.max_delete_fraction, schema_contract=table.schema_contract)
     results = []
     replay_id = uuid.uuid4().hex[:12]
     for day in dates:
@@ -61,7 +62,9 @@ def replay_table(conn: psycopg.Connection[Any], source: Source, table: TableBase
             dag_id=source.name, task_id=f"replay_{table.name}", airflow_run_id=f"{run_label}:{replay_id}:{day}",
             try_number=1,
         )
-        result = load_files(conn, paths, spec, partition=day, run_id=run_id, audit=audit)
+        # An incremental table's deletes replay with the key set its extract kept beside the rows.
+        key_paths = partition_key_files(lake_root, source.kind, source.name, table.name, day) if table.deletes else []
+        result = load_files(conn, paths, spec, partition=day, run_id=run_id, audit=audit, key_paths=key_paths)
         log.info("replayed %s partition %s: %d rows", spec.qualified, day, result.rows_loaded)
         results.append(result)
     return results

@@ -111,9 +111,14 @@ def run_table(*, url: str, pipeline: str, source: str, kind: str, table: Any, ac
             _flush(conn, lake, flush_spool)
             spec = LoadSpec(schema=schema, table=table.target, write_mode=table.write_mode,
                             primary_key=table.key_columns, allow_empty=getattr(table, "allow_empty", False),
-                            transform=getattr(table, "transform", None), checks=getattr(table, "checks", ()))
+                            transform=getattr(table, "transform", None), checks=getattr(table, "checks", ()),
+                            deletes=getattr(table, "deletes", None),
+                            max_delete_fraction=getattr(table, "max_delete_fraction", 0.5),
+                            schema_contract=getattr(table, "schema_contract", "evolve"))
             loaded = load_table(conn, manifest, spec, pipeline=pipeline, audit=audit)
             result.update(rows_loaded=loaded.rows_loaded, schema_changes=loaded.schema_changes)
+            if loaded.rows_deleted is not None:
+                result["rows_deleted"] = loaded.rows_deleted
             if loaded.checks is not None:
                 result.update(checks=loaded.checks, rows_rejected=loaded.rows_rejected)
             for child, child_manifest in children:

@@ -98,6 +98,9 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
     t = incoming
     if pa.types.is_null(t):
         return ColumnPlan(name, pg_type, pa.null(), "null")
+    wider = safe_widening(pg_type, t, declared)
+    if wider is not None:
+        return wider
     if (declared and pa.types.is_string(t) and base not in _TEXT_TYPES and base not in ("json", "jsonb")):
         if declared.replace(" ", "") != pg_type.replace(" ", ""):
             raise SchemaConflictError(table, name, pg_type, declared)
@@ -150,3 +153,43 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
             return ColumnPlan(name, pg_type, pa.binary(), "native")
     raise SchemaConflictError(table, name, pg_type, f"{incoming} ({pg_type_for(incoming)})")
 
+
+_INTEGERS = {"smallint": 16, "integer": 32, "bigint": 64}
+_VARCHAR = re.compile(r"^(?:character varying|varchar)(?:\((\d+)\))?$")
+_NUMERIC = re.compile(r"^(?:numeric|decimal)(?:\((\d+)(?:,\s*(\d+))?\))?$")
+
+
+def safe_widening(pg_type: str, incoming: pa.DataType, declared: str | None) -> str | None:
+    """The wider type a warehouse column of ``pg_type`` needs for data of the source type
+    ``declared`` (a PostgreSQL source's own type) or, for numerics, the lake type ``incoming``;
+    None when it holds them as it is. Only widenings that keep every stored value: integer to a
+    larger integer, varchar(n) to a longer varchar or text, numeric to a larger precision (and
+    scale: digits are never cut)."""
+    current = pg_type.strip().lower()
+    wanted = (declared or "").strip().lower()
+    if current in _INTEGERS and wanted in _INTEGERS and _INTEGERS[wanted] > _INTEGERS[current]:
+        return wanted
+    varchar = _VARCHAR.match(current)
+    if varchar and varchar.group(1) and wanted:
+        if wanted == "text":
+            return "text"
+        longer = _VARCHAR.match(wanted)
+        if longer and (longer.group(1) is None or int(longer.group(1)) > int(varchar.group(1))):
+            return wanted if longer.group(1) else "character varying"
+    numeric = _NUMERIC.match(current)
+    if numeric and numeric.group(1):
+        precision, scale = int(numeric.group(1)), int(numeric.group(2) or 0)
+        other = _NUMERIC.match(wanted) if wanted else None
+        if other is not None and other.group(1) is None:
+            return "numeric"  # unconstrained: holds any value
+        if other is not None:
+            p2, s2 = int(other.group(1)), int(other.group(2) or 0)
+        elif not wanted and pa.types.is_decimal(incoming):
+            p2, s2 = incoming.precision, incoming.scale
+        else:
+            return None
+        new_scale = max(scale, s2)
+        new_precision = max(precision - scale, p2 - s2) + new_scale
+        if (new_precision, new_scale) != (precision, scale) and new_precision <= 1000:
+            return f"numeric({new_precision},{new_scale})"
+    return None

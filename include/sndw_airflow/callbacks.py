@@ -40,6 +40,7 @@ def _record(context: Any, status: str) -> AuditRecord | None:
         bytes=result.get("bytes"),
         lake_paths=result.get("paths"),
         schema_changes=result.get("schema_changes"),
+        rows_deleted=result.get("rows_deleted"),
         **attempt(context),
     )
 

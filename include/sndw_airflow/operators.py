@@ -308,11 +308,16 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
     :param transform: ``package.module:function`` applied to each batch on its way in (sndw.transform)
     :param checks: quality checks, as in a source config's ``checks`` (sndw.checks_config), run on the
         load's rows before it commits; a failing ``block`` check fails the task without retries
+    :param deletes: ``hard`` or ``soft``: rows whose key the source no longer has are removed or marked
+        in ``_deleted_at`` (sndw.warehouse.deletes); needs ``primary_key``
+    :param max_delete_fraction: a load that would delete more than this share of the table fails
+        without retries and changes nothing (1.0: no limit)
+    :param schema_contract: ``evolve``, ``freeze`` or ``discard_columns`` (sndw.warehouse.contract)
     :param dw_conn_id: the warehouse's Airflow connection
 
     Unless ``outlets`` is given, the task declares the table's Asset (``sndw_airflow.lineage.table_asset``)
-    and emits one event per load, keyed by the run's partition date, with rows, manifest and the checks'
-    results in its extra (no event when a block check fails: the load is rolled back).
+    and emits one event per load, keyed by the run's partition date, with rows, manifest, the checks'
+    results and the rows deleted in its extra (no event when a block check fails: the load is rolled back).
     """
 
     template_fields: Sequence[str] = ("manifest", "target_table", "target_schema")
@@ -321,7 +326,8 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
     def __init__(self, *, manifest: Any, target_table: str, target_schema: str = "public",
                  write_mode: str = "replace", primary_key: Sequence[str] = (), allow_empty: bool = False,
                  dw_conn_id: str = "dw", source: str | None = None, kind: str | None = None,
-                 transform: str | None = None, checks: Sequence[dict[str, Any]] = (), **kwargs: Any) -> None:
+                 transform: str | None = None, checks: Sequence[dict[str, Any]] = (), deletes: str | None = None,
+                 max_delete_fraction: float = 0.5, schema_contract: str = "evolve", **kwargs: Any) -> None:
         if "outlets" not in kwargs and "{{" not in f"{target_schema}{target_table}":
             kwargs["outlets"] = [table_asset(dw_conn_id, normalize_identifier(target_schema),
                                              normalize_identifier(target_table))]
@@ -330,6 +336,10 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
             raise ValueError(f"write_mode must be replace, append, merge or partition; got {write_mode!r}")
         if write_mode == "merge" and not primary_key:
             raise ValueError("write_mode 'merge' needs primary_key")
+        if deletes not in (None, "hard", "soft") or (deletes and not primary_key):
+            raise ValueError(f"deletes must be hard or soft, with a primary_key; got {deletes!r}")
+        if schema_contract not in ("evolve", "freeze", "discard_columns"):
+            raise ValueError(f"schema_contract must be evolve, freeze or discard_columns; got {schema_contract!r}")
         self.manifest = manifest
         self.target_table = target_table
         self.target_schema = target_schema
@@ -338,6 +348,9 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
         self.allow_empty = allow_empty
         self.transform = transform
         self.checks = list(checks)
+        self.deletes = deletes
+        self.max_delete_fraction = max_delete_fraction
+        self.schema_contract = schema_contract
         self.dw_conn_id = dw_conn_id
         self.source = source
         self.kind = kind
@@ -367,7 +380,9 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
         spec = LoadSpec(schema=normalize_identifier(self.target_schema),
                         table=normalize_identifier(self.target_table), write_mode=self.write_mode,
                         primary_key=[normalize_identifier(k) for k in self.primary_key],
-                        allow_empty=self.allow_empty, transform=self.transform, checks=self._checks())
+                        allow_empty=self.allow_empty, transform=self.transform, checks=self._checks(),
+                        deletes=self.deletes, max_delete_fraction=self.max_delete_fraction,
+                        schema_contract=self.schema_contract)
         fields = self.audit_fields()
         audit = AuditRecord(
             pipeline_name=fields["pipeline_name"], source_name=fields["source_name"],
@@ -387,7 +402,8 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
             conn.close()
         self.sndw_result = {**result.to_dict(), "rows_extracted": manifest.rows, "bytes": manifest.bytes,
                             "paths": manifest.paths}
-        self._emit_table_event(context, manifest, spec.schema, spec.table, result.rows_loaded, result.checks)
+        self._emit_table_event(context, manifest, spec.schema, spec.table, result.rows_loaded, result.checks,
+                               result.rows_deleted)
         return result.to_dict()
 
     def _checks(self) -> list[Any]:
@@ -400,7 +416,7 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
             raise AirflowFailException(f"{self.task_id}: invalid checks: {exc}") from exc
 
     def _emit_table_event(self, context: Any, manifest: Manifest, schema: str, table: str, rows: int,
-                          checks: dict[str, Any] | None = None) -> None:
+                          checks: dict[str, Any] | None = None, rows_deleted: int | None = None) -> None:
         """The table's asset event: the run's partition date as its partition key (consumers on a
         PartitionedAssetTimetable run once per loaded date); rows, manifest and the table's
         OpenLineage location in its extra."""
@@ -416,6 +432,7 @@ class ParquetToDwOperator(_ManifestTask, BaseOperator):
             "rows_extracted": manifest.rows, "manifest_id": manifest.manifest_id, "write_mode": self.write_mode,
             "source": self.source or manifest.source,
             **({"checks": checks} if checks is not None else {}),
+            **({"rows_deleted": rows_deleted} if rows_deleted is not None else {}),
             **({"openlineage": warehouse_location(self.dw_location, schema, table)} if self.dw_location else {}),
         })
 

@@ -8,7 +8,7 @@ import queue
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -42,6 +42,16 @@ def table_query(table: str) -> str:
         raise ValueError(f"table {table!r} is not a plain [schema.]name: use 'query' instead")
     quoted = ".".join(f'"{part}"' for part in table.split("."))
     return f"SELECT * FROM {quoted}"  # noqa: S608 - identifier checked and quoted above
+
+
+def default_keys_query(table: str, keys: Sequence[str]) -> str:
+    """``SELECT <keys> FROM <table>``: the whole key set of a source table, for deletes. A key name
+    that is not a plain lower-case identifier is quoted as written."""
+    if not _SIMPLE_NAME.match(table):
+        raise ValueError(f"table {table!r} is not a plain [schema.]name: set keys_query")
+    quoted = ".".join(f'"{part}"' for part in table.split("."))
+    columns = ", ".join(k if re.match(r"^[a-z_][a-z0-9_]*$", k) else _quote_ident(k) for k in keys)
+    return f"SELECT {columns} FROM {quoted}"  # noqa: S608 - identifiers checked and quoted
 
 
 def incremental_query(query: str, cursor: str, low: Any, dialect: str = "postgres") -> str:

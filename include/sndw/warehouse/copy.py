@@ -36,12 +36,16 @@ class _BoundedQueuedWriter(QueuedLibpqWriter):
 def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, columns: dict[str, str],
               table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000,
               progress: Progress | None = None, transform: BatchTransform | None = None,
-              freeze: bool = False, only: list[str] | None = None) -> tuple[int, int]:
+              freeze: bool = False, only: list[str] | None = None,
+              drop: frozenset[str] = frozenset()) -> tuple[int, int]:
     """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements. With a
     ``transform``, each batch goes through it first (the first batch's output is the schema).
     ``freeze``: COPY ... FREEZE, only for a table truncated or created in the current subtransaction.
-    ``only``: just these columns of the file (no transform), e.g. a merge's keys."""
+    ``only``: just these columns of the file (no transform), e.g. a merge's keys. ``drop``: columns
+    left out (a schema contract's discarded ones)."""
     file_schema = output_schema(transform, table, path, batch_rows) if transform else storage.read_schema(path)
+    if only is None and drop & set(file_schema.names):
+        only = [name for name in file_schema.names if name not in drop]
     if only is not None:
         file_schema = pa.schema([file_schema.field(name) for name in only])
     plans: list[ColumnPlan] = []
@@ -65,9 +69,13 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
     # the next batch (shared/POSTGRES-LOADING.md: 0.94x of psql's binary COPY against 0.86x).
     with cur.copy(statement, writer=_BoundedQueuedWriter(cur)) as copy:
         copy.write(encoder.header())
-        batches = iter_file_batches(path, batch_rows, columns=only, batch_bytes=LOAD_BATCH_BYTES)
+        batches = iter_file_batches(path, batch_rows, columns=None if transform else only,
+                                    batch_bytes=LOAD_BATCH_BYTES)
         if transform is not None:
             batches = transformed_batches(transform, table, path, batches)
+            if only is not None:
+                kept = only
+                batches = (b.select([n for n in kept if n in b.schema.names]) for b in batches)
         for number, batch in enumerate(batches, 1):
             if batch.num_rows == 0:
                 continue

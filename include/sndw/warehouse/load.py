@@ -32,6 +32,8 @@ from sndw.quality import (
 )
 from sndw.state import Watermark, save_watermark
 from sndw.transform import BatchTransform, load_transform, output_schema
+from sndw.warehouse.contract import apply_contract
+from sndw.warehouse.deletes import DeleteScope, apply_deletes, before_write, ensure_deleted_at
 from sndw.warehouse.lineage import ensure_lake_files_table
 from sndw.warehouse.modes import WRITERS
 from sndw.warehouse.spec import LoadResult, LoadSpec
@@ -75,15 +77,19 @@ def _check_not_empty(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, 
 def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSpec, *, partition: date,
                run_id: str | None = None, audit: AuditRecord | None = None,
                audit_schema: str = "public", batch_rows: int = 100_000,
-               watermark: Watermark | None = None, state_key: tuple[str, str] | None = None) -> LoadResult:
+               watermark: Watermark | None = None, state_key: tuple[str, str] | None = None,
+               key_paths: Sequence[str] = ()) -> LoadResult:
     """Load exactly ``paths`` into the warehouse in one transaction.
+
+    ``key_paths``: the source's key set files of an incremental table with ``deletes``
+    (sndw.warehouse.deletes); without them the rows of this load are the key set.
 
     The same transaction writes the audit row (if given) and advances the watermark of
     ``state_key`` (pipeline, table) to ``watermark`` (incremental tables). A manifest whose load
     already committed (a retry after a crash just past the commit) is not loaded twice.
     """
     started = time.perf_counter()
-    _check_files(paths)
+    _check_files([*paths, *key_paths])
     empty = not partition_rows(paths)
     if isinstance(spec.transform, str):  # imported before anything is written: a bad one changes nothing
         spec = replace(spec, transform=load_transform(spec.transform))
@@ -105,26 +111,42 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                 result.skipped = True
                 return result
             create_schema(cur, spec.schema)
-            exists = bool(table_columns(cur, spec.schema, spec.table))
+            before = table_columns(cur, spec.schema, spec.table)
+            exists = bool(before)
             if empty:
                 _check_not_empty(cur, spec, partition, exists)
+            deletes: DeleteScope | None = None
             if not paths and not exists:
                 log.info("%s: nothing to load and no table yet", spec.qualified)
             else:
-                if paths:
-                    for path in paths:  # evolve with each file's schema: types may differ across files
-                        schema = (output_schema(transform, spec.qualified, path, batch_rows) if transform
-                                  else storage.read_schema(path))
-                        _, changes = evolve_table(cur, spec, schema)
-                        result.schema_changes.extend(changes)
+                dropped: set[str] = set()
+                names: list[str] = []
+                for path in paths:  # evolve with each file's schema: types may differ across files
+                    schema = (output_schema(transform, spec.qualified, path, batch_rows) if transform
+                              else storage.read_schema(path))
+                    names += schema.names
+                    schema, discarded = apply_contract(spec, schema, before)
+                    dropped.update(c["column"] for c in discarded)
+                    result.schema_changes.extend(c for c in discarded if c not in result.schema_changes)
+                    _, changes = evolve_table(cur, spec, schema)
+                    result.schema_changes.extend(changes)
+                if dropped:
+                    spec = replace(spec, drop_columns=frozenset(dropped))
+                if spec.deletes:
+                    result.schema_changes.extend(ensure_deleted_at(cur, spec, names))
                 columns = table_columns(cur, spec.schema, spec.table)
+                if spec.deletes:
+                    deletes = before_write(cur, spec, partition, key_paths)
                 WRITERS[spec.write_mode](cur, spec, paths, columns, partition, run_id, result, batch_rows)
+                if deletes is not None:  # before the checks: they see the rows as they will commit
+                    result.rows_deleted = apply_deletes(cur, spec, partition, result, columns, deletes, batch_rows)
             before_commit(cur, spec, partition, run_id, result, audit, audit_schema)
             if watermark is not None and state_key is not None:
                 save_watermark(cur, state_key[0], state_key[1], watermark, run_id, audit_schema)
             if audit is not None:
                 audit.rows_loaded = result.rows_loaded
                 audit.rows_rejected = result.rows_rejected if spec.checks else None
+                audit.rows_deleted = result.rows_deleted
                 audit.parquet_files = len(paths)
                 audit.schema_changes = result.schema_changes
                 audit.finished_at = datetime.now(UTC)
@@ -146,8 +168,9 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
 def before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run_id: str | None,
                    result: LoadResult, audit: AuditRecord | None, audit_schema: str) -> None:
     """What acts on the rows of this load inside its transaction, after they are written and
-    before the commit: the quality checks now (a failing block check raises QualityCheckError and
-    the whole load rolls back). Deletes of rows the source no longer has belong here too."""
+    before the commit: the quality checks (a failing block check raises QualityCheckError and
+    the whole load rolls back). The deletes of rows the source no longer has (sndw.warehouse.deletes)
+    ran just before, so the checks see the rows as they will commit."""
     if not spec.checks:
         return
     mode = spec.write_mode
@@ -193,7 +216,7 @@ def load_manifest(conn: psycopg.Connection[Any], manifest: Manifest | dict[str, 
             _check_not_replaced(m, spec)
             return load_files(conn, m.paths, spec, partition=m.partition_date, run_id=m.run_id, audit=audit,
                               audit_schema=audit_schema, watermark=Watermark.from_dict(m.watermark),
-                              state_key=state_key)
+                              state_key=state_key, key_paths=m.key_paths)
     except FileNotFoundError as exc:  # an object store's parts, deleted by a newer publication mid-load
         if all(storage.exists(p) for p in m.paths):
             raise

@@ -29,7 +29,8 @@ def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, 
         result.file_ids.append(file_id)
         rows, nul = copy_file(cur, target, path, columns, spec.qualified, file_constants(file_id, partition),
                               batch_rows, progress,
-                              spec.transform if isinstance(spec.transform, BatchTransform) else None, freeze)
+                              spec.transform if isinstance(spec.transform, BatchTransform) else None, freeze,
+                              drop=spec.drop_columns)
         result.rows_loaded += rows
         result.nul_replaced += nul
 

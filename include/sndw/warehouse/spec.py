@@ -26,6 +26,13 @@ class LoadSpec:
     transform: str | BatchTransform | None = None
     # Quality checks (``sndw.checks_config.Check``) run on this load's rows before it commits: sndw.quality.
     checks: Sequence[Check] = ()
+    # Rows whose key the source no longer has: "hard" (deleted) or "soft" (_deleted_at); sndw.warehouse.deletes.
+    deletes: str | None = None
+    max_delete_fraction: float = 0.5
+    # evolve, freeze or discard_columns: sndw.warehouse.contract.
+    schema_contract: str = "evolve"
+    # Columns of the data the load leaves out (discard_columns), set by load_files.
+    drop_columns: frozenset[str] = frozenset()
 
     @property
     def qualified(self) -> str:
@@ -48,6 +55,8 @@ class LoadResult:
     # The quality checks' results (sndw.quality.summary) and the rows they moved to _rejected_<table>.
     checks: dict[str, Any] | None = None
     rows_rejected: int = 0
+    # Rows removed or marked deleted because the source no longer has their key (None: no deletes).
+    rows_deleted: int | None = None
     # The ``_file_id`` of each file this load wrote: its rows in the table, for the checks.
     file_ids: list[int] = field(default_factory=list, repr=False)
 
@@ -59,6 +68,8 @@ class LoadResult:
         }
         if self.checks is not None:
             out.update(checks=self.checks, rows_rejected=self.rows_rejected)
+        if self.rows_deleted is not None:
+            out["rows_deleted"] = self.rows_deleted
         return out
 
 
