@@ -13,6 +13,7 @@ seventh source's ``orders`` has a failing warn check.
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
@@ -155,7 +156,8 @@ def fill(conn: psycopg.Connection[Any], count: int, days: int, now: datetime | N
 
 
 def time_overview(url: str, folder: Path, rounds: int = 5) -> dict[str, Any]:
-    """Seconds of sndw.stats.overview (the page's queries and what it builds of them), per round."""
+    """Seconds of the page's answer, per round: sndw.stats.overview (its queries and what it builds
+    of them) and the JSON of it. Not counted: reading the configs and Airflow's login."""
     from sndw.config import iter_sources
     from sndw.errors import ConfigError
     from sndw.stats import overview
@@ -167,6 +169,7 @@ def time_overview(url: str, folder: Path, rounds: int = 5) -> dict[str, Any]:
         for _ in range(rounds):
             started = time.perf_counter()
             report = overview(conn, sources)
+            json.dumps(report)
             timings.append(time.perf_counter() - started)
     tables = sum(len(s["tables"]) for s in report["sources"])
     return {"sources": len(report["sources"]), "tables": tables, "seconds": round(statistics.median(timings), 3),
