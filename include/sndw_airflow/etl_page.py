@@ -11,7 +11,7 @@ PAGE_HTML = r"""<!doctype html>
 <style>
  body{font:14px system-ui,sans-serif;margin:16px;color:#1f2933;background:#fff}
  h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:20px 0 4px;border-bottom:1px solid #d9e2ec;padding-bottom:2px}
- table{border-collapse:collapse;margin:4px 0;width:100%} td,th{border:1px solid #d9e2ec;padding:3px 6px;text-align:left;vertical-align:top}
+ table{border-collapse:collapse;margin:4px 0;width:100%;table-layout:fixed} td,th{border:1px solid #d9e2ec;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
  th{background:#f0f4f8;font-weight:600;font-size:12px} td.n{text-align:right;font-variant-numeric:tabular-nums}
  .badge{display:inline-block;padding:1px 8px;border-radius:9px;color:#fff;font-size:12px;margin-left:6px}
  .fresh,.success,.pass{background:#2f9e44} .stale,.warn,.quarantined{background:#e67700}
@@ -131,7 +131,8 @@ function stateCell(st) {
   return el("div", {}, el("code", {}, st.cursor + " = " + (st.value == null ? "null" : st.value)),
             el("div", {class: "muted"}, "updated ", when(st.updated_at)));
 }
-const HEAD = ["table", "state", "last 30 loads", "last success", "gaps", "quality", "last error", "state (watermark / CDC)"];
+const HEAD = [["table", "15%"], ["state", "6%"], ["last 30 loads", "204px"], ["last success", "8%"], ["gaps", "12%"],
+              ["quality", "11%"], ["last error", ""], ["state (watermark / CDC)", "15%"]];
 function showSource(src) {
   const box = el("section", {id: "source-" + src.name, class: "source", "data-name": src.name, "data-state": src.state,
                              "data-tags": JSON.stringify(src.tags)});
@@ -141,7 +142,7 @@ function showSource(src) {
        (src.schedule || "manual") + (src.tags.length ? " | tags " + src.tags.join(", ") : "") + " | last load "),
     last ? when(last.finished_at) : el("span", {class: "muted"}, "never"),
     last && last.run_id ? el("span", {style: "font-weight:normal;font-size:13px"}, " ", link("run", runUrl(last.dag_id || src.dag_id, last.run_id))) : ""));
-  const t = el("table", {}, el("tr", {}, ...HEAD.map(h => el("th", {}, h))));
+  const t = el("table", {}, el("tr", {}, ...HEAD.map(([h, w]) => el("th", {style: w ? "width:" + w : null}, h))));
   for (const tb of src.tables) {
     const fr = tb.freshness;
     t.append(el("tr", {"data-table": tb.target},
@@ -151,7 +152,7 @@ function showSource(src) {
       el("td", {title: fr.due_since ? "due: a load after " + exact(fr.due_since) : ""}, when(tb.last_success)),
       el("td", {}, gapsCell(tb.gaps)),
       el("td", {}, qualityCell(tb.quality)),
-      el("td", {style: "max-width:340px"}, errorCell(tb.last_error)),
+      el("td", {}, errorCell(tb.last_error)),
       el("td", {}, stateCell(tb.state_row))));
   }
   box.append(t);
