@@ -87,9 +87,10 @@ function chart(loads) {
   const maxRows = Math.max(1, ...loads.map(l => l.rows || 0)), maxSec = Math.max(0.001, ...loads.map(l => l.seconds || 0));
   const offset = n - loads.length, pts = [];
   loads.forEach((l, i) => {
-    const x = (offset + i) * bw, bh = Math.max(1, Math.round((h - 2) * (l.rows || 0) / maxRows));
+    const failed = l.status === "failure", x = (offset + i) * bw;  // a failed load: a full-height red bar
+    const bh = failed ? h - 2 : Math.max(1, Math.round((h - 2) * (l.rows || 0) / maxRows));
     const r = svg("rect", {x: x + 0.5, y: h - bh, width: Math.max(1, bw - 1.5), height: bh,
-                           fill: l.status === "failure" ? "#c92a2a" : "#74c0fc"});
+                           fill: failed ? "#fa5252" : "#74c0fc", "fill-opacity": failed ? 0.6 : 1});
     const t = svg("title");
     t.textContent = (l.finished_at ? exact(l.finished_at) : "") + (l.partition ? " | partition " + l.partition : "") +
       " | " + (l.status === "failure" ? "failed" : fmt(l.rows) + " rows") + " | " + duration(l.seconds);
@@ -106,7 +107,7 @@ function gapsCell(g) {
   if (!g) return el("span", {class: "muted"}, "");
   if (!g.missing.length) return el("span", {class: "muted", title: g.from + " to " + g.to}, "none");
   const what = g.kind === "dates" ? " missing date" : " missed run";
-  const shown = g.missing.slice(-5).join(", ") + (g.missing.length > 5 ? ", ..." : "");
+  const shown = (g.missing.length > 5 ? "..., " : "") + g.missing.slice(-5).join(", ");  // the latest five
   return el("span", {class: "bad", title: g.missing.join(", ")}, g.missing.length + what + (g.missing.length > 1 ? "s" : ""),
             el("div", {class: "muted", style: "font-weight:normal"}, shown));
 }
