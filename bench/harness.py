@@ -934,6 +934,28 @@ class Bench:
                          "peak_rss_mib": round(statistics.median(s.rss_kib for s in sndw) / 1024, 1)})
         self.results["dags_test"] = rows
 
+    def bench_etl_page(self) -> None:
+        """The ETL page's answer (sndw.stats.overview and its JSON) over N sources x D days of audit rows."""
+        if "etl_page" in self.s.skip:
+            self.results["etl_page"] = None
+            return
+        from bench import etl_page
+
+        sources, days = _int_env("BENCH_ETL_PAGE_SOURCES", 100), _int_env("BENCH_ETL_PAGE_DAYS", 365)
+        log(f"ETL PAGE: {sources} sources x {days} days of audit rows")
+        name = f"{self.s.db}_etl_page"
+        url = self.create_database(name)
+        try:
+            folder = self.work / "etl-page-sources"
+            etl_page.write_sources(folder, sources, self.work)
+            with psycopg.connect(url) as conn:
+                made = etl_page.fill(conn, sources, days)
+            self.results["etl_page"] = {**etl_page.time_overview(url, folder, self.s.rounds + 2), "days": days,
+                                        "audit_rows": made.audit_rows}
+        finally:
+            if not self.s.keep:
+                self.drop_database(name)
+
     # ---------------------------------------------------------------------------- run
 
     def run(self) -> dict[str, Any]:
@@ -954,6 +976,7 @@ class Bench:
             self.bench_pagila()
             self.bench_parse()
             self.bench_dags_test()
+            self.bench_etl_page()
         finally:
             self.stop()
         self.results["meta"]["seconds"] = round(time.perf_counter() - started, 1)

@@ -30,6 +30,7 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
         "BENCH_PG_URL": pg_url, "BENCH_DB": f"{TEST_DB_PREFIX}bench_{uuid.uuid4().hex[:8]}",
         "BENCH_PANDAS_ROWS": "500", "BENCH_INSERT_ROWS": "200", "BENCH_DLT_CSV_ROWS": "500",
         "BENCH_PARSE_SOURCES": "1,10",
+        "BENCH_ETL_PAGE_SOURCES": "10", "BENCH_ETL_PAGE_DAYS": "40",
         # ~25 s per `airflow dags test`: measured by `make bench`, too slow for `make test`.
         "BENCH_SKIP": "dags_test",
     }
@@ -84,6 +85,9 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     assert all(m["rows_4n"] == 4 * ROWS and m["rss_mib_4n"] > 0 for m in data["memory"])
 
     assert [(p["sources"], p["dags"]) for p in data["parse"]] == [(1, 1), (10, 10)]
+    page = data["etl_page"]
+    assert (page["sources"], page["tables"], page["days"]) == (10, 30, 40)
+    assert page["audit_rows"] > 2 * 30 * 35 and 0 < page["seconds"] == sorted(page["rounds"])[len(page["rounds"]) // 2]
 
     if (ROOT.parent / "shared" / "datasets" / "pagila").is_dir():
         assert data["pagila"]["rental"]["rows"] == 16044
@@ -92,6 +96,7 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     targets = {t["target"]: t for t in data["targets"]}
     assert targets["load speed"]["result"] in ("PASS", "MISS")
     assert targets["parse 100 sources"]["result"] == "n/a"  # 100 sources are not parsed here
+    assert targets["ETL page, 100 sources x a year"]["result"] == "n/a"  # nor is the page of 100 sources
     size = data["size"]
     assert size["loaded_bytes"] > 0 and size["source_bytes"] > 0
     assert size["ratio"] == round(size["loaded_bytes"] / size["source_bytes"], 3)

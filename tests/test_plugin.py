@@ -7,6 +7,7 @@ import base64
 import functools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -90,8 +91,10 @@ def site(pg_url: str, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory
     sources = tmp / "sources"
     sources.mkdir()
     good = {"name": "plugin_csv", "kind": "file", "base_path": str(data), "schedule": "@daily",
-            "start_date": "2024-01-01", "tables": [{"name": "inspections", "path": "inspections.csv",
-                                                     "write_mode": "partition"}]}
+            "start_date": "2024-01-01", "tags": ["plant"],
+            "tables": [{"name": "inspections", "path": "inspections.csv", "write_mode": "partition",
+                        "checks": [{"not_null": ["id"]},
+                                   {"accepted_values": {"column": "result", "values": ["pass"]}, "severity": "warn"}]}]}
     bad = {"name": "plugin_broken", "kind": "file", "base_path": str(data), "schedule": "@daily",
            "start_date": "2024-01-01", "retries": 0,
            "tables": [{"name": "gone", "path": "does_not_exist.csv", "write_mode": "replace"}]}
@@ -156,7 +159,7 @@ def site(pg_url: str, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory
         assert server.started, "the API server did not start"
         client = Client(f"http://127.0.0.1:{port}")
         try:
-            yield {"client": client, "dw_url": dw_url, "tmp": tmp, "mp": mp,
+            yield {"client": client, "dw_url": dw_url, "tmp": tmp, "mp": mp, "sources": sources,
                    "admin": client.token("admin"), "outsider": client.token("outsider"),
                    "teamb": client.token("teamb")}
         finally:
@@ -588,12 +591,46 @@ class DevTools:
                 return dict(reply.get("result", {}))
 
 
-def test_the_etl_page_shows_the_tables_and_numbers(site: dict[str, Any]) -> None:
+class Page:
+    """One tab of headless Chromium, logged in to Airflow with the UI's session cookie."""
+
+    def __init__(self, tools: DevTools, session: str) -> None:
+        self.tools, self.session = tools, session
+
+    def js(self, expression: str) -> Any:
+        reply = self.tools.send("Runtime.evaluate", self.session, expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in reply, reply
+        return reply["result"].get("value")
+
+    def open(self, url: str) -> str | None:
+        self.tools.send("Page.navigate", self.session, url=url)
+        time.sleep(0.3)
+        ready = None
+        deadline = time.monotonic() + 60
+        while ready not in ("1", "error") and time.monotonic() < deadline:
+            time.sleep(0.3)
+            ready = self.js("document.body && document.body.getAttribute('data-ready')")
+        return ready
+
+    def screenshot(self, name: str, tmp: Path, docs: bool = True) -> Path:
+        """The visible part of the page, as a PNG; with SNDW_UPDATE_SCREENSHOTS=1 and ``docs`` also
+        into docs/img/ (the screenshots of the README and docs/reference/airflow.md)."""
+        shot = tmp / name
+        shot.write_bytes(base64.b64decode(self.tools.send("Page.captureScreenshot", self.session, format="png")["data"]))
+        if docs and os.environ.get("SNDW_UPDATE_SCREENSHOTS") == "1":
+            (ROOT / "docs" / "img").mkdir(exist_ok=True)
+            shutil.copy(shot, ROOT / "docs" / "img" / name)
+        print(f"screenshot: {shot}")
+        return shot
+
+
+@pytest.fixture(scope="module")
+def page(site: dict[str, Any]) -> Iterator[Page]:
     browser = _chromium()
     profile = site["tmp"] / "chromium"
     proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-                             f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             f"--user-data-dir={profile}", "--window-size=1400,900", "--hide-scrollbars",
+                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         active = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -606,32 +643,145 @@ def test_the_etl_page_shows_the_tables_and_numbers(site: dict[str, Any]) -> None
         base = site["client"].base
         # The UI's session cookie, as Airflow's login sets it.
         tools.send("Network.setCookie", session, name="_token", value=site["admin"], url=base + "/", path="/")
-        tools.send("Page.navigate", session, url=base + "/sndw/ui")
-        ready = None
-        deadline = time.monotonic() + 60
-        while ready not in ("1", "error") and time.monotonic() < deadline:
-            time.sleep(0.3)
-            ready = tools.send("Runtime.evaluate", session, expression="document.body && "
-                               "document.body.getAttribute('data-ready')", returnByValue=True)["result"].get("value")
-        text = tools.send("Runtime.evaluate", session, expression="document.body.innerText",
-                          returnByValue=True)["result"]["value"]
-        bars = tools.send("Runtime.evaluate", session, expression="document.querySelectorAll('svg.chart rect').length",
-                          returnByValue=True)["result"]["value"]
-        links = tools.send("Runtime.evaluate", session, returnByValue=True, expression=(
-            "[...document.querySelectorAll('a')].map(a => a.getAttribute('href')).join(' ')"))["result"]["value"]
-        shot = tools.send("Page.captureScreenshot", session, format="png", captureBeyondViewport=True)
-        screenshot = site["tmp"] / "etl-page.png"
-        screenshot.write_bytes(base64.b64decode(shot["data"]))
-        print(f"screenshot: {screenshot}")
+        yield Page(tools, session)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# An exact time as the page shows it on hover, and what must never show: fractions of a second.
+EXACT = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"
+FRACTION = re.compile(r"\d:\d\d[.,]\d")
+
+
+def _times(page: Page) -> list[tuple[str, str]]:
+    return [tuple(x) for x in page.js("[...document.querySelectorAll('time')].map(t => [t.textContent, t.title])")]
+
+
+def test_the_etl_page_shows_the_tables_and_numbers(site: dict[str, Any], page: Page) -> None:
+    base = site["client"].base
+    ready = page.open(base + "/sndw/ui")
+    text = page.js("document.body.innerText")
     assert ready == "1", text
-    assert "plugin_csv" in text and "plugin_broken" in text and "public.inspections" in text
-    assert "records loaded 25" in text and "fresh" in text and "does_not_exist.csv" in text
-    assert "Rows per partition date: public.inspections" in text and bars >= 1
-    assert "/dags/plugin_csv" in links and "/dags/plugin_broken/runs/" in links
-    assert screenshot.stat().st_size > 10_000
+    names = page.js("[...document.querySelectorAll('section.source')].map(s => s.dataset.name)")
+    assert names == ["plugin_broken", "plugin_csv"]  # the failing source first
+    broken = page.js("document.getElementById('source-plugin_broken').innerText")
+    assert "failing" in broken and "does_not_exist.csv" in broken and "public.gone" in broken
+    csv = page.js("document.getElementById('source-plugin_csv').innerText")
+    assert "public.inspections" in csv and "partition" in csv and "plant" in csv
+    # The warn check failed on 8 of 25 rows, the block check passed: the latest result of each.
+    assert "1 pass | 1 warn" in csv and "accepted_values(result)" in csv
+    assert page.js("document.querySelectorAll('#source-plugin_csv svg.chart rect').length") == 1
+    links = page.js("[...document.querySelectorAll('a')].map(a => a.getAttribute('href')).join(' ')")
+    assert "/dags/plugin_csv" in links
+    # The last error links to its task instance's log in Airflow 3's UI.
+    assert re.search(r"/dags/plugin_broken/runs/[^ ]+/tasks/extract_gone\?try_number=1", links), links
+    times = _times(page)
+    assert times and all(re.match(EXACT, title) for _, title in times), times
+    assert all(re.match(r"^(just now|\d+ (s|min|h|days) ago)$", shown) for shown, _ in times), times
+    assert not FRACTION.search(text) and not FRACTION.search(" ".join(t for _, t in times))
+    assert page.screenshot("etl-page-small.png", site["tmp"], docs=False).stat().st_size > 10_000
+
+
+def test_stats_show_the_latest_result_per_check(site: dict[str, Any]) -> None:
+    status, body = site["client"].get("/sndw/stats", site["admin"])
+    assert status == 200, body
+    checks = {c["name"]: c for c in body["sources"]["plugin_csv"]["tables"]["public.inspections"]["checks"]}
+    assert set(checks) == {"not_null(id)", "accepted_values(result)"}
+    assert checks["not_null(id)"]["status"] == "pass" and checks["not_null(id)"]["failing_rows"] == 0
+    warn = checks["accepted_values(result)"]
+    assert warn["status"] == "warn" and warn["failing_rows"] == INSPECTIONS.count(",fail,")
+    assert warn["partition_date"] == DAY.date().isoformat() and warn["severity"] == "warn"
+    with psycopg.connect(site["dw_url"], autocommit=True) as dw:  # a later result of the same check wins
+        dw.execute("INSERT INTO etl_check_results (pipeline_name, source_name, target_table, check_name, kind, "
+                   "severity, status, failing_rows, committed) VALUES ('plugin_csv', 'plugin_csv', "
+                   "'public.inspections', 'accepted_values(result)', 'accepted_values', 'warn', 'pass', 0, true)")
+        try:
+            status, body = site["client"].get("/sndw/stats", site["admin"])
+            checks = {c["name"]: c for c in body["sources"]["plugin_csv"]["tables"]["public.inspections"]["checks"]}
+            assert checks["accepted_values(result)"]["status"] == "pass"
+        finally:
+            dw.execute("DELETE FROM etl_check_results WHERE status = 'pass' AND kind = 'accepted_values'")
+
+
+def test_the_etl_page_with_100_sources_and_a_year_of_runs(site: dict[str, Any], page: Page, pg_url: str) -> None:
+    """100 sources of three tables, a year of daily runs each (bench/etl_page.py, as `make bench`
+    times it): failing sources first, the filters, relative times, gaps, quality and state."""
+    from bench.etl_page import fill, write_sources
+    from tests.conftest import TEMPLATE_DB, with_database
+
+    name = f"sndw_t_plugin100_{os.getpid()}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    url = with_database(pg_url, name)
+    folder = site["tmp"] / "sources-100"
+    write_sources(folder, 100, site["tmp"] / "data")
+    with psycopg.connect(url) as conn:
+        made = fill(conn, 100, 365)
+    assert made.audit_rows > 200_000
+    mp, base = site["mp"], site["client"].base
+    mp.setenv("SNDW_SOURCES_DIR", str(folder))
+    mp.setenv("AIRFLOW_CONN_DW", url)
+    try:
+        started = time.perf_counter()
+        status, body = site["client"].get("/sndw/overview", site["admin"])
+        print(f"GET /sndw/overview, 100 sources x 365 days: {time.perf_counter() - started:.3f} s")
+        assert status == 200 and len(body["sources"]) == 100
+        ready = page.open(base + "/sndw/ui")
+        text = page.js("document.body.innerText")
+        assert ready == "1", text[:2000]
+        names = page.js("[...document.querySelectorAll('section.source')].map(s => s.dataset.name)")
+        assert len(names) == 100 and names[:len(made.failing)] == sorted(made.failing)
+        assert names[len(made.failing):len(made.failing) + len(made.stale)] == sorted(made.stale)
+        assert page.js("document.querySelectorAll('svg.chart').length") == 300
+        assert page.js("document.querySelectorAll('#source-src_001 svg.chart rect').length") == 90  # 30 per table
+        # Relative times, the exact UTC time on hover, never a fraction of a second.
+        times = _times(page)
+        assert len(times) > 300 and all(re.match(EXACT, title) for _, title in times)
+        assert any(shown.endswith(" h ago") for shown, _ in times) and any(" days ago" in s for s, _ in times)
+        assert not FRACTION.search(text) and not FRACTION.search(" ".join(t for _, t in times))
+        assert re.search(r"last \d+(\.\d)? s\b", text)  # durations in s, and from a minute on in min
+        assert [page.js(f"duration({x})") for x in (4.2, 42, 75, 750)] == ["4.2 s", "42 s", "1.3 min", "13 min"]
+        failing = made.failing[0]
+        row = page.js(f"document.querySelector('#source-{failing} tr[data-table$=\".orders\"]').innerText")
+        assert "failing" in row and "CheckViolation" in row and "DETAIL" not in row  # the first line only
+        link = page.js(f"document.querySelector('#source-{failing} tr[data-table$=\".orders\"] a').href")
+        assert re.search(rf"/dags/{failing}/runs/scheduled__[^/]+/tasks/load_orders\?try_number=1$", link), link
+        # Gaps where they mean something: dates of the partition table, runs of the others.
+        gapped = next(n for n in made.gaps if n not in made.stale + made.failing)
+        rows = page.js(f"[...document.querySelectorAll('#source-{gapped} tr[data-table]')].map(r => r.innerText)")
+        assert "3 missing dates" in rows[0] and "3 missed runs" in rows[1] and "missing date" not in rows[1]
+        quiet = page.js("document.querySelector('#source-src_001 tr[data-table]').innerText")
+        assert "missing" not in quiet and "missed" not in quiet
+        warned = next(n for n in made.warned if n not in made.stale + made.failing)
+        orders = page.js(f"document.querySelector('#source-{warned} tr[data-table]').innerText")
+        assert "2 pass | 1 warn" in orders and "range(amount)" in orders
+        customers = page.js(f"document.querySelectorAll('#source-{warned} tr[data-table]')[1].innerText")
+        assert "updated_at = " in customers  # the etl_state row of the table
+        page.screenshot("etl-page.png", site["tmp"])
+
+        def shown(**filters: str) -> list[str]:
+            for key, value in filters.items():
+                page.js(f"(e => {{ e.value = {json.dumps(value)}; e.dispatchEvent(new Event('input')); }})"
+                        f"(document.getElementById('filter-{key}'))")
+            return list(page.js("[...document.querySelectorAll('section.source:not(.hidden)')]"
+                                ".map(s => s.dataset.name)"))
+
+        assert shown(state="failing") == sorted(made.failing)
+        assert shown(state="stale") == sorted(made.stale)
+        page.screenshot("etl-page-filtered.png", site["tmp"])
+        ops = shown(state="", tag="ops")
+        assert len(ops) == 25 and all(int(n[-3:]) % 4 == 2 for n in ops)
+        tens = [f"src_00{i}" for i in range(10) if f"src_00{i}" in made.names]
+        assert shown(tag="", source="src_00") == tens
+        assert page.js("document.getElementById('shown').innerText") == f"{len(tens)} of 100 sources shown"
+        assert shown(source="no such source") == []
+    finally:
+        mp.setenv("SNDW_SOURCES_DIR", str(site["sources"]))
+        mp.setenv("AIRFLOW_CONN_DW", site["dw_url"])
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # ------------------------------------------------------------------ the config in the UI

@@ -75,6 +75,14 @@ WHERE step IN ('load', 'replay') AND partition_date IS NOT NULL
 GROUP BY pipeline_name, target_table, partition_date
 """
 
+# What the ETL page reads (sndw.stats.overview): a table's latest loads, its latest failure, and its
+# attempts by partition date, each found through an index instead of a scan of the whole log.
+AUDIT_INDEXES = {
+    "etl_audit_log_table_latest": "(pipeline_name, target_table, id)",
+    "etl_audit_log_table_failures": "(pipeline_name, target_table, id) WHERE status = 'failure'",
+    "etl_audit_log_table_dates": "(pipeline_name, target_table, partition_date)",
+}
+
 _SECRET_PATTERNS = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
     # scheme://user:password@host -> scheme://user:***@host
@@ -366,6 +374,13 @@ def ensure_audit_table(conn: psycopg.Connection[Any], schema: str = "public") ->
             if cur.fetchone() is None:
                 cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                     audit_table(schema), sql.Identifier(column), sql.SQL(pg_type)))
+        for index, definition in AUDIT_INDEXES.items():
+            # CREATE INDEX (even IF NOT EXISTS) waits for every open load transaction: only when missing.
+            cur.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, index).as_string(cur),))
+            found = cur.fetchone()
+            if found is None or found[0] is None:
+                cur.execute(sql.SQL("CREATE INDEX {} ON {} " + definition).format(
+                    sql.Identifier(index), audit_table(schema)))
         cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{STATUS_VIEW}"',))
         row = cur.fetchone()
         if row is None or row[0] is None:

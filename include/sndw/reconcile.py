@@ -11,6 +11,7 @@ partition that was extracted or audited, so a source never run reports nothing m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -49,24 +50,31 @@ class PartitionStatus:
 
 def expected_dates(source: Source, date_from: date, date_to: date) -> list[date]:
     """The partitions the schedule asks for between two dates (UTC), none for manual-only sources."""
-    if source.schedule is None or source.schedule in ("@once", "@continuous"):
-        return []
+    return list(_expected_dates(source.schedule, source.start_date, source.end_date, date_from, date_to))
+
+
+@functools.lru_cache(maxsize=1024)
+def _expected_dates(schedule: str | None, start_date: date, end_date: date | None, date_from: date,
+                    date_to: date) -> tuple[date, ...]:
+    """Cached: the ETL page asks this for every source, and most sources share a schedule."""
+    if schedule is None or schedule in ("@once", "@continuous"):
+        return ()
     from croniter import croniter
 
-    start = max(date_from, source.start_date)
-    end = min(date_to, source.end_date) if source.end_date else date_to
+    start = max(date_from, start_date)
+    end = min(date_to, end_date) if end_date else date_to
     if start > end:
-        return []
+        return ()
     cursor = datetime.combine(start, time.min, tzinfo=UTC) - timedelta(microseconds=1)
-    schedule = croniter(source.schedule, cursor)
+    schedule_iter = croniter(schedule, cursor)
     dates: list[date] = []
     while len(dates) < MAX_EXPECTED:
-        moment = schedule.get_next(datetime)
+        moment = schedule_iter.get_next(datetime)
         if moment.date() > end:
             break
         if not dates or dates[-1] != moment.date():
             dates.append(moment.date())
-    return dates
+    return tuple(dates)
 
 
 def _audit_by_partition(conn: psycopg.Connection[Any], source: Source, target: str,

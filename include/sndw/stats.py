@@ -8,6 +8,7 @@ and every query runs in a read-only transaction.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,7 +21,10 @@ from psycopg import sql
 
 from sndw.audit import AUDIT_TABLE, STATUS_VIEW
 from sndw.config import FileSource, HttpSource, SqlSource
-from sndw.naming import qualified
+from sndw.naming import dag_id_for, qualified
+from sndw.quality import RESULTS_TABLE
+from sndw.reconcile import expected_dates
+from sndw.state import STATE_TABLE
 
 Source = HttpSource | SqlSource | FileSource
 MAX_PAGE_SIZE = 100
@@ -33,6 +37,8 @@ PAGE_CHARS = 2_000_000
 MAX_VALUE_CHARS = 100_000
 MIN_VALUE_CHARS = 64
 TRUNCATION_MARK = "\u2026"
+LOADS_SHOWN = 30  # the ETL page's chart: a table's last loads
+GAP_DAYS = 30  # the ETL page looks for gaps in the last days the schedule asked for
 
 
 class NotFound(LookupError):
@@ -56,6 +62,11 @@ def ping(conn: psycopg.Connection[Any]) -> float:
 
 def _has_audit(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute("SELECT to_regclass(%s)", (AUDIT_TABLE,)).fetchone()
+    return bool(row and row[0])
+
+
+def _relation_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
     return bool(row and row[0])
 
 
@@ -88,16 +99,23 @@ def freshness(source: Source, last_success: datetime | None, now: datetime | Non
                             "age_seconds": round((now - last_success).total_seconds()) if last_success else None}
     if source.schedule is None or source.schedule in ("@once", "@continuous"):
         return {**info, "status": "unscheduled" if last_success is None else "fresh", "due_since": None}
-    from croniter import croniter
-
-    schedule = croniter(source.schedule, now)
-    schedule.get_prev(datetime)
-    due = schedule.get_prev(datetime)  # the run before the latest one must have loaded by now
+    due = _due_time(source.schedule, now)
     if last_success is None:
         status = "never"
     else:
         status = "fresh" if last_success >= due else "stale"
     return {**info, "status": status, "due_since": due.isoformat()}
+
+
+@functools.lru_cache(maxsize=256)
+def _due_time(schedule: str, now: datetime) -> datetime:
+    """The scheduled time before the latest one: its run must have loaded by ``now``. Cached: the
+    ETL page asks it for every table at the same ``now``, and most sources share a schedule."""
+    from croniter import croniter
+
+    times = croniter(schedule, now)
+    times.get_prev(datetime)
+    return times.get_prev(datetime)
 
 
 def last_runs(conn: psycopg.Connection[Any], sources: list[str]) -> dict[str, dict[str, Any]]:
@@ -180,7 +198,29 @@ def stats(conn: psycopg.Connection[Any], sources: list[str]) -> dict[str, Any]:
             result["sources"][source] = {**_stat(values), "tables": {}}
         else:
             result["sources"][source]["tables"][table] = _stat(values)
+    for (source, table), checks in latest_checks(conn, sources).items():
+        entry = result["sources"].setdefault(source, {**_stat(_EMPTY), "tables": {}})
+        entry["tables"].setdefault(table, _stat(_EMPTY))["checks"] = checks
     return result
+
+
+def latest_checks(conn: psycopg.Connection[Any], sources: list[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Per (source, table), the latest result of every quality check recorded in etl_check_results."""
+    if not sources or not _relation_exists(conn, RESULTS_TABLE):
+        return {}
+    rows = conn.execute(sql.SQL("""
+        SELECT DISTINCT ON (pipeline_name, target_table, check_name)
+               pipeline_name, target_table, check_name, kind, severity, status, column_name, failing_rows,
+               partition_date, checked_at, run_id, message
+        FROM {} WHERE pipeline_name = ANY(%s)
+        ORDER BY pipeline_name, target_table, check_name, id DESC
+    """).format(sql.Identifier(RESULTS_TABLE)), (sources,)).fetchall()
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    keys = ("name", "kind", "severity", "status", "column", "failing_rows", "partition_date", "checked_at", "run_id",
+            "message")
+    for source, table, *values in rows:
+        out.setdefault((source, table), []).append({k: _json(v) for k, v in zip(keys, values, strict=True)})
+    return out
 
 
 def recent_failures(conn: psycopg.Connection[Any], source: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -213,6 +253,207 @@ def partition_chart(conn: psycopg.Connection[Any], source: str, dates: int = CHA
         chart.setdefault(table, []).append({"date": day.isoformat(), "rows_loaded": loaded, "status": status,
                                             "failures": failures, "last_error": error})
     return chart
+
+
+# ------------------------------------------------------------------ the ETL page
+
+
+def _ts(value: datetime | None) -> str | None:
+    """A time as the page shows it: UTC, to the second."""
+    return value.astimezone(UTC).replace(microsecond=0).isoformat() if value else None
+
+
+def _first_line(text: str | None) -> str | None:
+    return text.strip().splitlines()[0] if text and text.strip() else text
+
+
+def _due(source: Source, now: datetime) -> datetime | None:
+    """The scheduled time whose run must have loaded by now (the one before the latest), or None."""
+    if source.schedule is None or source.schedule in ("@once", "@continuous"):
+        return None
+    return datetime.fromisoformat(freshness(source, None, now)["due_since"])
+
+
+def _gap_window(source: Source, now: datetime) -> tuple[date, date, list[date]] | None:
+    """The last ``GAP_DAYS`` days up to the last due run, and the dates the schedule asked for in them."""
+    due = _due(source, now)
+    if due is None:
+        return None
+    last = due.date()
+    first = last - timedelta(days=GAP_DAYS - 1)
+    return first, last, expected_dates(source, first, last)
+
+
+def _table_rows(sources: list[Source]) -> list[tuple[Source, Any, str, str]]:
+    return [(s, t, qualified(s.target_schema, t.target), f"lake:{s.kind}/{s.name}/{t.name}")
+            for s in sources for t in s.tables]
+
+
+def overview(conn: psycopg.Connection[Any], sources: list[Source], now: datetime | None = None) -> dict[str, Any]:
+    """Everything the ETL page shows, for every source and table, in six queries whatever the
+    number of sources (each reads only a table's latest rows through etl_audit_log's indexes).
+
+    Per table: its last ``LOADS_SHOWN`` loads (rows, seconds, status), the last error (first line
+    and where its task log is), the last successful load and freshness against the schedule, gaps
+    where they mean something (``partition`` tables: dates not loaded; other write modes: scheduled
+    runs that never started), the latest result of each configured quality check, and its
+    ``etl_state`` row (watermark, or change data capture position) where there is one. Sources come
+    failing first, then stale, then by name.
+    """
+    now = now or datetime.now(UTC)
+    tables = _table_rows(sources)
+    windows = {s.name: _gap_window(s, now) for s in sources}
+    has_audit = _has_audit(conn)
+    pipelines = [s.name for s, _, _, _ in tables]
+    targets = [target for _, _, target, _ in tables]
+    lakes = [lake for _, _, _, lake in tables]
+    loads: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    newest: dict[tuple[str, str], tuple[datetime, dict[str, Any]]] = {}
+    last_ok: dict[tuple[str, str], tuple[datetime, str | None, str | None]] = {}
+    last_fail: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: dict[tuple[str, str], tuple[set[date], set[date]]] = {}
+    if has_audit and tables:
+        audit = sql.Identifier(AUDIT_TABLE)
+        for p, target, *row in conn.execute(sql.SQL("""
+            SELECT t.p, t.target, l.status, l.rows_loaded, l.partition_date, l.started_at, l.finished_at,
+                   l.airflow_run_id, l.dag_id
+            FROM unnest(%s::text[], %s::text[]) AS t(p, target)
+            CROSS JOIN LATERAL (
+                SELECT * FROM {a} a WHERE a.pipeline_name = t.p AND a.target_table = t.target
+                  AND a.step IN ('load', 'replay')
+                ORDER BY a.pipeline_name DESC, a.target_table DESC, a.id DESC LIMIT %s) l
+        """).format(a=audit), (pipelines, targets, LOADS_SHOWN)).fetchall():
+            status, rows, day, started, finished, run, dag = row
+            if (p, target) not in loads and finished is not None:  # the newest comes first
+                newest[(p, target)] = (finished, {"finished_at": _ts(finished), "status": status,
+                                                  "run_id": run, "dag_id": dag})
+            loads.setdefault((p, target), []).append({
+                "status": status, "rows": rows, "partition": _json(day), "finished_at": _ts(finished),
+                "seconds": round((finished - started).total_seconds(), 3) if finished and started else None})
+        for p, target, finished, run, dag in conn.execute(sql.SQL("""
+            SELECT t.p, t.target, l.finished_at, l.airflow_run_id, l.dag_id
+            FROM unnest(%s::text[], %s::text[]) AS t(p, target)
+            CROSS JOIN LATERAL (
+                SELECT * FROM {a} a WHERE a.pipeline_name = t.p AND a.target_table = t.target
+                  AND a.step IN ('load', 'replay') AND a.status = 'success'
+                ORDER BY a.pipeline_name DESC, a.target_table DESC, a.id DESC LIMIT 1) l
+        """).format(a=audit), (pipelines, targets)).fetchall():
+            last_ok[(p, target)] = (finished, run, dag)
+        # Extracts are audited under the lake's name: a table's last error is the newer of both.
+        for p, target, *row in conn.execute(sql.SQL("""
+            SELECT t.p, t.target, f.step, f.finished_at, f.error_message, f.dag_id, f.airflow_run_id, f.task_id,
+                   f.try_number, f.partition_date
+            FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(p, target, lake)
+            CROSS JOIN LATERAL (
+                SELECT * FROM (
+                    (SELECT * FROM {a} a WHERE a.pipeline_name = t.p AND a.target_table = t.target
+                       AND a.status = 'failure'
+                       ORDER BY a.pipeline_name DESC, a.target_table DESC, a.id DESC LIMIT 1)
+                    UNION ALL
+                    (SELECT * FROM {a} a WHERE a.pipeline_name = t.p AND a.target_table = t.lake
+                       AND a.status = 'failure'
+                       ORDER BY a.pipeline_name DESC, a.target_table DESC, a.id DESC LIMIT 1)) both_steps
+                ORDER BY id DESC LIMIT 1) f
+        """).format(a=audit), (pipelines, targets, lakes)).fetchall():
+            step, finished, error, dag, run, task, attempt, day = row
+            last_fail[(p, target)] = {
+                "step": step, "finished_at": _ts(finished), "at": finished, "message": _first_line(error),
+                "dag_id": dag, "run_id": run, "task_id": task, "try_number": attempt, "partition": _json(day)}
+        first_day = min((w[0] for w in windows.values() if w), default=None)
+        if first_day is not None:
+            for p, target, loaded, attempted in conn.execute(sql.SQL("""
+                SELECT t.p, t.target,
+                       array_agg(DISTINCT a.partition_date) FILTER (WHERE a.status = 'success'
+                                                                  AND a.step IN ('load', 'replay')),
+                       array_agg(DISTINCT a.partition_date)
+                FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(p, target, audited)
+                CROSS JOIN LATERAL (
+                    SELECT partition_date, status, step FROM {a} a
+                    WHERE a.pipeline_name = t.p AND a.target_table = t.audited AND a.partition_date >= %s) a
+                GROUP BY t.p, t.target
+            """).format(a=audit), (pipelines * 2, targets * 2, targets + lakes, first_day)).fetchall():
+                seen[(p, target)] = (set(loaded or []), set(attempted or []))
+    quality = _latest_checks(conn, tables)
+    states = _states(conn, sources)
+    out: list[dict[str, Any]] = []
+    for source in sources:
+        window = windows[source.name]
+        rows = []
+        for s, table, target, _ in tables:
+            if s is not source:
+                continue
+            key = (source.name, target)
+            ok = last_ok.get(key)
+            failure = last_fail.get(key)
+            failing = bool(failure and (ok is None or failure["at"] > ok[0]))
+            if failure:
+                failure.pop("at")
+                failure["current"] = failing
+            fresh = freshness(source, ok[0] if ok else None, now)
+            gaps = None
+            if window:
+                first, last, expected = window
+                loaded, attempted = seen.get(key, (set(), set()))
+                partition = table.write_mode == "partition"
+                # A table that never ran misses nothing yet: it shows as "never" loaded.
+                ran = bool(attempted or loads.get(key) or key in last_fail)
+                missing = [d for d in expected if ran and (d not in loaded if partition else d not in attempted)]
+                gaps = {"kind": "dates" if partition else "runs", "from": first.isoformat(), "to": last.isoformat(),
+                        "expected": len(expected), "missing": [d.isoformat() for d in missing]}
+            state = "failing" if failing else fresh["status"]
+            rows.append({"name": table.name, "target": target, "write_mode": table.write_mode, "state": state,
+                         "loads": list(reversed(loads.get(key, []))), "last_success": _ts(ok[0]) if ok else None,
+                         "last_error": failure, "freshness": fresh, "gaps": gaps,
+                         "quality": quality.get(key), "state_row": states.get((source.name, table.name))})
+        order = ("failing", "never", "stale", "fresh", "unscheduled")
+        state = min((r["state"] for r in rows), key=order.index, default="unscheduled")
+        latest = max((newest[(source.name, r["target"])] for r in rows if (source.name, r["target"]) in newest),
+                     key=lambda x: x[0], default=None)
+        out.append({"name": source.name, "dag_id": dag_id_for(source.name), "kind": source.kind,
+                    "schedule": source.schedule, "tags": list(source.tags), "state": state,
+                    "last_load": latest[1] if latest else None, "tables": rows})
+    rank = {"failing": 0, "never": 1, "stale": 1}
+    out.sort(key=lambda s: (rank.get(s["state"], 2), s["name"]))
+    return {"generated_at": _ts(now), "sources": out}
+
+
+def _latest_checks(conn: psycopg.Connection[Any], tables: list[tuple[Source, Any, str, str]]
+                   ) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per table with checks configured, the latest result of each: counts per status and the
+    names of those failing (fail, warn, quarantined or error)."""
+    wanted = [(s.name, target, check.label) for s, t, target, _ in tables for check in t.checks]
+    if not wanted or not _relation_exists(conn, RESULTS_TABLE):
+        return {}
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    rows = conn.execute(sql.SQL("""
+        SELECT w.p, w.target, w.name, r.status, r.failing_rows, r.checked_at, r.partition_date, r.message
+        FROM unnest(%s::text[], %s::text[], %s::text[]) AS w(p, target, name)
+        CROSS JOIN LATERAL (
+            SELECT * FROM {} r WHERE r.target_table = w.target AND r.check_name = w.name
+              AND r.pipeline_name IS NOT DISTINCT FROM w.p
+            ORDER BY r.target_table DESC, r.check_name DESC, r.id DESC LIMIT 1) r
+    """).format(sql.Identifier(RESULTS_TABLE)), [list(x) for x in zip(*wanted, strict=True)]).fetchall()
+    for p, target, name, status, failing_rows, checked, day, message in rows:
+        entry = out.setdefault((p, target), {"counts": {}, "failing": [], "checks": []})
+        entry["counts"][status] = entry["counts"].get(status, 0) + 1
+        if status != "pass":
+            entry["failing"].append(name)
+        entry["checks"].append({"name": name, "status": status, "failing_rows": failing_rows,
+                                "checked_at": _ts(checked), "partition": _json(day),
+                                "message": _first_line(message)})
+    return out
+
+
+def _states(conn: psycopg.Connection[Any], sources: list[Source]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The ``etl_state`` row of each table that has one (a watermark, or a change data capture
+    position): what the page shows as the table's state."""
+    if not sources or not _relation_exists(conn, STATE_TABLE):
+        return {}
+    rows = conn.execute(sql.SQL(
+        "SELECT pipeline_name, table_name, cursor_column, value, value_type, updated_at FROM {} "
+        "WHERE pipeline_name = ANY(%s)").format(sql.Identifier(STATE_TABLE)), ([s.name for s in sources],)).fetchall()
+    return {(r[0], r[1]): {"cursor": r[2], "value": r[3], "value_type": r[4], "updated_at": _ts(r[5])}
+            for r in rows}
 
 
 # ------------------------------------------------------------------ loaded tables and their rows

@@ -263,6 +263,15 @@ def get_source(user: GetUserDep, source: str) -> dict[str, Any]:
             "schedule": found.schedule, "tables": tables, "rows_per_partition": chart, "failures": failures}
 
 
+@app.get("/overview", summary="What the ETL page shows: per source and table its last loads, last error, "
+         "freshness, gaps, quality checks and state; failing sources first")
+def get_overview(user: GetUserDep) -> dict[str, Any]:
+    sources = readable_sources(user)
+    with warehouse() as conn:
+        latency = stats.ping(conn)
+        return {**stats.overview(conn, sources), "warehouse": {"reachable": True, "latency_ms": latency}}
+
+
 def set_paused(user: Any, source: str, paused: bool) -> dict[str, Any]:
     """Pause or resume the source's DAG in Airflow's metadata database, as the REST API's
     ``PATCH /api/v2/dags/{dag_id}`` does: the user must be allowed to edit (PUT) that DAG. The change
