@@ -72,8 +72,8 @@ class TableFreshness:
 
 
 def format_age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
+    for unit, size, above in (("d", 86400, 172800), ("h", 3600, 3600), ("min", 60, 60)):
+        if seconds >= above:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"
 
