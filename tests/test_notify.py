@@ -103,6 +103,15 @@ def failing_source(tmp_path: Path) -> dict[str, Any]:
                         "column_types": {"qty": "bigint"}}]}
 
 
+def test_a_bare_on_key_is_the_notify_events() -> None:
+    from sndw.config import load_source_file
+
+    source = load_source_file(Path(__file__).parent / "bad_inputs" / "configs" / "notify_on_bare_key.yaml")
+    assert source.notify is not None and source.notify.on == ["retry_exhausted"]
+    assert source.notify.apprise is not None and source.notify.apprise.conn_id == "slack"
+    assert source.freshness is not None and source.freshness.error_seconds == 48 * 3600
+
+
 def _no_secret(text: str) -> None:
     assert SECRET not in text and URL_PASSWORD not in text, text
 

@@ -145,6 +145,14 @@ class Notify(_Model):
     smtp: SmtpChannel | None = None
     apprise: AppriseChannel | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _on_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true: it is the `on` list.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     @model_validator(mode="after")
     def _channel(self) -> Notify:
         if self.smtp is None and self.apprise is None:

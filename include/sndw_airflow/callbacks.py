@@ -84,7 +84,8 @@ def unreported_error(ti: Any, try_number: int | None, retry: bool, heartbeat_los
         reason = ("its heartbeat was lost: the task process and its supervisor stopped (killed, out of memory, "
                   "or the worker went away) and the scheduler failed it" if heartbeat_lost else
                   "its process ended without reporting (killed, or out of memory); no exit status in its log")
-    return f"the attempt was killed: {reason}; {retry_text(try_number, getattr(ti, 'max_tries', None), retry)}"
+    return (f"the attempt ended without reporting an error: {reason}; "
+            f"{retry_text(try_number, getattr(ti, 'max_tries', None), retry)}")
 
 
 def _record(context: Any, status: str, retry: bool = False) -> AuditRecord | None:
@@ -212,7 +213,7 @@ def audit_previous_attempt(context: Any) -> None:
         found = attempt_log(ti, previous)
         reason = ("its process ended without reporting (killed, or out of memory)" if found and found.is_file() else
                   "it ended without reporting and left no log here (killed on another worker, or marked failed by hand)")
-    error = (f"the attempt was killed: {reason}"
+    error = (f"the attempt ended without reporting an error: {reason}"
              f"; {retry_text(previous, getattr(ti, 'max_tries', None), retry=True)} (attempt {try_number})")
     fields = task.audit_fields()
     record = AuditRecord(
