@@ -259,10 +259,12 @@ SLEEPY_TRANSFORM = """
 import os, time
 from pathlib import Path
 
+import pyarrow as pa
+
 MARKER = Path(os.environ["SNDW_TEST_KILL_MARKER"])
 
 
-def first_attempt_hangs(batch):
+def first_attempt_hangs(batch: pa.RecordBatch) -> pa.RecordBatch:
     # The first attempt writes its pid and waits to be killed; the retry passes the rows through.
     if not MARKER.exists():
         MARKER.write_text(str(os.getpid()))

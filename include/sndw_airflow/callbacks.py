@@ -1,11 +1,13 @@
 """Task callbacks that record every attempt in etl_audit_log, and send the source's alerts.
 
-An attempt whose process was killed reports nothing itself. Airflow 3.3 then runs no callback at all
-when only the task process died (its supervisor marks the attempt failed or up for retry from the
-exit code), and runs the failure callback without an exception from the DAG processor when the
-heartbeat was lost (the supervisor died too). The first is recorded by the next attempt
-(``audit_previous_attempt``, an on_execute_callback), the second by the callback itself; both say
-what happened, with the signal the supervisor wrote in the attempt's log, and whether a retry follows.
+An attempt whose process was killed reports nothing itself. Measured with Airflow 3.3 and the
+LocalExecutor: when the task process dies by SIGKILL, its supervisor writes the signal in the
+attempt's log; then either the supervisor marks the attempt failed or up for retry and no callback
+runs at all, or the scheduler, told by the executor first, does so itself and the DAG processor runs
+the failure or retry callback without an exception (as it does when the heartbeat is lost). Both
+leave one row that says what happened: the signal from the attempt's log (or the heartbeat lost) and
+whether a retry follows; the callback writes it, else the next attempt (``audit_previous_attempt``,
+an on_execute_callback), which also sends the alert of a killed attempt that a retry followed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from sndw_airflow import notify
 from sndw_airflow.context import attempt, partition_date, started_at
 
 log = logging.getLogger(__name__)
+
+UNREPORTED = "the attempt ended without reporting an error"
 
 
 def _ti(context: Any) -> Any:
@@ -84,7 +88,7 @@ def unreported_error(ti: Any, try_number: int | None, retry: bool, heartbeat_los
         reason = ("its heartbeat was lost: the task process and its supervisor stopped (killed, out of memory, "
                   "or the worker went away) and the scheduler failed it" if heartbeat_lost else
                   "its process ended without reporting (killed, or out of memory); no exit status in its log")
-    return (f"the attempt ended without reporting an error: {reason}; "
+    return (f"{UNREPORTED}: {reason}; "
             f"{retry_text(try_number, getattr(ti, 'max_tries', None), retry)}")
 
 
@@ -136,9 +140,8 @@ def _write(context: Any, status: str, retry: bool = False) -> AuditRecord | None
     return record
 
 
-def _store(task: Any, record: AuditRecord, spool: bool = True) -> bool:
-    """Write ``record`` (or spool it); whether a new row was written (or spooled). ``spool=False``:
-    when the warehouse cannot be reached, leave it (a row that only may be missing)."""
+def _store(task: Any, record: AuditRecord) -> bool:
+    """Write ``record`` (or spool it); whether a new row was written (or spooled)."""
     root = spool_root(task)
     try:
         conn = task.dw_connection()
@@ -151,9 +154,6 @@ def _store(task: Any, record: AuditRecord, spool: bool = True) -> bool:
         finally:
             conn.close()
     except Exception as exc:  # a callback must not hide the task's own outcome
-        if not spool:
-            log.warning("audit: the warehouse is unreachable (%s): %s not checked", error_text(exc), record.attempt_key)
-            return False
         try:
             path = spool_record(root, record)
         except Exception:
@@ -195,7 +195,9 @@ def audit_failure(context: Any) -> None:
 def audit_retry(context: Any) -> None:
     """on_retry_callback: the failure row of an attempt that a retry follows."""
     record = _write(context, "failure", retry=True)
-    if record is not None:
+    # Without an exception this runs in the DAG processor for an attempt that ended without reporting;
+    # the attempt that follows announces it (audit_previous_attempt), in a task process, once.
+    if record is not None and context.get("exception") is not None:
         _alert(context, record, retry=True)
 
 
@@ -213,7 +215,7 @@ def audit_previous_attempt(context: Any) -> None:
         found = attempt_log(ti, previous)
         reason = ("its process ended without reporting (killed, or out of memory)" if found and found.is_file() else
                   "it ended without reporting and left no log here (killed on another worker, or marked failed by hand)")
-    error = (f"the attempt ended without reporting an error: {reason}"
+    error = (f"{UNREPORTED}: {reason}"
              f"; {retry_text(previous, getattr(ti, 'max_tries', None), retry=True)} (attempt {try_number})")
     fields = task.audit_fields()
     record = AuditRecord(
@@ -221,5 +223,20 @@ def audit_previous_attempt(context: Any) -> None:
         target_table=fields["target_table"], status="failure", started_at=first or datetime.now(UTC),
         finished_at=datetime.now(UTC), error_message=error, step=fields["step"], partition_date=partition_date(context),
         **{**attempt(context), "try_number": previous})
-    if _store(task, record, spool=False):  # a row this attempt wrote: the one before had none (it was not reported)
+    try:
+        conn = task.dw_connection()
+        try:
+            announce = write_audit_record(conn, record)  # the attempt before had no row: no callback ran
+            if not announce:  # a row from the DAG processor's callback (the scheduler saw the attempt end)
+                row = conn.execute("SELECT error_message FROM etl_audit_log WHERE attempt_key = %s",
+                                   (record.attempt_key,)).fetchone()
+                announce = bool(row and str(row[0] or "").startswith(UNREPORTED))
+                record.error_message = row[0] if announce and row else record.error_message
+        finally:
+            conn.close()
+    except Exception as exc:  # a callback must not hide the task's own outcome
+        log.warning("audit: attempt %s not checked: %s", record.attempt_key, error_text(exc))
+        return
+    if announce:
+        log.info("audit: attempt %s ended without reporting: %s", record.attempt_key, record.error_message)
         _alert(context, record, retry=True)
