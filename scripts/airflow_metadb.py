@@ -6,6 +6,7 @@ and SQLite then fails with ``database is locked``.
 
     python scripts/airflow_metadb.py url POSTGRES_URL [DATABASE]   the SQLAlchemy URL Airflow wants
     python scripts/airflow_metadb.py ensure                        create + migrate the configured DB
+    python scripts/airflow_metadb.py dw-connection FILE            AIRFLOW_CONN_DW as `connections import` reads it
 
 The migration stamp lives in the database itself (its comment), so a recreated cluster is migrated
 again and a migrated one is never migrated twice; a database whose comment we may not set (not its
@@ -14,12 +15,13 @@ owner) is migrated at every ``ensure`` (``airflow db migrate`` is idempotent). I
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -107,7 +109,38 @@ def ensure(url: str, log: Path | None = None) -> bool:
     return True
 
 
+def dw_connection(value: str) -> dict[str, object]:
+    """The warehouse connection ``dw`` from AIRFLOW_CONN_DW (a URI or Airflow's JSON form)."""
+    if value.lstrip().startswith("{"):
+        conn = dict(json.loads(value))
+    else:
+        parts = urlsplit(value)
+        conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port,
+                "login": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+                "schema": unquote(parts.path.lstrip("/"))}
+    conn.setdefault("description", "the warehouse (scripts/airflow-init, from AIRFLOW_CONN_DW; that variable wins)")
+    return {"dw": conn}
+
+
+def write_dw_connection(path: Path, value: str) -> bool:
+    """Write the ``dw`` connection file (mode 600: a password) when it differs; whether it changed."""
+    text = json.dumps(dw_connection(value), indent=2)
+    if path.is_file() and path.read_text() == text:
+        return False
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o600)
+    return True
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "dw-connection":
+        value = os.environ.get("AIRFLOW_CONN_DW", "")
+        if not value:
+            return 0  # no warehouse configured here: nothing to register
+        write_dw_connection(Path(argv[1]), value)
+        return 0
     if len(argv) >= 2 and argv[0] == "url":
         print(metadata_url(argv[1], argv[2] if len(argv) > 2 else DEFAULT_DATABASE))
         return 0

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -116,6 +117,10 @@ def airflow_stack(dw_url: str, tmp_path: Path, **extra_env: str) -> Iterator[Air
                                                    demo_api_port), env)
     airflow = Airflow(env, port, demo_api_port)
     try:
+        # As `make up` and `make demo` do: scripts/airflow-init first (the dw connection into the metadata DB).
+        init = subprocess.run([str(ROOT / "scripts" / "airflow-init")], env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert init.returncode == 0, f"airflow-init failed:\n{init.stdout[-3000:]}\n{init.stderr[-3000:]}"
         up = subprocess.run([str(ROOT / "scripts" / "airflow-up")], env=env, capture_output=True, text=True,
                             timeout=300, check=False)
         assert up.returncode == 0, f"airflow-up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
@@ -248,3 +253,96 @@ def _serialized(dag_id: str) -> bool:
         row = db.execute("SELECT 1 FROM serialized_dag WHERE dag_id = %s", (dag_id,)).fetchone()
     return row is not None
 
+
+
+SLEEPY_TRANSFORM = """
+import os, time
+from pathlib import Path
+
+import pyarrow as pa
+
+MARKER = Path(os.environ["SNDW_TEST_KILL_MARKER"])
+
+
+def first_attempt_hangs(batch: pa.RecordBatch) -> pa.RecordBatch:
+    # The first attempt writes its pid and waits to be killed; the retry passes the rows through.
+    if not MARKER.exists():
+        MARKER.write_text(str(os.getpid()))
+        time.sleep(600)
+    return batch
+"""
+
+
+def test_a_task_killed_by_sigkill_is_audited_with_its_signal_and_the_retry_loads(
+        airflow_db: Path, dw_url: str, tmp_path: Path) -> None:
+    """A real run under the scheduler (LocalExecutor): the load's task process is killed with SIGKILL.
+    Airflow 3.3 runs no callback for it (the supervisor marks it up for retry from the exit code);
+    the retry records it with the signal, the retry that follows, and alerts; the `dw` connection
+    that scripts/airflow-init made is listed by the REST API."""
+    import signal
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from tests.conftest import TEST_DAGS
+
+    posts: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            posts.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    webhook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    Thread(target=webhook.serve_forever, daemon=True).start()
+    marker = tmp_path / "killed.pid"
+    transform = TEST_DAGS / "transforms" / "sndw_test_kill.py"
+    transform.write_text(SLEEPY_TRANSFORM)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.csv").write_text("id,kind\n" + "".join(f"{i},k{i % 2}\n" for i in range(ROWS)))
+    dag_id = f"killed_{uuid.uuid4().hex[:6]}"
+    config = TEST_SOURCES / f"{dag_id}.yaml"
+    try:
+        with airflow_stack(dw_url, tmp_path, SNDW_TEST_KILL_MARKER=str(marker),
+                           AIRFLOW_CONN_APPRISE_T=json.dumps({"conn_type": "apprise", "extra": {"config": {
+                               "path": f"json://127.0.0.1:{webhook.server_address[1]}/"}}})) as airflow:
+            connections = {c["connection_id"]: c for c in airflow.call("GET", "/api/v2/connections?limit=100")[
+                "connections"]}
+            dw = urlsplit(dw_url)
+            assert connections["dw"]["conn_type"] == "postgres", connections.get("dw")
+            assert (connections["dw"]["host"], connections["dw"]["port"], connections["dw"]["schema"],
+                    connections["dw"]["login"]) == (dw.hostname, dw.port, dw.path.lstrip("/"), dw.username)
+            config.write_text(yaml.safe_dump({
+                "name": dag_id, "kind": "file", "base_path": str(data), "schedule": "@daily",
+                "start_date": "2024-03-01", "catchup": False, "retries": 1, "retry_delay_seconds": 0,
+                "notify": {"on": ["failure"], "apprise": {"conn_id": "apprise_t"}},
+                "tables": [{"name": "events", "path": "events.csv", "write_mode": "partition",
+                            "transform": "transforms.sndw_test_kill:first_attempt_hangs"}]}))
+            wait_for(f"{dag_id} to be parsed", lambda: _serialized(dag_id), 150)
+            airflow.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})  # catchup false: one run now
+            pid = int(wait_for("the load's first attempt", lambda: marker.exists() and marker.read_text(), 240))
+            os.kill(pid, signal.SIGKILL)
+            wait_for(f"the run of {dag_id}", lambda: _run_state(dag_id) in ("success", "failed"), 240)
+            assert _run_state(dag_id) == "success"
+        with psycopg.connect(dw_url) as conn:
+            rows = conn.execute("SELECT try_number, status, error_message FROM etl_audit_log WHERE pipeline_name = %s "
+                                "AND step = 'load' ORDER BY try_number", (dag_id,)).fetchall()
+        assert [(r[0], r[1]) for r in rows] == [(1, "failure"), (2, "success")], rows
+        error = rows[0][2]
+        assert "killed by SIGKILL (signal 9)" in error and "attempt 1 of 2, a retry follows" in error, error
+        assert len(posts) == 1 and "killed by SIGKILL" in posts[0]["message"], posts
+        assert "attempt 1 of 2, a retry follows" in posts[0]["title"] and f"/dags/{dag_id}/runs/" in posts[0]["message"]
+    finally:
+        config.unlink(missing_ok=True)
+        transform.unlink(missing_ok=True)
+        webhook.shutdown()
+
+
+def _run_state(dag_id: str) -> str | None:
+    with metadata_db() as db:
+        row = db.execute("SELECT state FROM dag_run WHERE dag_id = %s ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
+    return str(row[0]) if row else None

@@ -558,6 +558,51 @@ def test_an_echoed_password_never_reaches_the_api(site: dict[str, Any], configs:
         site["mp"].delenv("AIRFLOW_CONN_PLUGIN_ECHO_API", raising=False)
 
 
+def test_a_second_warehouse_connection_is_served(site: dict[str, Any], pg_url: str) -> None:
+    """A source whose dw_conn_id names another warehouse (a second database on the test cluster):
+    its tables, health, stats and rows come from there, beside the sources of ``dw``."""
+    from tests.conftest import TEMPLATE_DB, with_database
+
+    name = f"sndw_t_plugin2_{os.getpid()}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    config = {"name": "plugin_dw2", "kind": "file", "base_path": str(site["tmp"] / "data"), "schedule": "@daily",
+              "start_date": "2024-01-01", "dw_conn_id": "dw2", "target_schema": "second",
+              "tables": [{"name": "inspections", "path": "inspections.csv", "write_mode": "partition"}]}
+    written: list[Path] = []
+    listed = site["tmp"] / "sources" / "plugin_dw2.yaml"
+    get, token = site["client"].get, site["admin"]
+    try:
+        site["mp"].setenv("AIRFLOW_CONN_DW2", with_database(pg_url, name))
+        assert set(states(run(config, written)).values()) == {"success"}
+        listed.write_text(yaml.safe_dump(config))
+        with psycopg.connect(site["dw_url"]) as dw:
+            assert dw.execute("SELECT to_regclass('second.inspections')").fetchone() == (None,)
+        status, body = get("/sndw/sources/plugin_dw2", token)
+        assert status == 200, body
+        assert [p["rows_loaded"] for p in body["rows_per_partition"]["second.inspections"]] == [25]
+        status, rows = get("/sndw/data/second/inspections?page_size=5", token)
+        assert status == 200 and rows["total"] == 25, rows
+        assert get("/sndw/data/public/inspections", token)[1]["total"] == 25  # dw's own table still served
+        status, health = get("/sndw/health", token)
+        assert status == 200 and set(health["warehouses"]) == {"dw", "dw2"}, health
+        assert health["sources"]["plugin_dw2"]["last_run"]["status"] == "success"
+        assert health["sources"]["plugin_csv"]["last_run"]["status"] == "success"
+        status, stats = get("/sndw/stats", token)
+        assert status == 200 and stats["sources"]["plugin_dw2"]["total_records_processed"] == 25
+        assert stats["overall"]["total_records_processed"] == sum(
+            s["total_records_processed"] for s in stats["sources"].values())
+        assert get("/sndw/partitions/plugin_dw2", token)[1]["summary"].get("loaded", 0) >= 1
+    finally:
+        listed.unlink(missing_ok=True)
+        for path in written:
+            path.unlink(missing_ok=True)
+        site["mp"].delenv("AIRFLOW_CONN_DW2", raising=False)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 # ------------------------------------------------------------------ the page in headless Chromium
 
 

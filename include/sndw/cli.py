@@ -291,6 +291,27 @@ def _check_quality(args: argparse.Namespace, source: Any, connect: Any) -> int:
     return 1 if any(r["status"] in ("fail", "error") for r in rows) else 0
 
 
+def cmd_freshness(args: argparse.Namespace) -> int:
+    """Measure only: the state the maintenance DAG keeps (and alerts on) is left as it is."""
+    import json
+
+    from sndw.freshness import measure
+
+    path = Path(args.config)
+    found = iter_sources(path) if path.is_dir() else _single(path)
+    sources = [s for _, s in found if not isinstance(s, ConfigError)]
+    with _dw() as conn:
+        results = [r for source in sources for r in measure(conn, source)]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=1))
+    else:
+        for result in results:
+            print(f"{result.status.upper():6s} {result.describe()}")
+        if not results:
+            print("no table has a freshness policy (freshness: {warn_after, error_after})")
+    return 1 if any(r.status == "error" for r in results) else 0
+
+
 def _date(text: str) -> date:
     return date.fromisoformat(text)
 
@@ -363,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     add_cdc_commands(sub)
+    fresh = sub.add_parser("freshness", help="age of each table with a freshness policy; exit 1 if one is past error_after")
+    fresh.add_argument("config", help="a source config, or a folder of them")
+    fresh.add_argument("--json", action="store_true", help="print JSON")
+    fresh.set_defaults(func=cmd_freshness)
     return parser
 
 

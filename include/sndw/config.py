@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from sndw.checks_config import Check, check_known_columns, select_columns, validate_checks
+from sndw.checks_config import Check, check_known_columns, duration_seconds, select_columns, validate_checks
 from sndw.errors import ConfigError
 from sndw.naming import (
     normalize_identifier,
@@ -90,6 +90,78 @@ class ElasticsearchSink(_Model):
         return value
 
 
+class Freshness(_Model):
+    """How old a table's data may get, as dbt's source freshness reads: ``warn_after`` and
+    ``error_after`` since the last successful load (or the newest value of ``column``)."""
+
+    warn_after: str | int | float | None = Field(default=None, description=(
+        "Warn when the data is older: seconds, or a number with s, m, h, d or w (26h)."))
+    error_after: str | int | float | None = Field(default=None, description="An error when the data is older (48h).")
+    column: str | None = Field(default=None, description=(
+        "Measure the newest value of this column (a date or timestamp) instead of the last successful load."))
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Freshness:
+        if self.warn_after is None and self.error_after is None:
+            raise ValueError("freshness needs warn_after, error_after or both")
+        warn = duration_seconds(self.warn_after, "warn_after") if self.warn_after is not None else None
+        error = duration_seconds(self.error_after, "error_after") if self.error_after is not None else None
+        if warn is not None and error is not None and warn >= error:
+            raise ValueError(f"warn_after ({self.warn_after}) must be shorter than error_after ({self.error_after})")
+        return self
+
+    @property
+    def warn_seconds(self) -> float | None:
+        return duration_seconds(self.warn_after, "warn_after") if self.warn_after is not None else None
+
+    @property
+    def error_seconds(self) -> float | None:
+        return duration_seconds(self.error_after, "error_after") if self.error_after is not None else None
+
+
+NotifyEvent = Literal["failure", "retry_exhausted", "freshness"]
+
+
+class SmtpChannel(_Model):
+    """Mail through the smtp provider's SmtpNotifier and its Airflow connection."""
+
+    conn_id: str = Field(default="smtp_default", description="Airflow connection of type smtp (host, port, login).")
+    to: list[str] | str = Field(description="Recipient address, or a list of them.")
+    from_email: str | None = Field(default=None, description="Sender; default: the connection's from_email extra.")
+
+
+class AppriseChannel(_Model):
+    """Slack, Teams or any webhook through the apprise provider's AppriseNotifier."""
+
+    conn_id: str = Field(default="apprise_default", description=(
+        "Airflow connection of type apprise; its config holds the service URLs (slack://, msteams://, json://)."))
+    tag: str | None = Field(default=None, description="Only the URLs of the connection's config with this tag.")
+
+
+class Notify(_Model):
+    """Who hears about failures and stale data, through Airflow's own notifiers."""
+
+    on: list[NotifyEvent] = Field(default=["failure", "retry_exhausted", "freshness"], min_length=1, description=(
+        "failure: every failed attempt (a retry may follow); retry_exhausted: the attempt after which no retry "
+        "follows; freshness: a table's freshness breached (warn or error) and recovered."))
+    smtp: SmtpChannel | None = None
+    apprise: AppriseChannel | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true: it is the `on` list.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _channel(self) -> Notify:
+        if self.smtp is None and self.apprise is None:
+            raise ValueError("notify needs a channel: smtp, apprise or both")
+        return self
+
+
 class TableBase(_Model):
     name: str = Field(description="Table name in the lake and in task ids.")
     target_table: str | None = Field(default=None, description="Warehouse table; default: name.")
@@ -129,6 +201,8 @@ class TableBase(_Model):
         "What a new or changed column does to an existing table: evolve (added, or widened in place), "
         "freeze (the load fails, naming it) or discard_columns (new columns are not loaded; recorded "
         "in the audit's schema_changes)."))
+    freshness: Freshness | None = Field(default=None, description=(
+        "How old this table's data may get (the source's freshness, if any, for the tables without one)."))
 
     @field_validator("name")
     @classmethod
@@ -456,6 +530,10 @@ class SourceBase(_Model):
     max_retry_delay_seconds: int = Field(default=3600, ge=0)
     target_schema: str = "public"
     dw_conn_id: str = "dw"
+    notify: Notify | None = Field(default=None, description=(
+        "Alerts on failure, retry exhausted and freshness breach, by mail (smtp) and/or apprise."))
+    freshness: Freshness | None = Field(default=None, description=(
+        "How old every table's data may get; a table's own freshness wins (the sndw_freshness DAG checks it)."))
     sql_steps: list[SqlStep] = Field(default_factory=list, description=(
         "SQL run in the warehouse after every load of the source, one task each, in order."))
 

@@ -153,8 +153,11 @@ def health(conn: psycopg.Connection[Any], sources: list[Source]) -> dict[str, An
             "SELECT pipeline_name, max(finished_at) FROM {} WHERE pipeline_name = ANY(%s) AND status = 'success' "
             "AND step IN ('load', 'replay') GROUP BY pipeline_name").format(sql.Identifier(AUDIT_TABLE)),
             (names,)).fetchall())
-    per_source = {s.name: {"last_run": runs.get(s.name), "freshness": freshness(s, successes.get(s.name))}
-                  for s in sources}
+    from sndw.freshness import stored
+
+    checked = stored(conn, names)  # the sndw_freshness DAG's last check of each table with a policy
+    per_source = {s.name: {"last_run": runs.get(s.name), "freshness": freshness(s, successes.get(s.name)),
+                           "table_freshness": checked.get(s.name, {})} for s in sources}
     return {"warehouse": {"reachable": True, "latency_ms": latency}, "sources": per_source}
 
 
@@ -221,6 +224,27 @@ def latest_checks(conn: psycopg.Connection[Any], sources: list[str]) -> dict[tup
     for source, table, *values in rows:
         out.setdefault((source, table), []).append({k: _json(v) for k, v in zip(keys, values, strict=True)})
     return out
+
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """``stats`` of several warehouses as one: sources side by side, the overall figures combined."""
+    if len(parts) == 1:
+        return parts[0]
+    result: dict[str, Any] = {"overall": _stat(_EMPTY), "sources": {}}
+    overall = result["overall"]
+    for part in parts:
+        result["sources"].update(part["sources"])
+        other = part["overall"]
+        overall["total_records_processed"] += other["total_records_processed"]
+        overall["total_duration_seconds"] += other["total_duration_seconds"]
+        overall["run_count"] += other["run_count"]
+        for key in ("last_success", "last_failure"):  # ISO 8601 in UTC: the text order is the time order
+            if other[key] and (overall[key] is None or other[key] > overall[key]):
+                overall[key] = other[key]
+                if key == "last_failure":
+                    overall["last_failure_reason"] = other["last_failure_reason"]
+    return result
 
 
 def recent_failures(conn: psycopg.Connection[Any], source: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from sndw.errors import ConfigError
 from sndw.naming import INVALID_CONFIG_PREFIX as INVALID_CONFIG_PREFIX
 from sndw.naming import dag_id_for, extract_task_id, invalid_config_dag_id, load_task_id
 
+from sndw_airflow import notify
 from sndw_airflow.docs import dag_doc, document_tasks
 from sndw_airflow.operators import ExtractToParquetOperator, ParquetToDwOperator
 from sndw_airflow.timetables import PresetCronTriggerTimetable
@@ -110,6 +111,7 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
             previous >> task
             previous = [task]
     document_tasks(dag, source)
+    notify.attach(dag, source.notify.model_dump(mode="json") if source.notify else None)
     return dag
 
 

@@ -1,4 +1,4 @@
-"""Maintenance operators: rebuild warehouse tables from the lake (replay)."""
+"""Maintenance operators: rebuild warehouse tables from the lake (replay); check freshness."""
 
 from __future__ import annotations
 
@@ -66,3 +66,82 @@ class ReplayFromLakeOperator(BaseOperator):
         finally:
             conn.close()
         return summary
+
+
+class FreshnessCheckOperator(BaseOperator):
+    """Check the freshness of every table that has a ``freshness`` policy (sndw.freshness), per
+    warehouse connection; announce each breach and each recovery once on the source's ``notify``.
+
+    The check is green when it ran, whatever the tables' state: the state is in etl_freshness and
+    /sndw/health, and the alerts go out. An alert that cannot be sent fails the task with nothing
+    recorded, so the next check (or the retry) announces it again.
+
+    :param sources_folder: the folder of source configs
+    """
+
+    def __init__(self, *, sources_folder: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sources_folder = sources_folder
+
+    def execute(self, context: Any) -> dict[str, dict[str, str]]:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+        from sndw import freshness
+        from sndw.audit import register_secret
+
+        from sndw_airflow import notify
+
+        sources = [s for _, s in iter_sources(Path(self.sources_folder)) if not isinstance(s, ConfigError)
+                   and any(freshness.policy(s, t) for t in s.tables)]
+        by_name = {s.name: s for s in sources}
+        warehouses: dict[str, list[Any]] = {}
+        for source in sources:
+            warehouses.setdefault(source.dw_conn_id, []).append(source)
+        ti = context.get("ti")
+
+        def announce(changed: list[Any]) -> None:
+            failed = []
+            for result in changed:
+                declared = by_name[result.source].notify
+                config = declared.model_dump(mode="json") if declared else None
+                self.log.warning("freshness %s: %s", result.alert, result.describe())
+                if notify.wanted(config, "freshness"):
+                    subject, text = freshness_message(result, getattr(ti, "log_url", None))
+                    failed += notify.send(config, subject, text, context)
+            if failed:
+                raise AirflowFailException(f"freshness alerts not sent ({', '.join(sorted(set(failed)))}): "
+                                           "nothing recorded, the next check sends them again")
+
+        summary: dict[str, dict[str, str]] = {}
+        for conn_id, group in sorted(warehouses.items()):
+            hook = PostgresHook(postgres_conn_id=conn_id)
+            register_secret(hook.get_connection(conn_id).password)
+            conn: Any = hook.get_conn()
+            try:
+                for result in freshness.check(conn, group, announce=announce):
+                    summary.setdefault(result.source, {})[result.table] = result.status
+                    self.log.info("%s", result.describe())
+            finally:
+                conn.close()
+        return summary
+
+
+def freshness_message(result: Any, log_url: str | None) -> tuple[str, str]:
+    """Subject and text of a freshness breach or recovery."""
+    from sndw.freshness import format_age
+
+    if result.alert == "recovery":
+        subject = f"[sndw] {result.source}: {result.table} is fresh again"
+    else:
+        limit = result.error_after if result.status == "error" else result.warn_after
+        what = "error_after" if result.status == "error" else "warn_after"
+        subject = f"[sndw] {result.source}: {result.table} is stale ({result.status}: past {what} {limit})"
+    age = format_age(result.age_seconds) if result.age_seconds is not None else "never loaded"
+    text = "\n".join([
+        f"Source:      {result.source}",
+        f"Table:       {result.table}",
+        f"Status:      {result.status} (was {result.previous or 'not checked'})",
+        f"Age:         {age} ({result.measured_by}: {result.loaded_at.isoformat() if result.loaded_at else 'none'})",
+        f"Thresholds:  warn_after {result.warn_after or '-'}, error_after {result.error_after or '-'}",
+        f"Log:         {log_url or 'not known'}",
+    ])
+    return subject, text

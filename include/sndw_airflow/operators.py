@@ -14,7 +14,7 @@ from sndw.config import HttpTable, TableBase, table_spec
 from sndw.errors import ConfigError, Paused, PermanentError
 from sndw.naming import normalize_identifier, qualified
 
-from sndw_airflow.callbacks import audit_failure, audit_success
+from sndw_airflow.callbacks import audit_failure, audit_previous_attempt, audit_retry, audit_success
 from sndw_airflow.context import attach_lake, attempt, lake_root, partition_date, started_at
 from sndw_airflow.lineage import table_asset
 from sndw_airflow.masking import mask_registered_secrets
@@ -34,7 +34,8 @@ def _add_partition_date(context: Any) -> None:
 def _with_audit_callbacks(kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs.setdefault("on_success_callback", audit_success)
     kwargs.setdefault("on_failure_callback", audit_failure)
-    kwargs.setdefault("on_retry_callback", audit_failure)
+    kwargs.setdefault("on_retry_callback", audit_retry)
+    kwargs.setdefault("on_execute_callback", audit_previous_attempt)
     return kwargs
 
 

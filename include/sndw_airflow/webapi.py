@@ -160,14 +160,15 @@ def readable_sources(user: Any) -> list[Any]:
 
 
 @contextmanager
-def warehouse() -> Iterator[psycopg.Connection[Any]]:
-    """A read-only connection to the warehouse's Airflow connection (``dw``); 503 when unreachable."""
+def warehouse(conn_id: str = DW_CONN_ID) -> Iterator[psycopg.Connection[Any]]:
+    """A read-only connection to a warehouse's Airflow connection (``dw``, or the ``dw_conn_id`` a
+    source names); 503 when unreachable."""
     from airflow.models.connection import Connection
 
     try:
-        conn_info = Connection.get_connection_from_secrets(DW_CONN_ID)
+        conn_info = Connection.get_connection_from_secrets(conn_id)
     except Exception as exc:  # AirflowNotFoundException: the connection is not defined
-        raise WarehouseUnavailable(f"the warehouse connection {DW_CONN_ID!r} is not defined") from exc
+        raise WarehouseUnavailable(f"the warehouse connection {conn_id!r} is not defined") from exc
     register_secret(conn_info.password)
     try:
         conn = psycopg.connect(
@@ -223,6 +224,14 @@ def may_read_table(user: Any, schema: str, table: str, loaders: dict[str, set[st
                                          "command line): only a user who may read every DAG may read it")
 
 
+def by_warehouse(sources: list[Any]) -> dict[str, list[Any]]:
+    """The sources grouped by the warehouse connection they load into (``dw_conn_id``), ``dw`` first."""
+    groups: dict[str, list[Any]] = {DW_CONN_ID: []}
+    for source in sources:
+        groups.setdefault(source.dw_conn_id, []).append(source)
+    return groups
+
+
 def _source(user: Any, name: str) -> Any:
     found = {s.name: s for s in all_sources()}
     if name not in found:
@@ -235,10 +244,18 @@ def _source(user: Any, name: str) -> Any:
 @app.get("/health", summary="Warehouse reachable, and per source its last run and freshness",
          responses={503: {"description": "The warehouse is unreachable"}})
 def health(user: GetUserDep) -> JSONResponse:
-    sources = readable_sources(user)
-    with warehouse() as conn:
-        report = stats.health(conn, sources)
-    stale = [n for n, s in report["sources"].items() if s["freshness"]["status"] in ("stale", "never")]
+    report: dict[str, Any] = {"sources": {}}
+    groups = by_warehouse(readable_sources(user))
+    for conn_id, group in groups.items():
+        if not group and len(groups) > 1:
+            continue
+        with warehouse(conn_id) as conn:
+            found = stats.health(conn, group)
+        report["sources"].update(found.pop("sources"))
+        report.setdefault("warehouses", {})[conn_id] = found["warehouse"]
+        report.setdefault("warehouse", found["warehouse"])
+    stale = [n for n, s in report["sources"].items() if s["freshness"]["status"] in ("stale", "never")
+             or any(t["status"] == "error" for t in s["table_freshness"].values())]  # past error_after
     failed = [n for n, s in report["sources"].items() if (s["last_run"] or {}).get("status") == "failure"]
     status = "healthy" if not stale and not failed else "degraded"
     return JSONResponse({"status": status, **report, "stale_sources": stale, "failed_sources": failed})
@@ -246,15 +263,19 @@ def health(user: GetUserDep) -> JSONResponse:
 
 @app.get("/stats", summary="Records, duration, last success and failure, runs: overall, per source and table")
 def get_stats(user: GetUserDep) -> dict[str, Any]:
-    names = [s.name for s in readable_sources(user)]
-    with warehouse() as conn:
-        return stats.stats(conn, names)
+    groups = by_warehouse(readable_sources(user))
+    parts = []
+    for conn_id, group in groups.items():
+        if group or len(groups) == 1:
+            with warehouse(conn_id) as conn:
+                parts.append(stats.stats(conn, [s.name for s in group]))
+    return stats.merge_stats(parts)
 
 
 @app.get("/sources/{source}", summary="One source: its tables, rows per partition date and recent failures")
 def get_source(user: GetUserDep, source: str) -> dict[str, Any]:
     found = _source(user, source)
-    with warehouse() as conn:
+    with warehouse(found.dw_conn_id) as conn:
         chart = stats.partition_chart(conn, found.name)
         failures = stats.recent_failures(conn, found.name)
     tables = [{"name": t.name, "target": qualified(found.target_schema, t.target), "write_mode": t.write_mode,
@@ -317,7 +338,7 @@ def resume(user: GetUserDep, source: str) -> dict[str, Any]:
 def partitions(user: GetUserDep, source: str, date_from: date | None = None, date_to: date | None = None
                ) -> dict[str, Any]:
     found = _source(user, source)
-    with warehouse() as conn:
+    with warehouse(found.dw_conn_id) as conn:
         report = reconcile(conn, found, attach_lake(lake_root()), date_from, date_to)
     summary: dict[str, int] = {}
     for item in report:
@@ -353,15 +374,19 @@ def data(
             raise HTTPException(400, f"{key}: the parameter is given {given.count(key)} times; give one value")
         if key not in RESERVED_PARAMS:
             filters[key] = request.query_params[key]
-    with warehouse() as conn:
-        try:
-            may_read_table(user, schema, table, stats.table_loaders(conn, schema, table))
-            return stats.query_table(conn, schema, table, page=page, page_size=page_size, filters=filters,
-                                     search=search, order_by=order_by, descending=order == "desc")
-        except stats.NotFound as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except stats.BadRequest as exc:
-            raise HTTPException(400, str(exc)) from exc
+    conn_ids = list(by_warehouse(all_sources()))
+    for index, conn_id in enumerate(conn_ids):  # the first warehouse that loaded the table serves it
+        with warehouse(conn_id) as conn:
+            try:
+                may_read_table(user, schema, table, stats.table_loaders(conn, schema, table))
+                return stats.query_table(conn, schema, table, page=page, page_size=page_size, filters=filters,
+                                         search=search, order_by=order_by, descending=order == "desc")
+            except stats.NotFound as exc:
+                if index == len(conn_ids) - 1:
+                    raise HTTPException(404, str(exc)) from exc
+            except stats.BadRequest as exc:
+                raise HTTPException(400, str(exc)) from exc
+    raise HTTPException(404, f"{schema}.{table} is not a table a warehouse loaded")
 
 
 @app.get("/ui", response_class=HTMLResponse, summary="The ETL page (shown in Airflow's UI as a plugin view)")
