@@ -124,16 +124,16 @@ class Freshness(_Model):
         return duration_seconds(self.max_age)
 
 
-def duration_seconds(value: str | int | float) -> float:
+def duration_seconds(value: str | int | float, what: str = "max_age") -> float:
     if isinstance(value, bool):
-        raise ValueError(f"max_age: {value!r} is not a duration")
+        raise ValueError(f"{what}: {value!r} is not a duration")
     if isinstance(value, (int, float)):
         if value <= 0:
-            raise ValueError("max_age must be above 0")
+            raise ValueError(f"{what} must be above 0")
         return float(value)
     match = _DURATION.match(value)
     if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"max_age: {value!r} is not a duration: use seconds or a number with s, m, h, d or w (36h)")
+        raise ValueError(f"{what}: {value!r} is not a duration: use seconds or a number with s, m, h, d or w (36h)")
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 

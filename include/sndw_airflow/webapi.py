@@ -232,23 +232,47 @@ def _source(user: Any, name: str) -> Any:
     return found[name]
 
 
+def source_conninfo(source: Any) -> str:
+    """A CDC source's connection string, from its Airflow connection (as its cdc_sync task reads it)."""
+    from airflow.models.connection import Connection
+
+    from sndw_airflow.cdc import postgres_conninfo
+
+    connection = Connection.get_connection_from_secrets(source.conn_id)
+    register_secret(connection.password, login=connection.login)
+    return postgres_conninfo(connection)
+
+
+def add_cdc_slots(conn: psycopg.Connection[Any], sources: list[Any], per_source: dict[str, Any]) -> list[str]:
+    """Each CDC source's slot (``stats.cdc_slots``) as ``cdc_slot`` of its entry in ``per_source``; returns
+    the sources whose slot is lagging, missing, lost or cannot be read."""
+    slots = stats.cdc_slots(conn, sources, source_conninfo)
+    for name, slot in slots.items():
+        per_source.setdefault(name, {})["cdc_slot"] = slot
+    return [name for name, slot in slots.items() if slot["status"] not in ("ok", "not_started")]
+
+
 @app.get("/health", summary="Warehouse reachable, and per source its last run and freshness",
          responses={503: {"description": "The warehouse is unreachable"}})
 def health(user: GetUserDep) -> JSONResponse:
     sources = readable_sources(user)
     with warehouse() as conn:
         report = stats.health(conn, sources)
+        lagging = add_cdc_slots(conn, sources, report["sources"])
     stale = [n for n, s in report["sources"].items() if s["freshness"]["status"] in ("stale", "never")]
     failed = [n for n, s in report["sources"].items() if (s["last_run"] or {}).get("status") == "failure"]
-    status = "healthy" if not stale and not failed else "degraded"
-    return JSONResponse({"status": status, **report, "stale_sources": stale, "failed_sources": failed})
+    status = "healthy" if not stale and not failed and not lagging else "degraded"
+    return JSONResponse({"status": status, **report, "stale_sources": stale, "failed_sources": failed,
+                         "lagging_slots": lagging})
 
 
 @app.get("/stats", summary="Records, duration, last success and failure, runs: overall, per source and table")
 def get_stats(user: GetUserDep) -> dict[str, Any]:
-    names = [s.name for s in readable_sources(user)]
+    sources = readable_sources(user)
     with warehouse() as conn:
-        return stats.stats(conn, names)
+        result = stats.stats(conn, [s.name for s in sources])
+        add_cdc_slots(conn, sources, result["sources"])
+        return result
 
 
 @app.get("/sources/{source}", summary="One source: its tables, rows per partition date and recent failures")
