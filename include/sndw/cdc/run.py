@@ -298,10 +298,16 @@ def cdc_reset(source: SqlSource, access: Any, url: str) -> dict[str, Any]:
     slot, _ = slot_names(source)
     with connect(access.postgres_conninfo) as src:
         dropped = drop_slot(src, slot)
+    forgotten = forget_position(url, source)
+    return {"source": source.name, "slot": slot, "slot_dropped": dropped, "state_rows_removed": forgotten}
+
+
+def forget_position(url: str, source: SqlSource) -> int:
+    """Remove the warehouse's stored position of the source's slot (the next run takes a snapshot)."""
+    slot, _ = slot_names(source)
     with psycopg.connect(url) as dw:
         ensure_state_table(dw)
         with dw.transaction(), dw.cursor() as cur:
             cur.execute(sql.SQL("DELETE FROM {} WHERE pipeline_name = %s AND table_name IN (%s, %s)").format(
                 state_table()), (source.name, *state_keys(slot)))
-            forgotten = cur.rowcount
-    return {"source": source.name, "slot": slot, "slot_dropped": dropped, "state_rows_removed": forgotten}
+            return cur.rowcount
