@@ -25,6 +25,8 @@ Settings (environment):
   BENCH_KEEP           1 keeps the scratch folder and the databases
   (BENCH_SKIP also takes the sections load, extract, write_modes, replace, wal_minimal, parse and dags_test:
    `airflow dags test` of 1- and 10-table sources)
+  BENCH_CDC_CHANGES    changes (3 updates : 1 delete) of the CDC apply section (default 100,000; also 4x for
+                       memory; at most BENCH_ROWS / 4). BENCH_SKIP=cdc skips it
   BENCH_DAGS_TEST_ROUNDS rounds of the `airflow dags test` section (default 1: ~25 s a run)
   BENCH_TIMEOUT        seconds one measured process may take (default 3600)
   BENCH_SNDW_PYTHON    interpreter of sndw's own methods and Airflow's CLI (make bench: .venv's, without the
@@ -69,7 +71,7 @@ PROCESS_TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "3600"))
 # sndw's own methods (and Airflow's CLI) run on the product's runtime interpreter, the peers on
 # this one: pandas beside pyarrow costs every process that converts a Python value 0.17 s.
 SNDW_PYTHON = os.environ.get("BENCH_SNDW_PYTHON") or sys.executable
-SNDW_METHODS = {"load_sndw", "extract_sndw", "dagbag"}
+SNDW_METHODS = {"load_sndw", "extract_sndw", "dagbag", "apply_cdc"}
 
 
 def _int_env(name: str, default: int) -> int:
@@ -94,6 +96,7 @@ class Settings:
     skip: set[str] = field(default_factory=lambda: {
         x.strip() for x in os.environ.get("BENCH_SKIP", "").split(",") if x.strip()})
     dags_test_rounds: int = field(default_factory=lambda: _int_env("BENCH_DAGS_TEST_ROUNDS", 1))
+    cdc_changes: int = field(default_factory=lambda: _int_env("BENCH_CDC_CHANGES", 100_000))
     keep: bool = field(default_factory=lambda: os.environ.get("BENCH_KEEP", "") == "1")
 
 
@@ -974,6 +977,8 @@ class Bench:
             else:
                 self.bench_memory()
             self.bench_pagila()
+            if "cdc" not in self.s.skip:
+                cdc_bench(self)
             self.bench_parse()
             self.bench_dags_test()
             self.bench_etl_page()
@@ -982,6 +987,101 @@ class Bench:
         self.results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
         self.results["targets"] = report.targets(self.results)
         return self.results
+
+
+# ------------------------------------------------------------------------- change data capture
+
+
+def cdc_bench(bench: Bench) -> None:
+    """CDC apply: N changes (3 updates : 1 delete, distinct keys) of a change partition applied to a
+    keyed table of BENCH_ROWS rows (sndw.cdc.apply), against a plain ``merge`` of the same N rows;
+    and the apply of 4N changes, for its memory. The change partitions are written as a CDC run
+    writes them (the columns as the source's text, typed by metadata, and the cdc_* columns) by
+    this harness, untimed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sndw.cdc.changes import CHANGE_FIELDS
+    from sndw.lake import PG_TYPE_KEY
+
+    s = bench.s
+    n = max(1, min(s.cdc_changes, s.rows // 4))
+    log(f"CDC: apply {n:,} changes (updates and deletes) vs merge of the same rows; memory at {n:,} and {4 * n:,}")
+    data_columns = [r[0] for r in bench.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+        "ORDER BY attnum", (SOURCE_TABLE,))]
+    types = dict(bench.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                               "%s::regclass AND attnum > 0 AND NOT attisdropped", (SOURCE_TABLE,)))
+    stride = max(1, s.rows // (4 * n))
+    listed = ", ".join(f'"{c}"' for c in data_columns)
+    changed = ", ".join({"score": "score + 1 AS score", "note": "'changed ' || id AS note"}.get(c, f'"{c}"')
+                        for c in data_columns)
+    work = bench.work / "cdc"
+    shutil.rmtree(work, ignore_errors=True)
+    files: dict[int, list[str]] = {}
+    for count in (n, 4 * n):
+        rows = bench.execute(f"SELECT {', '.join(f'{c}::text' for c in listed.split(', '))} FROM "  # noqa: S608
+                             f"(SELECT {changed} FROM {SOURCE_TABLE} WHERE id % {stride} = 0 ORDER BY id LIMIT {count}) r")
+        fields = [pa.field(c, pa.string(), metadata={PG_TYPE_KEY: types[c].encode()}) for c in data_columns]
+        schema = pa.schema(fields + CHANGE_FIELDS)
+        key = data_columns.index("id")
+        deletes = [i % 4 == 3 for i in range(len(rows))]
+        columns = [[None if (gone and j != key) else row[j] for row, gone in zip(rows, deletes, strict=True)]
+                   for j in range(len(data_columns))]
+        now = datetime.now(UTC)
+        columns += [["D" if gone else "U" for gone in deletes], [1000 + i // 100 for i in range(len(rows))],
+                    [i % 100 + 1 for i in range(len(rows))], [now] * len(rows),
+                    [700 + i // 100 for i in range(len(rows))], [None] * len(rows), [None] * len(rows)]
+        folder = work / f"changes-{count}"
+        folder.mkdir(parents=True)
+        path = folder / "part-00000.parquet"
+        pq.write_table(pa.table([pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)],
+                                schema=schema), path, compression="zstd")
+        files[count] = [str(path)]
+    merge_paths = bench.lake_extract("cdc_merge", f"SELECT {changed} FROM {SOURCE_TABLE} "  # noqa: S608
+                                     f"WHERE id % {stride} = 0 ORDER BY id LIMIT {n}", work / "merge-lake")
+
+    def target(table: str) -> None:
+        bench.drop(table)
+        bench.execute(f"CREATE TABLE {SCHEMA}.{table} (LIKE {SCHEMA}.ref_base INCLUDING ALL)")
+        bench.execute(f"INSERT INTO {SCHEMA}.{table} ({bench.column_list}) SELECT {bench.column_list} "  # noqa: S608
+                      f"FROM {SCHEMA}.ref_base")
+        bench.execute(f'CREATE UNIQUE INDEX "{table}__sndw_key" ON {SCHEMA}.{table} (id)')
+        bench.execute(f"VACUUM ANALYZE {SCHEMA}.{table}")
+        bench.checkpoint()
+
+    def cdc_apply(count: int) -> Callable[[], Sample]:
+        def run() -> Sample:
+            target("cdc_target")
+            sample = bench.worker("apply_cdc", {"url": bench.url, "paths": files[count], "schema": SCHEMA,
+                                                "table": "cdc_target", "primary_key": ["id"], "partition": PARTITION})
+            left = bench.count("cdc_target")
+            if sample.rows != count or left != s.rows - sample.details["deleted"]:
+                raise MethodError(f"apply_cdc: {sample.rows:,} changes applied of {count:,}, {left:,} rows left")
+            bench.drop("cdc_target")
+            return sample
+        return run
+
+    def merge() -> Sample:
+        target("cdc_merge")
+        sample = bench.worker("load_sndw", {"url": bench.url, "paths": merge_paths, "schema": SCHEMA,
+                                            "table": "cdc_merge", "mode": "merge", "partition": PARTITION,
+                                            "primary_key": ["id"]})
+        bench.drop("cdc_merge")
+        return sample
+
+    samples = bench.interleave({"cdc_apply": cdc_apply(n), "merge": merge, "cdc_apply_4x": cdc_apply(4 * n)})
+    notes = {"cdc_apply": f"{n:,} changes ({n - n // 4:,} updates, {n // 4:,} deletes) into a {s.rows:,}-row keyed table",
+             "merge": f"merge (upsert on id) of the same {n:,} rows, every key in the table",
+             "cdc_apply_4x": f"{4 * n:,} changes, for memory"}
+    info = {m: {"label": m, "rows": 4 * n if m.endswith("4x") else n, "skipped": None, "note": notes[m]}
+            for m in notes}
+    block = summarise(info, samples, reference="merge", ratio="cost")
+    rss = {m["method"]: m.get("peak_rss_mib") for m in block["methods"]}
+    block["changes"] = n
+    block["rss_growth_4x"] = round(rss["cdc_apply_4x"] / rss["cdc_apply"], 2) if rss.get("cdc_apply") else None
+    bench.results["cdc"] = block
+    if not s.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def quote(path: Path) -> str:

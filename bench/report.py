@@ -170,6 +170,7 @@ def render(results: dict[str, Any]) -> str:
                              f"{load['sndw']['seconds']:.2f} / {load['psql_binary']['seconds']:.2f} | "
                              f"{load['sndw']['ratio']:.2f} |")
             lines.append("")
+    lines += cdc_lines(results.get("cdc"))
     if results.get("parse"):
         lines += ["Airflow: DagBag parse of a DAG folder (sndw_sources.py + N source configs of 3 tables)", "",
                   "| sources | DAGs | tasks | parse s | peak RSS MiB |", "|---:|---:|---:|---:|---:|"]
@@ -196,6 +197,26 @@ def render(results: dict[str, Any]) -> str:
     for t in results.get("targets", []):
         lines.append(f"| {t['target']} | {t['goal']} | {t['text']} | {t['result']} |")
     return "\n".join(lines) + "\n"
+
+
+def cdc_lines(block: dict[str, Any] | None) -> list[str]:
+    """The CDC apply section: N changes against a merge of the same rows, and memory at 4N."""
+    if not block:
+        return []
+    methods = {m["method"]: m for m in block["methods"]}
+    lines = [f"CDC apply: {_n(block['changes'])} changes (3 updates : 1 delete) vs merge of the same rows", "",
+             "| method | rows | seconds | rows/s | x merge time | peak RSS MiB | note |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name in ("cdc_apply", "merge", "cdc_apply_4x"):
+        m = methods.get(name)
+        if m is None or "seconds" not in m:
+            lines.append(f"| {name} | | | | | | {(m or {}).get('skipped', 'not run')} |")
+            continue
+        lines.append(f"| {name} | {_n(m['rows'])} | {m['seconds']:.2f} | {_n(m['rows_per_s'])} | {_ratio(m)} | "
+                     f"{m['peak_rss_mib']:.0f} | {m['note']} |")
+    if block.get("rss_growth_4x") is not None:
+        lines.append(f"\nPeak RSS of the apply at 4N / at N: {block['rss_growth_4x']:.2f}")
+    return [*lines, ""]
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -15,12 +15,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from sndw.cdc.run import forget_position
 from sndw.config import iter_sources
 from sndw.demo import files, manufacturing, pagila
 from sndw.demo.api import served_by
@@ -129,13 +131,39 @@ def create_pagila(dw_url: str) -> str | None:
         print(f"- Pagila sample skipped: {reason}")
         return None
     with psycopg.connect(dw_url, autocommit=True) as conn:
+        # The CDC sample's slot lives in the Pagila database (a slot keeps its database from being
+        # dropped); the position the warehouse stored belongs to it and goes with it.
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                     (PAGILA_DB,))
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(PAGILA_DB)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(PAGILA_DB)))
+    forget_position(dw_url, _pagila_cdc())
     url = _with_database(dw_url, PAGILA_DB)
     with psycopg.connect(url) as conn:
         counts = pagila.load(url, conn)
     print(f"- Pagila in {_safe(url)}: " + ", ".join(f"{t} {n} rows" for t, n in counts.items()))
     return url
+
+
+def _pagila_cdc() -> Any:
+    from sndw.config import load_source_file
+
+    return load_source_file(ROOT / "dags" / "sources" / "pagila_cdc.yaml")
+
+
+def run_pagila_cdc(dw_url: str, pagila_url: str, env: dict[str, str]) -> bool:
+    """The CDC sample: a run takes the snapshot, the source changes, the next day's run applies the
+    changes; then the warehouse must equal the source row for row."""
+    ok = run_dag("pagila_cdc", env)
+    with psycopg.connect(pagila_url) as conn:
+        pagila.cdc_changes(conn)
+    print(f"  changed Pagila's rental and payment ({len(pagila.CDC_CHANGES)} statements)")
+    ok = run_dag("pagila_cdc", env, (date.fromisoformat(DEMO_DATE) + timedelta(days=1)).isoformat()) and ok
+    with psycopg.connect(pagila_url) as source, psycopg.connect(dw_url) as dw:
+        compared = pagila.cdc_compare(source, dw, _pagila_cdc().target_schema)
+    for table, (at_source, in_dw, differ) in compared.items():
+        print(f"  pagila_cdc.{table}: {at_source} rows at the source, {in_dw} in the warehouse, {differ} differ")
+    return ok and all(differ == 0 for _, _, differ in compared.values())
 
 
 def import_pagila_connection(data_dir: Path, url: str, env: dict[str, str]) -> None:
@@ -154,14 +182,14 @@ def import_pagila_connection(data_dir: Path, url: str, env: dict[str, str]) -> N
     print("- connection pagila_src in Airflow's metadata DB")
 
 
-def run_dag(dag_id: str, env: dict[str, str]) -> bool:
+def run_dag(dag_id: str, env: dict[str, str], day: str = DEMO_DATE) -> bool:
     started = time.monotonic()
-    log_path = Path(env["AIRFLOW_HOME"]) / f"demo-{dag_id}.log"
+    log_path = Path(env["AIRFLOW_HOME"]) / f"demo-{dag_id}{'' if day == DEMO_DATE else '-' + day}.log"
     with open(log_path, "w") as log:
-        result = subprocess.run(["airflow", "dags", "test", dag_id, DEMO_DATE], env=env, stdout=log,
+        result = subprocess.run(["airflow", "dags", "test", dag_id, day], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, check=False)
     status = "ok" if result.returncode == 0 else f"FAILED (log: {log_path})"
-    print(f"  airflow dags test {dag_id} {DEMO_DATE}: {status} in {time.monotonic() - started:.0f}s")
+    print(f"  airflow dags test {dag_id} {day}: {status} in {time.monotonic() - started:.0f}s")
     return result.returncode == 0
 
 
@@ -212,6 +240,7 @@ def main() -> int:
         if pagila_url:  # raw Pagila tables, then the film_dim SQL step
             import_pagila_connection(data_dir, pagila_url, env)
             ok = run_dag("pagila", env) and ok
+            ok = run_pagila_cdc(dw_url, pagila_url, env) and ok  # change data capture of rental and payment
     finally:
         if api is not None:
             api.terminate()

@@ -19,6 +19,7 @@ from tests.conftest import TEST_DB_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 2000
+CDC_CHANGES = 200
 
 
 def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
@@ -29,7 +30,7 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
         # The test session's PostgreSQL; a database of our own, cleaned up like the other tests' ones.
         "BENCH_PG_URL": pg_url, "BENCH_DB": f"{TEST_DB_PREFIX}bench_{uuid.uuid4().hex[:8]}",
         "BENCH_PANDAS_ROWS": "500", "BENCH_INSERT_ROWS": "200", "BENCH_DLT_CSV_ROWS": "500",
-        "BENCH_PARSE_SOURCES": "1,10",
+        "BENCH_PARSE_SOURCES": "1,10", "BENCH_CDC_CHANGES": str(CDC_CHANGES),
         "BENCH_ETL_PAGE_SOURCES": "10", "BENCH_ETL_PAGE_DAYS": "40",
         # ~25 s per `airflow dags test`: measured by `make bench`, too slow for `make test`.
         "BENCH_SKIP": "dags_test",
@@ -92,6 +93,16 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     if (ROOT.parent / "shared" / "datasets" / "pagila").is_dir():
         assert data["pagila"]["rental"]["rows"] == 16044
         assert data["pagila"]["payment"]["rows"] == 16049
+
+    # CDC apply: N changes (3 updates : 1 delete) against a merge of the same rows, and 4N for memory;
+    # the harness checks each apply left the table's rows minus its deletes.
+    cdc = {m["method"]: m for m in data["cdc"]["methods"]}
+    assert data["cdc"]["changes"] == CDC_CHANGES
+    assert cdc["cdc_apply"]["rows"] == CDC_CHANGES and cdc["cdc_apply_4x"]["rows"] == 4 * CDC_CHANGES
+    assert cdc["merge"]["rows"] == CDC_CHANGES and cdc["merge"]["ratio"] == 1.0
+    assert all(m["seconds"] > 0 and m["peak_rss_mib"] > 0 for m in cdc.values())
+    assert data["cdc"]["rss_growth_4x"] == round(cdc["cdc_apply_4x"]["peak_rss_mib"] / cdc["cdc_apply"]["peak_rss_mib"], 2)
+    assert "CDC apply: 200 changes" in result.stdout
 
     targets = {t["target"]: t for t in data["targets"]}
     assert targets["load speed"]["result"] in ("PASS", "MISS")

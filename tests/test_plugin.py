@@ -364,6 +364,59 @@ def test_health_is_503_with_the_warehouse_stopped(site: dict[str, Any], tmp_path
     assert site["client"].get("/sndw/health", site["admin"])[0] == 200
 
 
+def test_health_and_stats_show_each_cdc_slot(site: dict[str, Any], source_db: str) -> None:
+    """A CDC source's slot as its source database reports it, judged against max_slot_lag; a CDC
+    source that cannot be reached is said so in the answer, which is still 200."""
+    from sndw.cdc.run import sync_cdc
+    from sndw.config import parse_source
+    from sndw.sync import source_access
+
+    client, token, mp = site["client"], site["admin"], site["mp"]
+    sources = site["tmp"] / "sources"
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
+        conn.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 10) g")
+    followed = {"name": "plugin_cdc", "kind": "sql", "conn_id": "plugin_cdc_src", "start_date": "2024-01-01",
+                "cdc": {"max_slot_lag": {"wal": "1GB", "age": "6h"}}, "tables": [{"name": "orders", "table": "orders"}]}
+    lost = {**followed, "name": "plugin_cdc_down", "conn_id": "plugin_cdc_down", "cdc": {}}
+    mp.setenv("AIRFLOW_CONN_PLUGIN_CDC_SRC", source_db)
+    mp.setenv("AIRFLOW_CONN_PLUGIN_CDC_DOWN", "postgresql://sndw:secret-Pw-4411@127.0.0.1:1/nowhere")
+    source = parse_source(followed, "plugin_cdc.yaml")
+    access = source_access(source, sources, None, environ={"AIRFLOW_CONN_PLUGIN_CDC_SRC": source_db})
+    results = sync_cdc(source, access, url=site["dw_url"], lake=str(site["tmp"] / "lake"),
+                       partition=DAY.date())
+    assert {r["status"] for r in results} == {"success"}
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders SELECT g, g FROM generate_series(11, 3000) g")
+    try:
+        for config in (followed, lost):
+            (sources / f"{config['name']}.yaml").write_text(yaml.safe_dump(config))
+        status, body = client.get("/sndw/health", token)
+        assert status == 200, body
+        slot = body["sources"]["plugin_cdc"]["cdc_slot"]
+        assert slot["slot"] == "sndw_plugin_cdc" and slot["status"] == "ok" and slot["exists"] is True
+        assert slot["retained_wal_bytes"] >= slot["pending_wal_bytes"] > 0 and slot["seconds_since_confirmed"] >= 0
+        assert slot["max_slot_lag"] == {"wal_bytes": 1 << 30, "age_seconds": 21600.0}
+        down = body["sources"]["plugin_cdc_down"]["cdc_slot"]
+        assert down["status"] == "unreachable" and down["reachable"] is False and "cannot connect" in down["error"]
+        assert "secret-Pw-4411" not in json.dumps(body)
+        assert body["lagging_slots"] == ["plugin_cdc_down"] and body["status"] == "degraded"
+        status, figures = client.get("/sndw/stats", token)
+        assert status == 200 and figures["sources"]["plugin_cdc"]["cdc_slot"]["retained_wal_bytes"] > 0
+        # a limit below what the slot holds: lagging, named
+        (sources / "plugin_cdc_down.yaml").unlink()
+        (sources / "plugin_cdc.yaml").write_text(yaml.safe_dump({**followed, "cdc": {"max_slot_lag": 1000}}))
+        status, body = client.get("/sndw/health", token)
+        slot = body["sources"]["plugin_cdc"]["cdc_slot"]
+        assert slot["status"] == "lagging" and "over max_slot_lag 1000" in slot["problems"][0], slot
+        assert body["lagging_slots"] == ["plugin_cdc"] and body["status"] == "degraded"
+    finally:
+        for name in ("plugin_cdc", "plugin_cdc_down"):
+            (sources / f"{name}.yaml").unlink(missing_ok=True)
+        with psycopg.connect(source_db, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('sndw_plugin_cdc')")
+
+
 # ------------------------------------------------------------------ hostile parameters, big values, who reads what
 
 

@@ -100,6 +100,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with _dw() as conn:
         for table in tables:
             results = replay_table(conn, source, table, args.lake or lake_root(), args.date_from, args.date_to)
+            if isinstance(source, SqlSource) and source.cdc is not None:  # the snapshot, then the changes
+                print(f"{source.name}.{table.name}: snapshot ({results[0].rows_loaded} rows) and {len(results) - 1} "
+                      f"change partitions replayed into {source.target_schema}.{table.target}")
+                continue
             rows = sum(r.rows_loaded for r in results)
             print(f"{source.name}.{table.name}: {len(results)} partitions, {rows} rows replayed into "
                   f"{source.target_schema}.{table.target}")

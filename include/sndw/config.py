@@ -649,11 +649,90 @@ class HttpSource(SourceBase):
         return {**data, "tables": tables}
 
 
+# Sizes as PostgreSQL writes them (max_slot_wal_keep_size): kB, MB, GB, TB are multiples of 1024.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+
+
+def size_bytes(value: str | int, what: str) -> int:
+    """``1GB``, ``512 MiB`` or a number of bytes."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{what}: {value!r} is not a size")
+    if isinstance(value, int):
+        number = float(value)
+    else:
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError(f"{what}: {value!r} is not a size: use bytes or a number with B, kB, MB, GB or TB (1GB)")
+        number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower().replace("ib", "b")]
+    if number <= 0:
+        raise ValueError(f"{what} must be above 0")
+    return int(number)
+
+
+class SlotLag(_Model):
+    """How far a CDC slot may fall behind before ``/sndw/health`` says ``degraded``."""
+
+    wal: str | int | None = Field(default=None, description=(
+        "WAL the slot may retain on the source (pg_current_wal_lsn() - restart_lsn): bytes or a size (1GB)."))
+    age: str | int | float | None = Field(default=None, description=(
+        "Time since the warehouse last confirmed a position: seconds or a duration (6h)."))
+
+    @field_validator("wal")
+    @classmethod
+    def _wal(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            size_bytes(value, "max_slot_lag.wal")
+        return value
+
+    @field_validator("age")
+    @classmethod
+    def _age(cls, value: str | int | float | None) -> str | int | float | None:
+        if value is not None:
+            from sndw.checks_config import duration_seconds
+
+            duration_seconds(value, "max_slot_lag.age")
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> SlotLag:
+        if self.wal is None and self.age is None:
+            raise ValueError("max_slot_lag needs wal, age or both")
+        return self
+
+    @property
+    def wal_bytes(self) -> int | None:
+        return None if self.wal is None else size_bytes(self.wal, "max_slot_lag.wal")
+
+    @property
+    def age_seconds(self) -> float | None:
+        from sndw.checks_config import duration_seconds
+
+        return None if self.age is None else duration_seconds(self.age, "max_slot_lag.age")
+
+
 class Cdc(_Model):
     """Change data capture by PostgreSQL logical replication (``pgoutput``): ``sndw.cdc``."""
 
     slot: str | None = Field(default=None, description="Replication slot on the source; default sndw_<source>.")
     publication: str | None = Field(default=None, description="Publication of the tables; default sndw_<source>.")
+    max_slot_lag: SlotLag | None = Field(default=None, description=(
+        "/sndw/health turns degraded when the slot retains more WAL or was last confirmed longer ago: a size "
+        "(1GB), a duration (6h), or {wal: 1GB, age: 6h}."))
+
+    @field_validator("max_slot_lag", mode="before")
+    @classmethod
+    def _lag(cls, value: Any) -> Any:
+        """A single size or duration, told apart by its unit (a bare number is bytes)."""
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            return value
+        if isinstance(value, int) or _SIZE.match(value):
+            return {"wal": value}
+        from sndw.checks_config import _DURATION
+
+        if _DURATION.match(value):
+            return {"age": value}
+        raise ValueError(f"max_slot_lag: {value!r} is neither a size (1GB) nor a duration (6h)")
 
     @field_validator("slot", "publication")
     @classmethod

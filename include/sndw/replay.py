@@ -12,10 +12,10 @@ import psycopg
 
 from sndw.audit import AuditRecord
 from sndw.config import FileSource, HttpSource, SqlSource, TableBase
-from sndw.errors import SndwError
-from sndw.lake import file_run_id, partition_dates, partition_files, partition_key_files
+from sndw.errors import LoadError, SndwError
+from sndw.lake import file_manifest_id, file_run_id, partition_dates, partition_files, partition_key_files
 from sndw.naming import qualified
-from sndw.warehouse import LoadResult, LoadSpec, load_files
+from sndw.warehouse import LoadResult, LoadSpec, before_commit, load_files
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ def replay_table(conn: psycopg.Connection[Any], source: Source, table: TableBase
     replayed date's rows; ``replace`` loads the newest partition in the range (a full refresh).
     The result equals what the original runs produced, ``_loaded_at`` aside.
     """
+    if isinstance(source, SqlSource) and source.cdc is not None:
+        if date_from is not None:
+            raise SndwError(f"{source.name}.{table.name}: a cdc table is replayed from its snapshot on: leave out --from")
+        return replay_cdc_table(conn, source, table, lake_root, date_to, run_label)
     dates = [d for d in partition_dates(lake_root, source.kind, source.name, table.name)
              if (date_from is None or d >= date_from) and (date_to is None or d <= date_to)]
     if not dates:
@@ -67,4 +71,73 @@ def replay_table(conn: psycopg.Connection[Any], source: Source, table: TableBase
         result = load_files(conn, paths, spec, partition=day, run_id=run_id, audit=audit, key_paths=key_paths)
         log.info("replayed %s partition %s: %d rows", spec.qualified, day, result.rows_loaded)
         results.append(result)
+    return results
+
+
+def replay_cdc_table(conn: psycopg.Connection[Any], source: SqlSource, table: TableBase, lake_root: str | Path,
+                     date_to: date | None = None, run_label: str = "replay") -> list[LoadResult]:
+    """Rebuild a CDC table in ONE transaction: its newest recorded snapshot (up to ``date_to``) loaded
+    as a ``replace``, then every change partition read after it in LSN order, applied as the live run
+    applies them (``sndw.cdc.apply``). A transaction present in two partitions (a run whose apply
+    failed, re-read by the next) is applied once. One result (and audit row) per partition."""
+    from sndw.audit import insert_audit_row
+    from sndw.cdc.apply import apply_changes
+    from sndw.cdc.changes import change_partitions, snapshot_records
+
+    lake = str(lake_root)
+    label = f"{source.name}.{table.name}"
+    records = snapshot_records(lake, source.name, table.name)
+    usable = [r for r in records if date_to is None or date.fromisoformat(r.partition) <= date_to]
+    if not usable:
+        raise SndwError(f"the lake has no recorded snapshot of the cdc table {label}"
+                        + (f" up to {date_to}" if date_to else "") + f" under {lake_root}: a sync takes one "
+                        "(`sndw cdc reset` first if the source already has a position)")
+    snapshot = usable[-1]
+    later = [r.lsn_value for r in records if r.lsn_value > snapshot.lsn_value]
+    day = date.fromisoformat(snapshot.partition)
+    paths = partition_files(lake, "sql", source.name, table.name, day)
+    if snapshot.manifest_id is not None and (not paths or file_manifest_id(paths[0]) != snapshot.manifest_id):
+        raise SndwError(f"{label}: the snapshot partition {day} under {lake_root} is no longer the snapshot taken at "
+                        f"{snapshot.lsn} (a later snapshot replaced it): replay without --to, or to a later date")
+    changes = [(upto, d, files) for upto, d, files in change_partitions(lake, source.name, table.name)
+               if upto > snapshot.lsn_value and (not later or upto < later[0]) and (date_to is None or d <= date_to)]
+    schema = source.target_schema
+    replay_id = uuid.uuid4().hex[:12]
+
+    def audit(step_day: date, files: list[str], what: str) -> AuditRecord:
+        return AuditRecord(
+            pipeline_name=source.name, source_name=source.name, protocol="sql",
+            target_table=qualified(schema, table.target), status="success", started_at=datetime.now(UTC),
+            step="replay", partition_date=step_day, lake_paths=files, dag_id=source.name,
+            task_id=f"replay_{table.name}", airflow_run_id=f"{run_label}:{replay_id}:{what}", try_number=1)
+
+    snapshot_spec = LoadSpec(schema, table.target, "replace", list(snapshot.key), allow_empty=True,
+                             checks=table.checks)
+    change_spec = LoadSpec(schema, table.target, "merge", list(snapshot.key), checks=table.checks)
+    results: list[LoadResult] = []
+    after = snapshot.lsn_value - 1  # the slot streams the transactions that commit from its starting point on
+    with conn.transaction():
+        results.append(load_files(conn, paths, snapshot_spec, partition=day,
+                                  run_id=file_run_id(paths[0]) if paths else None,
+                                  audit=audit(day, paths, f"snapshot-{snapshot.lsn}")))
+        try:
+            with conn.cursor() as cur:
+                for upto, change_day, files in changes:
+                    run_id = file_run_id(files[0])
+                    record = audit(change_day, files, f"changes-{upto:016X}")
+                    applied = apply_changes(cur, change_spec, files, change_day, run_id, after_lsn=after)
+                    after = max(after, applied.last_lsn or after)
+                    result = LoadResult(table=change_spec.qualified, write_mode="cdc", rows_loaded=applied.rows_upserted,
+                                        files=len(files), schema_changes=applied.schema_changes or [],
+                                        file_ids=applied.file_ids or [])
+                    before_commit(cur, change_spec, change_day, run_id, result, record, "public")
+                    record.rows_extracted, record.rows_loaded = applied.changes, result.rows_loaded
+                    record.parquet_files, record.schema_changes = len(files), result.schema_changes
+                    record.finished_at = datetime.now(UTC)
+                    insert_audit_row(cur, record)
+                    results.append(result)
+        except psycopg.Error as exc:
+            raise LoadError(f"replaying the changes of {label} failed and was rolled back: {exc}") from exc
+    log.info("replayed %s: snapshot %s (%s) and %d change partitions", change_spec.qualified, day, snapshot.lsn,
+             len(changes))
     return results

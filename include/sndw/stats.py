@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -697,3 +698,81 @@ def _query_page(conn: psycopg.Connection[Any], schema: str, table: str, page: in
     return {"data": data, "total": total, "page": page, "page_size": page_size,
             "has_more": page * page_size < total, "columns": [c.name for c in cols],
             "order_by": order_name, "value_chars": limit, "truncated": truncated}
+
+
+# ------------------------------------------------------------------ change data capture slots
+
+
+def cdc_slots(conn: psycopg.Connection[Any], sources: list[Source],
+              conninfo: Callable[[SqlSource], str]) -> dict[str, dict[str, Any]]:
+    """Per CDC source, its slot as the SOURCE database shows it (``pg_replication_slots``: the WAL it
+    retains, the WAL not confirmed yet) and the position the warehouse stored (``etl_state``, with
+    when it was last confirmed), judged against the source's ``cdc.max_slot_lag``.
+
+    ``conninfo`` gives a source's connection string. A source that cannot be reached (or whose
+    connection is not defined) is reported as ``unreachable`` with the reason, never raised.
+    ``status``: ok, lagging (over ``max_slot_lag``), missing (a position is stored, the slot is
+    gone), lost (invalidated by ``max_slot_wal_keep_size``), unreachable, or not_started.
+    """
+    from sndw.cdc.run import state_keys
+    from sndw.cdc.slot import connect, slot_info, slot_names
+
+    followed = [s for s in sources if isinstance(s, SqlSource) and s.cdc is not None]
+    if not followed:
+        return {}
+    positions: dict[tuple[str, str], tuple[str | None, datetime]] = {}
+    state = conn.execute("SELECT to_regclass('public.etl_state')").fetchone()
+    if state and state[0]:
+        for pipeline, key, value, updated in conn.execute(
+                "SELECT pipeline_name, table_name, value, updated_at FROM public.etl_state "
+                "WHERE pipeline_name = ANY(%s) AND table_name LIKE 'cdc:%%'", ([s.name for s in followed],)):
+            positions[(pipeline, key)] = (value, updated)
+    now = datetime.now(UTC)
+    report: dict[str, dict[str, Any]] = {}
+    for source in followed:
+        assert source.cdc is not None
+        slot, _ = slot_names(source)
+        lag = source.cdc.max_slot_lag
+        position, confirmed = positions.get((source.name, state_keys(slot)[0]), (None, None))
+        entry: dict[str, Any] = {
+            "slot": slot, "reachable": True, "exists": None, "active": None, "wal_status": None,
+            "retained_wal_bytes": None, "pending_wal_bytes": None, "stored_position": position,
+            "last_confirmed_at": _json(confirmed),
+            "seconds_since_confirmed": round((now - confirmed).total_seconds(), 1) if confirmed else None,
+            "max_slot_lag": {"wal_bytes": lag.wal_bytes, "age_seconds": lag.age_seconds} if lag else None,
+            "status": "ok", "problems": []}
+        try:
+            with connect(conninfo(source), connect_timeout=5) as src:
+                src.execute("SET statement_timeout = 10000")
+                info = slot_info(src, slot)
+        except Exception as exc:  # noqa: BLE001 - unreachable, refused, no such connection: said, not raised
+            from sndw.audit import error_text
+
+            entry.update(reachable=False, status="unreachable", error=error_text(exc))
+            entry["problems"].append(f"the source cannot be reached to read slot {slot}")
+            report[source.name] = entry
+            continue
+        entry["exists"] = info is not None
+        if info is not None:
+            entry.update(active=info["active"], wal_status=info["wal_status"],
+                         retained_wal_bytes=info["retained_bytes"], pending_wal_bytes=info["pending_bytes"])
+        entry["status"], entry["problems"] = _slot_verdict(entry, lag)
+        report[source.name] = entry
+    return report
+
+
+def _slot_verdict(entry: dict[str, Any], lag: Any) -> tuple[str, list[str]]:
+    slot = entry["slot"]
+    if not entry["exists"]:
+        if entry["stored_position"]:
+            return "missing", [f"slot {slot} is gone after position {entry['stored_position']}: run `sndw cdc reset`"]
+        return "not_started", []
+    if entry["wal_status"] == "lost":
+        return "lost", [f"slot {slot} was invalidated (wal_status lost): run `sndw cdc reset`"]
+    problems = []
+    retained, age = entry["retained_wal_bytes"], entry["seconds_since_confirmed"]
+    if lag is not None and lag.wal_bytes is not None and retained is not None and retained > lag.wal_bytes:
+        problems.append(f"slot {slot} retains {retained} bytes of WAL, over max_slot_lag {lag.wal}")
+    if lag is not None and lag.age_seconds is not None and age is not None and age > lag.age_seconds:
+        problems.append(f"slot {slot} was last confirmed {age:.0f}s ago, over max_slot_lag {lag.age}")
+    return ("lagging" if problems else "ok"), problems

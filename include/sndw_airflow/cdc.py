@@ -13,7 +13,8 @@ from sndw_airflow.context import attach_lake, lake_root, partition_date
 from sndw_airflow.operators import airflow_connection
 
 
-def _conninfo(connection: Any) -> str:
+def postgres_conninfo(connection: Any) -> str:
+    """The libpq connection string of an Airflow postgres connection."""
     from psycopg.conninfo import make_conninfo
 
     extra = {k: v for k, v in connection.extra_dejson.items()
@@ -50,8 +51,8 @@ class CdcSyncOperator(BaseOperator):
         from sndw.pipeline import SourceAccess
 
         source = SqlSource.model_validate(self.source)
-        access = SourceAccess(postgres_conninfo=_conninfo(airflow_connection(self.conn_id, self.task_id)))
-        url = _conninfo(airflow_connection(self.dw_conn_id, self.task_id))
+        access = SourceAccess(postgres_conninfo=postgres_conninfo(airflow_connection(self.conn_id, self.task_id)))
+        url = postgres_conninfo(airflow_connection(self.dw_conn_id, self.task_id))
         try:
             results = sync_cdc(source, access, url=url, lake=attach_lake(self.lake_root or lake_root()),
                                partition=partition_date(context))

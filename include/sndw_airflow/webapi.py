@@ -241,24 +241,47 @@ def _source(user: Any, name: str) -> Any:
     return found[name]
 
 
+def source_conninfo(source: Any) -> str:
+    """A CDC source's connection string, from its Airflow connection (as its cdc_sync task reads it)."""
+    from airflow.models.connection import Connection
+
+    from sndw_airflow.cdc import postgres_conninfo
+
+    connection = Connection.get_connection_from_secrets(source.conn_id)
+    register_secret(connection.password, login=connection.login)
+    return postgres_conninfo(connection)
+
+
+def add_cdc_slots(conn: psycopg.Connection[Any], sources: list[Any], per_source: dict[str, Any]) -> list[str]:
+    """Each CDC source's slot (``stats.cdc_slots``) as ``cdc_slot`` of its entry in ``per_source``; returns
+    the sources whose slot is lagging, missing, lost or cannot be read."""
+    slots = stats.cdc_slots(conn, sources, source_conninfo)
+    for name, slot in slots.items():
+        per_source.setdefault(name, {})["cdc_slot"] = slot
+    return [name for name, slot in slots.items() if slot["status"] not in ("ok", "not_started")]
+
+
 @app.get("/health", summary="Warehouse reachable, and per source its last run and freshness",
          responses={503: {"description": "The warehouse is unreachable"}})
 def health(user: GetUserDep) -> JSONResponse:
     report: dict[str, Any] = {"sources": {}}
+    lagging: list[str] = []
     groups = by_warehouse(readable_sources(user))
     for conn_id, group in groups.items():
         if not group and len(groups) > 1:
             continue
         with warehouse(conn_id) as conn:
             found = stats.health(conn, group)
+            lagging += add_cdc_slots(conn, group, found["sources"])
         report["sources"].update(found.pop("sources"))
         report.setdefault("warehouses", {})[conn_id] = found["warehouse"]
         report.setdefault("warehouse", found["warehouse"])
     stale = [n for n, s in report["sources"].items() if s["freshness"]["status"] in ("stale", "never")
              or any(t["status"] == "error" for t in s["table_freshness"].values())]  # past error_after
     failed = [n for n, s in report["sources"].items() if (s["last_run"] or {}).get("status") == "failure"]
-    status = "healthy" if not stale and not failed else "degraded"
-    return JSONResponse({"status": status, **report, "stale_sources": stale, "failed_sources": failed})
+    status = "healthy" if not stale and not failed and not lagging else "degraded"
+    return JSONResponse({"status": status, **report, "stale_sources": stale, "failed_sources": failed,
+                         "lagging_slots": lagging})
 
 
 @app.get("/stats", summary="Records, duration, last success and failure, runs: overall, per source and table")
@@ -268,7 +291,9 @@ def get_stats(user: GetUserDep) -> dict[str, Any]:
     for conn_id, group in groups.items():
         if group or len(groups) == 1:
             with warehouse(conn_id) as conn:
-                parts.append(stats.stats(conn, [s.name for s in group]))
+                part = stats.stats(conn, [s.name for s in group])
+                add_cdc_slots(conn, group, part["sources"])
+                parts.append(part)
     return stats.merge_stats(parts)
 
 

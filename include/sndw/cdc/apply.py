@@ -42,6 +42,7 @@ class Applied:
     changes: int = 0
     schema_changes: list[dict[str, Any]] | None = None
     file_ids: list[int] | None = None
+    last_lsn: int | None = None  # the commit LSN of the last change applied
 
 
 def data_schema(paths: Sequence[str]) -> list[pa.Schema]:
@@ -54,8 +55,9 @@ def data_schema(paths: Sequence[str]) -> list[pa.Schema]:
 
 
 def apply_changes(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], partition: date,
-                  run_id: str | None, batch_rows: int = 100_000) -> Applied:
-    """Apply the change files of one table (one run) to ``spec``'s table; the caller commits."""
+                  run_id: str | None, batch_rows: int = 100_000, after_lsn: int | None = None) -> Applied:
+    """Apply the change files of one table (one run) to ``spec``'s table; the caller commits.
+    ``after_lsn`` (replay): the transactions that committed at or before it are passed over."""
     applied = Applied(schema_changes=[], file_ids=[])
     assert applied.schema_changes is not None and applied.file_ids is not None
     schemas = data_schema(paths)
@@ -81,6 +83,12 @@ def apply_changes(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str]
         rows, _ = copy_file(cur, sql.Identifier(STAGE), path, stage_types, spec.qualified,
                             file_constants(file_id, partition), batch_rows)
         applied.changes += rows
+    if after_lsn is not None:  # applied already, from an earlier partition (a run whose apply failed re-read them)
+        cur.execute(sql.SQL("DELETE FROM {} WHERE cdc_lsn <= %s").format(sql.Identifier(STAGE)), (after_lsn,))
+        applied.changes -= cur.rowcount
+    cur.execute(sql.SQL("SELECT max(cdc_lsn) FROM {}").format(sql.Identifier(STAGE)))
+    row = cur.fetchone()
+    applied.last_lsn = row[0] if row else None
     keys = list(spec.primary_key)
     key_list = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
     cur.execute(sql.SQL("CREATE INDEX ON {} ({}, cdc_lsn, cdc_seq)").format(sql.Identifier(STAGE), key_list))

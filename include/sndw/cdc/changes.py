@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pyarrow as pa
 
+from sndw import storage
 from sndw.cdc import pgoutput
 from sndw.cdc.pgoutput import UNCHANGED, Begin, Commit, Delete, Insert, Relation, Truncate, Update, Value
 from sndw.cdc.slot import CdcError, CdcTable, connect
@@ -234,3 +238,96 @@ def _row_change(changes: _TableChanges, message: Insert | Update | Delete, begin
         gone[i] = value
     changes.add("D", gone, begin, seq + 2)
     return seq + 2
+
+
+# ------------------------------------------------------------------ what the lake holds of a CDC table (replay)
+
+SNAPSHOT_PREFIX = "snapshot-"
+
+
+@dataclass
+class SnapshotRecord:
+    """A completed snapshot of one table, as ``<lake_root>/cdc/<source>/<table>/snapshot-<LSN>.json`` records
+    it: the slot's starting point, the date partition of the copy (``<lake_root>/sql/<source>/<table>/<date>``),
+    the manifest id of its files, and the key the changes are applied by."""
+
+    lsn: str
+    partition: str
+    manifest_id: str | None
+    key: list[str]
+
+    @property
+    def lsn_value(self) -> int:
+        return pgoutput.parse_lsn(self.lsn)
+
+
+def _cdc_table_root(lake_root: str, source: str, table: str) -> str:
+    return (storage.join(lake_root, "cdc", source, table) if storage.is_url(lake_root)
+            else str(Path(lake_root) / "cdc" / source / table))
+
+
+def write_snapshot_record(lake_root: str, source: str, table: str, record: SnapshotRecord) -> str:
+    """Record a completed snapshot beside the table's change partitions (written whole, then renamed)."""
+    name = f"{SNAPSHOT_PREFIX}{pgoutput.parse_lsn(record.lsn):016X}.json"
+    text = json.dumps(asdict(record))
+    folder = _cdc_table_root(lake_root, source, table)
+    if storage.is_url(lake_root):  # one object, whole when it exists
+        path = storage.join(folder, name)
+        with storage.open_output(path) as out:
+            out.write(text.encode())
+        return path
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    final = Path(folder) / name
+    temporary = final.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    temporary.write_text(text)
+    os.replace(temporary, final)
+    return str(final)
+
+
+def _children(lake_root: str, source: str, table: str) -> list[str]:
+    folder = _cdc_table_root(lake_root, source, table)
+    if storage.is_url(lake_root):
+        fs = storage.filesystem(lake_root)
+        fs.invalidate_cache(storage.strip(folder))
+        try:
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(storage.strip(folder), detail=False)]
+        except FileNotFoundError:
+            return []
+    return [p.name for p in Path(folder).iterdir()] if Path(folder).is_dir() else []
+
+
+def snapshot_records(lake_root: str, source: str, table: str) -> list[SnapshotRecord]:
+    """The table's recorded snapshots, oldest (lowest LSN) first."""
+    records = []
+    folder = _cdc_table_root(lake_root, source, table)
+    for name in _children(lake_root, source, table):
+        if not (name.startswith(SNAPSHOT_PREFIX) and name.endswith(".json")):
+            continue
+        path = storage.join(folder, name) if storage.is_url(lake_root) else str(Path(folder) / name)
+        if storage.is_url(path):
+            with storage.filesystem(path).open(storage.strip(path), "rb") as raw:
+                data = json.loads(raw.read())
+        else:
+            data = json.loads(Path(path).read_text())
+        records.append(SnapshotRecord(**{k: data[k] for k in ("lsn", "partition", "manifest_id", "key")}))
+    return sorted(records, key=lambda r: r.lsn_value)
+
+
+def change_partitions(lake_root: str, source: str, table: str) -> list[tuple[int, date, list[str]]]:
+    """The table's change partitions as (LSN read up to, date, files), in LSN order."""
+    from sndw.lake import partition_dates, partition_files
+
+    found = []
+    for name in _children(lake_root, source, table):
+        if not name.startswith("changes-"):
+            continue
+        try:
+            upto = int(name.removeprefix("changes-"), 16)
+        except ValueError:
+            continue
+        folder = f"{table}/{name}"
+        for day in partition_dates(lake_root, "cdc", source, folder):
+            files = partition_files(lake_root, "cdc", source, folder, day)
+            if files:
+                found.append((upto, day, files))
+    return sorted(found, key=lambda c: (c[0], c[1]))

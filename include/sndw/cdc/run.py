@@ -148,10 +148,23 @@ def _snapshot(source: SqlSource, tables: list[CdcTable], access: Any, slot: str,
         except (CdcError, psycopg.Error) as exc:
             log.warning("slot %s was not dropped after the failed snapshot: %s", slot, error_text(exc))
         return results
+    _record_snapshots(source, tables, lake, partition, position)
     with psycopg.connect(url) as dw, dw.transaction(), dw.cursor() as cur:
         _save_position(cur, source.name, slot, position, run_id, [t.spec.name for t in tables])
     log.info("cdc %s: snapshot of %d tables at %s", source.name, len(tables), position)
     return results
+
+
+def _record_snapshots(source: SqlSource, tables: list[CdcTable], lake: str, partition: date, position: str) -> None:
+    """Beside each table's change partitions, which snapshot partition they start from (``sndw replay``)."""
+    from sndw.cdc.changes import SnapshotRecord, write_snapshot_record
+    from sndw.lake import file_manifest_id, partition_files
+
+    for table in tables:
+        paths = partition_files(lake, "sql", source.name, table.spec.name, partition)
+        record = SnapshotRecord(lsn=position, partition=partition.isoformat(),
+                                manifest_id=file_manifest_id(paths[0]) if paths else None, key=list(table.key))
+        write_snapshot_record(lake, source.name, table.spec.name, record)
 
 
 def _changes(source: SqlSource, tables: list[CdcTable], conninfo: str, slot: str, publication: str,
@@ -285,10 +298,16 @@ def cdc_reset(source: SqlSource, access: Any, url: str) -> dict[str, Any]:
     slot, _ = slot_names(source)
     with connect(access.postgres_conninfo) as src:
         dropped = drop_slot(src, slot)
+    forgotten = forget_position(url, source)
+    return {"source": source.name, "slot": slot, "slot_dropped": dropped, "state_rows_removed": forgotten}
+
+
+def forget_position(url: str, source: SqlSource) -> int:
+    """Remove the warehouse's stored position of the source's slot (the next run takes a snapshot)."""
+    slot, _ = slot_names(source)
     with psycopg.connect(url) as dw:
         ensure_state_table(dw)
         with dw.transaction(), dw.cursor() as cur:
             cur.execute(sql.SQL("DELETE FROM {} WHERE pipeline_name = %s AND table_name IN (%s, %s)").format(
                 state_table()), (source.name, *state_keys(slot)))
-            forgotten = cur.rowcount
-    return {"source": source.name, "slot": slot, "slot_dropped": dropped, "state_rows_removed": forgotten}
+            return cur.rowcount

@@ -1,5 +1,6 @@
 """The Pagila sample source: the Pagila schema and data (../shared/datasets/pagila, never copied into
-the repo) loaded into a PostgreSQL database with psql, for dags/sources/pagila.yaml."""
+the repo) loaded into a PostgreSQL database with psql, for dags/sources/pagila.yaml and
+dags/sources/pagila_cdc.yaml (change data capture of rental and payment)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,43 @@ def load(conninfo: str, conn: Any) -> dict[str, int]:
         row = conn.execute(sql.SQL("SELECT count(*) FROM public.{}").format(sql.Identifier(table))).fetchone()
         counts[table] = int(row[0]) if row else 0
     return counts
+
+
+CDC_TABLES = {"rental": "rental_id", "payment": "payment_date, payment_id"}
+# Changes for the CDC sample between its two demo runs: inserts, updates (one moves a payment to the
+# next month's partition, which changes its key), deletes of a rental and its payments.
+CDC_CHANGES = (
+    "INSERT INTO rental (rental_date, inventory_id, customer_id, staff_id) VALUES ('2022-07-30 10:00+00', 1, 1, 1)",
+    "INSERT INTO payment (customer_id, staff_id, rental_id, amount, payment_date) "
+    "SELECT 1, 1, max(rental_id), 4.99, '2022-07-30 10:05+00' FROM rental",
+    "UPDATE rental SET return_date = rental_date + interval '3 days' WHERE rental_id IN "
+    "(SELECT rental_id FROM rental WHERE return_date IS NULL ORDER BY rental_id LIMIT 20)",
+    "UPDATE payment SET amount = amount + 1 WHERE payment_id IN (SELECT payment_id FROM payment ORDER BY payment_id LIMIT 50)",
+    "UPDATE payment SET payment_date = payment_date + interval '1 month' WHERE payment_id = "
+    "(SELECT min(payment_id) FROM payment WHERE payment_date < '2022-02-01')",
+    "DELETE FROM payment WHERE rental_id = (SELECT min(rental_id) FROM rental)",
+    "DELETE FROM rental WHERE rental_id = (SELECT min(rental_id) FROM rental)",
+)
+
+
+def cdc_changes(conn: Any) -> None:
+    """Change rental and payment at the source (``conn``: a connection to the Pagila database)."""
+    for statement in CDC_CHANGES:
+        conn.execute(statement)
+    conn.commit()
+
+
+def cdc_compare(source: Any, warehouse: Any, schema: str) -> dict[str, tuple[int, int, int]]:
+    """Per CDC table: (rows at the source, rows in the warehouse's ``schema``, rows that differ), the
+    source's columns compared row for row in key order."""
+    found = {}
+    for table, key in CDC_TABLES.items():
+        cur = source.execute(sql.SQL("SELECT * FROM public.{} ORDER BY {}").format(sql.Identifier(table), sql.SQL(key)))
+        names = [d.name for d in cur.description or []]
+        expected = cur.fetchall()
+        got = warehouse.execute(sql.SQL("SELECT {} FROM {}.{} ORDER BY {}").format(
+            sql.SQL(", ").join(sql.Identifier(n) for n in names), sql.Identifier(schema), sql.Identifier(table),
+            sql.SQL(key))).fetchall()
+        differ = sum(1 for a, b in zip(expected, got, strict=False) if a != b) + abs(len(expected) - len(got))
+        found[table] = (len(expected), len(got), differ)
+    return found
