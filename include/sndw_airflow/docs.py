@@ -73,6 +73,14 @@ def task_docs(source: Any) -> dict[str, str]:
             f"Extract `{table.name}` ({_cell(reads(table))}) from {source.kind} source `{source.name}` "
             f"into the lake partition of the run's date"
             + (f", from the watermark of `{table.incremental.cursor}`" if table.incremental else "") + ".")
+        if getattr(table, "parallel", 1) > 1:
+            docs[f"plan_{table.name}"] = (
+                f"Split the extract of `{table.name}` into {table.parallel} ranges (of its key, or of its blocks).")
+            docs[f"ranges_{table.name}"] = (
+                f"Extract one range of `{table.name}` into the lake's staging (one mapped task per range, each "
+                "retried alone).")
+            docs[extract_task_id(table.name)] = (
+                f"Publish the ranges of `{table.name}` as the lake partition of the run's date, in one step.")
         for item in [table, *getattr(table, "child_tables", [])]:
             keys = ", ".join(item.key_columns)
             docs[load_task_id(item.name)] = (
