@@ -380,6 +380,7 @@ class PartitionWriter:
         if manifest_id:
             self.manifest.manifest_id = manifest_id
         self.part_label = part_label
+        self._adopted: set[Path] = set()  # staged range folders whose files this writer publishes
         self.resumed: dict[str, Any] | None = None
         self.rows_per_file = rows_per_file
         self._writer: pq.ParquetWriter | None = None
@@ -652,6 +653,8 @@ class PartitionWriter:
         finally:
             _let_go(readers, fd)
         self._unlock()
+        for folder in self._adopted:  # the staged ranges now published: their files live on in the partition
+            shutil.rmtree(folder, ignore_errors=True)
         # Attempts of other runs that never finished this partition are superseded now.
         sweep_work_dirs(self.final_dir, inprogress=True)
         self.manifest.paths = [str(p) for p in final_paths]
@@ -691,6 +694,7 @@ class PartitionWriter:
                     raise
                 shutil.copyfile(path, target)
             self._files.append(target)
+            self._adopted.add(Path(path).parent)
         self.manifest.rows += rows
 
 
