@@ -50,7 +50,7 @@ def _source(url: str) -> None:
         conn.execute(f"""INSERT INTO items SELECT g, CASE WHEN g % 97 = 0 THEN NULL ELSE md5(g::text) END,
                          (g * 7 % 100000) / 100.0, '2024-01-01'::timestamptz + g * interval '1 s',
                          ARRAY[g::text, 'x'], decode(md5(g::text), 'hex')
-                         FROM generate_series(1, {ROWS}) g""")
+                         FROM generate_series(1, {ROWS}) g""")  # noqa: S608 - a constant
         conn.execute("CREATE TABLE nokey AS SELECT * FROM items ORDER BY random()")
         conn.execute("CREATE SEQUENCE rows_read; CREATE SEQUENCE failures")
         conn.execute("""CREATE FUNCTION watch(i bigint) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
@@ -76,11 +76,11 @@ def _load(dw_url: str, manifest: Manifest, target: str, mode: str = "replace", a
 def _differ(dw_url: str, a: str, b: str, columns: str = COLUMNS) -> tuple[int, int, int]:
     """Rows of a missing from b and of b missing from a, duplicates counted (EXCEPT ALL both ways); a's rows."""
     with psycopg.connect(dw_url) as conn:
-        one = conn.execute(f"SELECT count(*) FROM (SELECT {columns} FROM {a} EXCEPT ALL SELECT {columns} FROM {b}) d"
-                           ).fetchone()
-        two = conn.execute(f"SELECT count(*) FROM (SELECT {columns} FROM {b} EXCEPT ALL SELECT {columns} FROM {a}) d"
-                           ).fetchone()
-        rows = conn.execute(f"SELECT count(*) FROM {a}").fetchone()
+        one = conn.execute(f"SELECT count(*) FROM (SELECT {columns} FROM {a} EXCEPT ALL "  # noqa: S608 - test names
+                           f"SELECT {columns} FROM {b}) d").fetchone()
+        two = conn.execute(f"SELECT count(*) FROM (SELECT {columns} FROM {b} EXCEPT ALL "  # noqa: S608 - test names
+                           f"SELECT {columns} FROM {a}) d").fetchone()
+        rows = conn.execute(f"SELECT count(*) FROM {a}").fetchone()  # noqa: S608 - a test table's name
     assert one and two and rows
     return one[0], two[0], rows[0]
 

@@ -104,4 +104,8 @@ def document_tasks(dag: Any, source: Any) -> None:
     docs = task_docs(source)
     for task in dag.tasks:
         if not task.doc_md:
-            task.doc_md = docs.get(task.task_id, f"Task of source `{source.name}`.")
+            doc = docs.get(task.task_id, f"Task of source `{source.name}`.")
+            if getattr(task, "is_mapped", False):  # a mapped task (ranges_<table>): its doc is a partial() argument
+                task.partial_kwargs["doc_md"] = doc
+            else:
+                task.doc_md = doc

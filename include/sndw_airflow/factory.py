@@ -121,12 +121,15 @@ def _parallel_extract(table: Any, extract_args: dict[str, Any]) -> BaseOperator:
     """``parallel: N``: plan_<table> lists the ranges, ranges_<table> is mapped over them (one
     task instance per range, each retried alone), and extract_<table> publishes them as one partition
     (its output is the manifest the load reads, as a serial extract's)."""
+    from sndw_airflow.callbacks import audit_failure, audit_success
     from sndw_airflow.operators import ExtractRangeOperator, PlanRangesOperator, PublishRangesOperator
 
     task_id = extract_task_id(table.name)
     plan = PlanRangesOperator(task_id=f"plan_{table.name}", extract_task_id=task_id, **extract_args)
+    # partial() does not run the operator's __init__ before the tasks are mapped: the audit callbacks by name.
     ranges = ExtractRangeOperator.partial(task_id=f"ranges_{table.name}", extract_task_id=task_id,
-                                          **extract_args).expand(part=plan.output)
+                                          on_success_callback=audit_success, on_failure_callback=audit_failure,
+                                          on_retry_callback=audit_failure, **extract_args).expand(part=plan.output)
     publish = PublishRangesOperator(task_id=task_id, ranges=ranges.output, **extract_args)
     plan >> ranges >> publish
     return publish

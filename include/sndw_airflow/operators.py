@@ -389,7 +389,8 @@ class PublishRangesOperator(ExtractToParquetOperator):
 
         request = self._request(context)
         try:
-            manifest = publish_ranges(request, list(self.ranges))
+            # The range tasks' outputs, by index (iterating a lazy XCom sequence reads one past its end).
+            manifest = publish_ranges(request, [self.ranges[i] for i in range(len(self.ranges))])
         except PermanentError as exc:
             raise AirflowFailException(str(exc)) from exc
         return self._extracted(manifest)
