@@ -9,7 +9,7 @@ integer key) extracted into a lake partition, rounds interleaved (BENCH_ROUNDS, 
 - ``tasks``: ``parallel: 2`` the way the DAG runs it: a plan process, then one process per range
   started together (two mapped tasks on two worker slots), then a publish process; timed from the
   plan's start to the publication's end, process start-ups included (a task's are larger still);
-- ``threads``: ``parallel: 2`` in one process (``etl.cli sync``: the ranges in threads).
+- ``sync``: ``parallel: 2`` from one process, as ``etl.cli sync`` runs it (the ranges in a pool of processes).
 
 Each figure is the wall time (median of the rounds; "in-task": the timed work inside the processes,
 plan + slowest range + publish for ``tasks``), rows, the peak RSS of the largest process and
@@ -111,10 +111,10 @@ def measure(bench: Any, rows: int, count: int, rounds: int, python: str) -> dict
     bench.execute(f"VACUUM ANALYZE {TABLE}")
     work = bench.work / "parallel"
     base = {"url": bench.url}
-    samples: dict[str, list[dict[str, Any]]] = {"serial": [], "tasks": [], "threads": []}
+    samples: dict[str, list[dict[str, Any]]] = {"serial": [], "tasks": [], "sync": []}
     reference: tuple[int, int] | None = None
     for round_no in range(rounds):
-        order = ["serial", "tasks", "threads"]
+        order = ["serial", "tasks", "sync"]
         order = order[round_no % 3:] + order[:round_no % 3]
         for method in order:
             lake = str(work / f"{method}-{round_no}")
@@ -123,7 +123,7 @@ def measure(bench: Any, rows: int, count: int, rounds: int, python: str) -> dict
             if method == "serial":
                 result, rss = _call("extract", {**args, "parallel": 1}, python)
                 paths, peak, detail = result["paths"], rss, {"work_s": round(result["seconds"], 2)}
-            elif method == "threads":
+            elif method == "sync":
                 result, rss = _call("extract", {**args, "parallel": count}, python)
                 paths, peak, detail = result["paths"], rss, {"work_s": round(result["seconds"], 2)}
             else:

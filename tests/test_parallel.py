@@ -226,3 +226,26 @@ def test_a_dag_run_maps_the_ranges_and_retries_the_failed_one_alone(
     partition = env["lake"] / "sql" / "e2e_parallel" / "items" / "2024-01-02"
     assert {p.name.split("-")[1] for p in partition.glob("part-*.parquet")} == {"r000", "r001"}
     assert not [p.name for p in partition.parent.iterdir() if p.name.startswith(".") and "readers" not in p.name]
+
+
+def test_sync_runs_the_ranges_through_the_same_core_path(cli: Any, tmp_path: Path, source_db: str,
+                                                          dw_url: str) -> None:
+    """`etl.cli sync` (no Airflow): the ranges in one process, read in one snapshot, one partition."""
+    _source(source_db)
+    config = {"name": "cli_parallel", "kind": "sql", "conn_id": "cli_parallel_src", "start_date": "2024-01-01",
+              "tables": [{"name": "nokey", "table": "nokey", "parallel": 3},
+                         {"name": "items", "table": "items", "primary_key": ["id"], "parallel": 2}]}
+    path = tmp_path / "cli_parallel.yaml"
+    path.write_text(json.dumps(config))
+    code, out, err = cli("sync", str(path), "--date", "2024-01-02", "--lake", str(tmp_path / "lake"), "--json",
+                         env={"AIRFLOW_CONN_CLI_PARALLEL_SRC": source_db})
+    assert code == 0, err
+    assert [(r["target_table"], r["rows_loaded"]) for r in out] == [("public.nokey", ROWS), ("public.items", ROWS)]
+    for name, ranges in (("nokey", 3), ("items", 2)):
+        files = sorted((tmp_path / "lake" / "sql" / "cli_parallel" / name / "2024-01-02").glob("part-*.parquet"))
+        assert len({f.name.split("-")[1] for f in files}) == ranges, files
+    with psycopg.connect(source_db) as src, psycopg.connect(dw_url) as dw:
+        for name in ("nokey", "items"):
+            query = (f"SELECT count(*), md5(string_agg(id || coalesce(v, '') || at || amount, ',' "  # noqa: S608
+                     f"ORDER BY id)) FROM {name}")
+            assert dw.execute(query).fetchone() == src.execute(query).fetchone(), name
