@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 ROWS_ENV, N_ENV = "BENCH_PARALLEL_ROWS", "BENCH_PARALLEL_N"
@@ -53,7 +52,14 @@ def step(kind: str, a: dict[str, Any]) -> dict[str, Any]:
     """One process's work: ``extract`` (extract_table), ``plan``, ``range`` or ``publish``."""
     import dataclasses
 
-    from sndw.pipeline import SourceAccess, extract_range, extract_table, plan_ranges, publish_ranges, range_resume_key
+    from sndw.pipeline import (
+        SourceAccess,
+        extract_range,
+        extract_table,
+        plan_ranges,
+        publish_ranges,
+        range_resume_key,
+    )
 
     from bench.workers import _conninfo
 
