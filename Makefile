@@ -21,7 +21,7 @@ EXECUTOR ?= local
 
 .PHONY: help venv install-dev airflow-init demo test test-fast lint up up-celery down status dw-start dw-stop dw-psql \
 	run-pipeline test-dw s3-start s3-stop redis-start redis-stop \
-	infra-up infra-down infra-status lock validate clean bench
+	infra-up infra-down infra-status lock validate clean bench bench-parallel
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ $(BENCH): $(RUNTIME) requirements.lock requirements-bench.lock
 # Not part of `make test` (tests/test_bench_smoke.py runs the harness with tiny N instead).
 bench: $(BENCH) ## Load/extract speed and memory vs psql COPY and peers (BENCH_ROWS, BENCH_ROUNDS): bench/results
 	@SNDW_NO_DW=1 $(ENV) && BENCH_SNDW_PYTHON="$(CURDIR)/$(BIN)/python" $(BENCH_VENV)/bin/python -m bench.harness
+
+bench-parallel: $(BENCH) ## A big table across workers: parallel: 2 vs 1 on 5M rows (BENCH_PARALLEL_ROWS): bench/results/parallel.json
+	@SNDW_NO_DW=1 $(ENV) && BENCH_SNDW_PYTHON="$(CURDIR)/$(BIN)/python" $(BENCH_VENV)/bin/python -m bench.parallel
 
 lint: $(DEV) ## ruff on everything, mypy on the library code
 	$(BIN)/ruff check .

@@ -39,6 +39,7 @@ SourceKind = Literal["http", "sql", "file"]
 FileFormat = Literal["csv", "json", "ndjson", "parquet"]
 
 DEFAULT_BATCH_ROWS = 100_000
+MAX_PARALLEL = 64
 
 
 ColumnType = Literal["text", "bigint", "double", "numeric", "boolean", "json"]
@@ -173,6 +174,10 @@ class TableBase(_Model):
         "Write the extract in checkpointed parts (one per batch), so a retry of the same run resumes "
         "after the last complete batch: SQL tables with a primary_key are read in key order and "
         "resume at the next key; other tables are read again and skip the batches already written."))
+    parallel: int = Field(default=1, ge=1, le=MAX_PARALLEL, description=(
+        "sql tables: split a full extract (and an incremental table's first one) into this many ranges "
+        "of the primary key (or of the table's blocks on PostgreSQL), extracted side by side and "
+        "published as one partition (docs/scale-out.md, A big table across workers)."))
     allow_empty: bool = Field(default=False, description=(
         "Let an extract of 0 rows (a header-only CSV, an empty API page) empty the table (replace) or "
         "its date (partition) when they hold rows. Off by default: such a load fails, audited, with the "
@@ -230,6 +235,9 @@ class TableBase(_Model):
         if self.deletes and self.write_mode == "replace":
             raise ValueError("deletes: a replace load already holds only the source's rows; use write_mode merge "
                              "(or append, partition) with deletes")
+        if self.parallel > 1 and not isinstance(self, SqlTable):
+            raise ValueError(f"parallel: {self.parallel}: only sql tables are split into ranges (by their key or "
+                             "their blocks); remove parallel")
         return self
 
     @property
@@ -259,6 +267,9 @@ class SqlTable(TableBase):
             raise ValueError("deletes on an incremental table given by 'query' need keys_query: the query that "
                              "returns every key the source has (the incremental read sees only new rows)")
         check_known_columns(self.checks, select_columns(self.query), "the query")
+        if self.parallel > 1 and self.query and not self.primary_key:
+            raise ValueError(f"parallel: {self.parallel} on a 'query' needs a primary_key to split on (block ranges "
+                             "need a 'table'); set primary_key, or use 'table'")
         return self
 
 
@@ -763,8 +774,9 @@ class SqlSource(SourceBase):
                 ("query", "a publication carries tables, not queries: set 'table'"),
                 ("incremental", "every change arrives through the slot"),
                 ("checkpoint", "the first copy is read in one snapshot"),
+                ("parallel", "the first copy is read in one snapshot"),
                 ("transform", "changes are applied as the source has them"),
-            ) if getattr(table, key)]
+            ) if (table.parallel > 1 if key == "parallel" else getattr(table, key))]
             if refused:
                 key, why = refused[0]
                 raise ValueError(f"tables[{index}] ({table.name}): '{key}' is not available with cdc ({why})")

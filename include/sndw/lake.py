@@ -356,11 +356,17 @@ class PartitionWriter:
     after it and ``checkpoint(position)`` closes the current file and records the files written so
     far with the extractor's position. A later attempt with the same key finds them
     (``resumed``), keeps them, and the extractor continues after ``position``.
+
+    One range of a parallel extract ``stage()``s its files instead of committing them: they stay
+    in its resume-keyed folder until ``publish_staged`` swaps every range's files in as one
+    partition. ``manifest_id`` (the whole extract's, shared by its ranges) and ``part_label`` (the
+    range's, in its file names) keep the ranges' files apart in the partition.
     """
 
     def __init__(self, lake_root: str | Path, protocol: str, source: str, table: str, partition: date,
                  *, run_id: str | None = None, rows_per_file: int = ROWS_PER_FILE,
-                 on_batch: Callable[[pa.RecordBatch], None] | None = None, resume_key: str | None = None) -> None:
+                 on_batch: Callable[[pa.RecordBatch], None] | None = None, resume_key: str | None = None,
+                 manifest_id: str | None = None, part_label: str = "") -> None:
         self.final_dir = lake_partition_dir(lake_root, protocol, source, table, partition)
         self.resume_key = resume_key
         if resume_key:
@@ -374,6 +380,10 @@ class PartitionWriter:
         self._validated: list[dict[str, str]] | None = None
         self.manifest = Manifest(source=source, protocol=protocol, table=table,
                                  partition=partition.isoformat(), run_id=run_id)
+        if manifest_id:
+            self.manifest.manifest_id = manifest_id
+        self.part_label = part_label
+        self._adopted: set[Path] = set()  # staged range folders whose files this writer publishes
         self.resumed: dict[str, Any] | None = None
         self.rows_per_file = rows_per_file
         self._writer: pq.ParquetWriter | None = None
@@ -438,6 +448,9 @@ class PartitionWriter:
     def _load_checkpoint(self) -> None:
         self._checkpointed = []
         if not self._checkpoint_path.is_file():
+            # Parts no checkpoint names (a staged range run again): this attempt writes them anew.
+            for stray in self.tmp_dir.glob(PART_GLOB):
+                stray.unlink(missing_ok=True)
             return
         state = json.loads(self._checkpoint_path.read_text())
         files = [self.tmp_dir / name for name in state["files"]]
@@ -549,7 +562,7 @@ class PartitionWriter:
 
     def _open_file(self, schema: pa.Schema) -> None:
         # File names carry the extract's id: a manifest never names another extract's files.
-        path = self._part(f"part-{len(self._files):05d}-{self.manifest.manifest_id[:12]}.parquet")
+        path = self._part(f"part-{self.part_label}{len(self._files):05d}-{self.manifest.manifest_id[:12]}.parquet")
         # Who wrote the file travels with it, so a replay from the lake restores _run_id exactly.
         metadata = {**(schema.metadata or {}), RUN_ID_KEY: (self.manifest.run_id or "").encode(),
                     MANIFEST_ID_KEY: self.manifest.manifest_id.encode()}
@@ -677,6 +690,8 @@ class PartitionWriter:
         finally:
             _let_go(readers, fd)
         self._unlock()
+        for folder in self._adopted:  # the staged ranges now published: their files live on in the partition
+            shutil.rmtree(folder, ignore_errors=True)
         # Attempts of other runs that never finished this partition are superseded now.
         sweep_work_dirs(self.final_dir, inprogress=True)
         self.manifest.paths = [str(p) for p in final_paths]
@@ -690,6 +705,34 @@ class PartitionWriter:
         self._close_file()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self._unlock()
+
+    def stage(self) -> Manifest:
+        """Validate the files and leave them in this writer's resume-keyed folder (one range of a
+        parallel extract): the manifest names them there, for ``publish_staged``. Nothing is replaced."""
+        if not self.resume_key:
+            raise ValueError("stage() keeps a range's files for its publication: it needs a resume_key")
+        columns = self.validate()
+        self.manifest.paths = [str(p) for p in self._files]
+        self.manifest.bytes = sum(storage.size(p) for p in self.manifest.paths)
+        self.manifest.columns = columns
+        self._unlock()
+        log.info("staged %d rows in %d files (%d bytes) in %s", self.manifest.rows, len(self._files),
+                 self.manifest.bytes, self._folder())
+        return self.manifest
+
+    def adopt(self, paths: list[str], rows: int) -> None:
+        """Take staged files into this writer's folder (hard links: no data is copied), to commit them."""
+        for path in paths:
+            target = self.tmp_dir / _basename(path)
+            try:
+                os.link(path, target)
+            except OSError as exc:  # a filesystem without hard links: a copy in the same folder
+                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+                    raise
+                shutil.copyfile(path, target)
+            self._files.append(target)
+            self._adopted.add(Path(path).parent)
+        self.manifest.rows += rows
 
 
 def _columns(schemas: list[pa.Schema]) -> list[dict[str, str]]:
@@ -787,6 +830,8 @@ class ObjectPartitionWriter(PartitionWriter):
         self._checkpointed = []
         key = storage.strip(self._checkpoint_url)
         if not self.fs.exists(key):
+            for stray in self._part_names():  # a staged range run again: its parts are written anew
+                self.fs.rm(storage.strip(storage.join(self.work_url, stray)))
             return
         state = json.loads(self.fs.cat_file(key))
         files = [storage.join(self.work_url, name) for name in state["files"]]
@@ -822,7 +867,7 @@ class ObjectPartitionWriter(PartitionWriter):
         if self.fs.exists(storage.strip(self._checkpoint_url)):
             self.fs.rm(storage.strip(self._checkpoint_url))
         self.fs.pipe_file(manifest_key, json.dumps(self.manifest.to_dict()).encode())  # the publication
-        for old in {_parent(p) for p in (replaced or {}).get("paths", [])} - {self.work_url}:
+        for old in {_parent(p) for p in (replaced or {}).get("paths", [])} - self._published_folders():
             try:
                 self.fs.rm(storage.strip(old), recursive=True)
             except FileNotFoundError:
@@ -838,6 +883,15 @@ class ObjectPartitionWriter(PartitionWriter):
             self.fs.rm(storage.strip(self.work_url), recursive=True)
         except FileNotFoundError:
             pass
+
+    def adopt(self, paths: list[str], rows: int) -> None:
+        """Publish staged parts where they are (ranges of a parallel extract): the manifest names them."""
+        self._files.extend(paths)
+        self.manifest.rows += rows
+
+    def _published_folders(self) -> set[str]:
+        """The folders this writer's manifest names parts in: never deleted as replaced or stale."""
+        return {self.work_url} | {_parent(str(p)) for p in self._files}
 
     def _sweep_stale_attempts(self) -> None:
         """Delete other attempts' folders untouched for ``STALE_ATTEMPT_SECONDS``: killed extracts'.
@@ -860,7 +914,7 @@ class ObjectPartitionWriter(PartitionWriter):
             newest[folder] = max(newest.get(folder, 0.0), stamp)
         for folder, stamp in newest.items():
             url = storage.join(self.partition_url, folder)
-            if url != self.work_url and stamp < cutoff:
+            if url not in self._published_folders() and stamp < cutoff:
                 log.warning("removed %s, left by an extract that did not finish", url)
                 self.fs.rm(storage.strip(url), recursive=True)
 
@@ -892,6 +946,52 @@ def write_partition(batches: Iterable[pa.RecordBatch | pa.Table], lake_root: str
         for batch in batches:
             writer.write(batch)
         return writer.commit()
+
+
+def publish_staged(lake_root: str | Path, protocol: str, source: str, table: str, partition: date,
+                   staged: list[Manifest], *, run_id: str | None = None) -> Manifest:
+    """Publish the staged ranges of one parallel extract (``PartitionWriter.stage``) as the
+    partition, in one step, exactly as one extract's commit does: validated together, then swapped
+    in (a local lake: the range files hard-linked into one folder, exchanged with the partition) or
+    named by one manifest object (an object store). Run again after it succeeded (a retried
+    publish), it finds the same files published and returns their manifest; a range whose files are
+    gone fails it, naming the range."""
+    where = f"{protocol}/{source}/{table} partition {partition.isoformat()}"
+    ids = {m.manifest_id for m in staged}
+    if len(ids) != 1:
+        raise ExtractError(f"{where}: the ranges belong to different extracts ({', '.join(sorted(ids))}): "
+                           "extract the ranges again")
+    paths = [p for m in staged for p in m.paths]
+    rows = sum(m.rows for m in staged)
+    gone = [(i, p) for i, m in enumerate(staged) for p in m.paths if not storage.exists(p)]
+    if gone:
+        published = partition_files(lake_root, protocol, source, table, partition)
+        if sorted(_basename(p) for p in published) == sorted(_basename(p) for p in paths):
+            log.info("%s: the ranges were published already (manifest %s)", where, ids)
+            return Manifest(source=source, protocol=protocol, table=table, partition=partition.isoformat(),
+                            paths=published, rows=rows, bytes=sum(storage.size(p) for p in published),
+                            columns=_columns([storage.read_schema(p) for p in published]), run_id=run_id,
+                            manifest_id=ids.pop())
+        index, path = gone[0]
+        raise ExtractError(f"{where}: range {index + 1} of {len(staged)} has lost its file {_basename(path)} (a "
+                           "later extract of this partition removed its folder): extract the ranges again")
+    with open_partition(lake_root, protocol, source, table, partition, run_id=run_id,
+                        manifest_id=ids.pop()) as writer:
+        writer.adopt(paths, rows)
+        return writer.commit()
+
+
+def discard_staged(staged: list[Manifest]) -> None:
+    """Remove the folders of staged ranges that will not be published (a parallel extract that failed)."""
+    for manifest in staged:
+        for folder in {_parent(p) for p in manifest.paths}:
+            if storage.is_url(folder):
+                try:
+                    storage.filesystem(folder).rm(storage.strip(folder), recursive=True)
+                except FileNotFoundError:
+                    pass
+            elif (match := _WORK_DIR.match(Path(folder).name)) and match["kind"] == "inprogress":
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def partition_files(lake_root: str | Path, protocol: str, source: str, table: str, partition: date) -> list[str]:

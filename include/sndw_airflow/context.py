@@ -61,13 +61,20 @@ def _utc_date(value: datetime) -> date:
 
 
 def attempt(context: Any) -> dict[str, Any]:
+    """The attempt's identity for its audit row; a mapped task instance's (a range of a parallel
+    extract) names its map index in ``attempt_id``, so each instance's attempts get rows of their own."""
     ti = context.get("ti") or context.get("task_instance")
-    return {
+    fields = {
         "dag_id": getattr(ti, "dag_id", None),
         "task_id": getattr(ti, "task_id", None),
         "airflow_run_id": context.get("run_id") or getattr(ti, "run_id", None),
         "try_number": getattr(ti, "try_number", None),
     }
+    map_index = getattr(ti, "map_index", None)
+    if isinstance(map_index, int) and map_index >= 0:
+        fields["attempt_id"] = (f"{fields['dag_id']}|{fields['task_id']}[{map_index}]|{fields['airflow_run_id']}|"
+                                f"{fields['try_number'] or 0}")
+    return fields
 
 
 def started_at(context: Any) -> datetime:

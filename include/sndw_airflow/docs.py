@@ -73,6 +73,14 @@ def task_docs(source: Any) -> dict[str, str]:
             f"Extract `{table.name}` ({_cell(reads(table))}) from {source.kind} source `{source.name}` "
             f"into the lake partition of the run's date"
             + (f", from the watermark of `{table.incremental.cursor}`" if table.incremental else "") + ".")
+        if getattr(table, "parallel", 1) > 1:
+            docs[f"plan_{table.name}"] = (
+                f"Split the extract of `{table.name}` into {table.parallel} ranges (of its key, or of its blocks).")
+            docs[f"ranges_{table.name}"] = (
+                f"Extract one range of `{table.name}` into the lake's staging (one mapped task per range, each "
+                "retried alone).")
+            docs[extract_task_id(table.name)] = (
+                f"Publish the ranges of `{table.name}` as the lake partition of the run's date, in one step.")
         for item in [table, *getattr(table, "child_tables", [])]:
             keys = ", ".join(item.key_columns)
             docs[load_task_id(item.name)] = (
@@ -96,4 +104,8 @@ def document_tasks(dag: Any, source: Any) -> None:
     docs = task_docs(source)
     for task in dag.tasks:
         if not task.doc_md:
-            task.doc_md = docs.get(task.task_id, f"Task of source `{source.name}`.")
+            doc = docs.get(task.task_id, f"Task of source `{source.name}`.")
+            if getattr(task, "is_mapped", False):  # a mapped task (ranges_<table>): its doc is a partial() argument
+                task.partial_kwargs["doc_md"] = doc
+            else:
+                task.doc_md = doc

@@ -79,16 +79,20 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
             loads.append(CdcSyncOperator(task_id="cdc_sync", source=source.model_dump(mode="json"),
                                          conn_id=source.conn_id, dw_conn_id=source.dw_conn_id))
         for table in [] if loads else source.tables:
-            extract = ExtractToParquetOperator(
-                task_id=extract_task_id(table.name),
-                source=source.name,
-                kind=source.kind,
+            extract_args: dict[str, Any] = {
+                "source": source.name,
+                "kind": source.kind,
                 # The checks run in the load (their {{ table }} is the load's, not an Airflow template).
-                table=table.model_dump(mode="json", exclude={"checks"}),
-                conn_id=getattr(source, "conn_id", None),
-                base_path=base_path,
-                dw_conn_id=source.dw_conn_id,
-            )
+                "table": table.model_dump(mode="json", exclude={"checks"}),
+                "conn_id": getattr(source, "conn_id", None),
+                "base_path": base_path,
+                "dw_conn_id": source.dw_conn_id,
+            }
+            extract: BaseOperator
+            if getattr(table, "parallel", 1) > 1:
+                extract = _parallel_extract(table, extract_args)
+            else:
+                extract = ExtractToParquetOperator(task_id=extract_task_id(table.name), **extract_args)
             load = _load_task(source, table, extract.output)
             extract >> load
             loads.append(load)
@@ -113,6 +117,24 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
     document_tasks(dag, source)
     notify.attach(dag, source.notify.model_dump(mode="json") if source.notify else None)
     return dag
+
+
+def _parallel_extract(table: Any, extract_args: dict[str, Any]) -> BaseOperator:
+    """``parallel: N``: plan_<table> lists the ranges, ranges_<table> is mapped over them (one
+    task instance per range, each retried alone), and extract_<table> publishes them as one partition
+    (its output is the manifest the load reads, as a serial extract's)."""
+    from sndw_airflow.callbacks import audit_failure, audit_success
+    from sndw_airflow.operators import ExtractRangeOperator, PlanRangesOperator, PublishRangesOperator
+
+    task_id = extract_task_id(table.name)
+    plan = PlanRangesOperator(task_id=f"plan_{table.name}", extract_task_id=task_id, **extract_args)
+    # partial() does not run the operator's __init__ before the tasks are mapped: the audit callbacks by name.
+    ranges = ExtractRangeOperator.partial(task_id=f"ranges_{table.name}", extract_task_id=task_id,
+                                          on_success_callback=audit_success, on_failure_callback=audit_failure,
+                                          on_retry_callback=audit_failure, **extract_args).expand(part=plan.output)
+    publish = PublishRangesOperator(task_id=task_id, ranges=ranges.output, **extract_args)
+    plan >> ranges >> publish
+    return publish
 
 
 def _load_task(source: HttpSource | SqlSource | FileSource, table: Any, manifest: Any) -> ParquetToDwOperator:

@@ -21,7 +21,7 @@ from sndw_airflow.masking import mask_registered_secrets
 
 if TYPE_CHECKING:  # the DAG processor imports this module for every parse: no pyarrow or psycopg here
     from sndw.lake import Manifest
-    from sndw.pipeline import SourceAccess
+    from sndw.pipeline import ExtractRequest, SourceAccess
 
 mask_registered_secrets()  # the core's registered secrets, in every encoding, masked in task logs too
 
@@ -138,6 +138,8 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
     :param base_path: folder that relative file paths start from (file sources)
     :param lake_root: the lake's root folder; default ``SNDW_LAKE_ROOT`` (templated)
     :param dw_conn_id: the warehouse connection, used for the watermark and the audit row
+    :param extract_task_id: the task id that keys the extract's resume folders (default: this task's;
+        a parallel table's plan and range tasks give their publication's, ``extract_<table>``)
     """
 
     template_fields: Sequence[str] = ("table", "lake_root")
@@ -150,8 +152,9 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
 
     def __init__(self, *, source: str, kind: str, table: dict[str, Any], conn_id: str | None = None,
                  base_path: str | None = None, lake_root: str | None = None, dw_conn_id: str = "dw",
-                 **kwargs: Any) -> None:
+                 extract_task_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**_with_audit_callbacks(kwargs))
+        self.extract_task_id = extract_task_id
         self.source = source
         self.kind = kind
         self.table = table
@@ -168,23 +171,24 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
         return {"pipeline_name": self.dag_id, "source_name": self.source, "protocol": self.kind,
                 "target_table": f"lake:{self.kind}/{self.source}/{name}", "step": "extract"}
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        from sndw.pipeline import ExtractRequest, extract_table
+    def _request(self, context: Any) -> ExtractRequest:
+        from sndw.pipeline import ExtractRequest
 
         try:
             spec = table_spec(self.kind, self.table, where=f"{self.dag_id}.{self.task_id}")
         except ConfigError as exc:
             raise AirflowFailException(str(exc)) from exc
         params = context.get("params") or {}
-        request = ExtractRequest(
+        return ExtractRequest(
             pipeline=self.dag_id, source=self.source, kind=self.kind, table=spec, partition=partition_date(context),
             lake_root=attach_lake(self.lake_root or lake_root()), run_id=context.get("run_id"),
             # The same for every attempt of one run: a checkpointed table's retry resumes.
-            resume_key=f"{self.dag_id}|{self.task_id}|{context.get('run_id')}",
+            resume_key=f"{self.dag_id}|{self.extract_task_id or self.task_id}|{context.get('run_id')}",
             watermark_from=str(params["watermark_from"]) if params.get("watermark_from") else None,
             reset_watermark=bool(params.get("reset_watermark")))
-        ti = context["ti"]
-        should_pause = self._pause_check(ti) if spec.checkpoint else None
+
+    def _should_pause(self, context: Any, spec: TableBase) -> Callable[[], bool] | None:
+        should_pause = self._pause_check(context["ti"]) if spec.checkpoint else None
         if should_pause is not None and should_pause():
             if context.get("task_reschedule_count"):  # stopped by the pause before: wait for the resume
                 self._reschedule("the pipeline is still paused; the extract waits for it to be resumed")
@@ -193,6 +197,15 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
             self.log.info("DAG %s is paused but this run started anyway: the extract stops only for a new pause",
                           self.dag_id)
             should_pause = _new_pause(should_pause)
+        return should_pause
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from sndw.pipeline import extract_table
+
+        request = self._request(context)
+        spec = request.table
+        ti = context["ti"]
+        should_pause = self._should_pause(context, spec)
         try:
             manifest = extract_table(request, self.source_access(spec), should_pause=should_pause,
                                      on_child=lambda child, m: ti.xcom_push(key=child.xcom_key, value=m.to_dict()))
@@ -200,6 +213,9 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
             raise AirflowFailException(str(exc)) from exc
         except Paused as exc:
             self._reschedule(str(exc))
+        return self._extracted(manifest)
+
+    def _extracted(self, manifest: Manifest) -> dict[str, Any]:
         self.sndw_result = {"rows_extracted": manifest.rows, "files": len(manifest.paths),
                             "bytes": manifest.bytes, "paths": manifest.paths}
         self.lineage_manifest = manifest
@@ -295,6 +311,90 @@ class ExtractToParquetOperator(_SndwTask, BaseOperator):
             raise AirflowFailException(f"{self.task_id}: kind {self.kind!r} needs an http table")
         hook = HttpHook(method=spec.method, http_conn_id=self.conn_id)
         return SourceAccess(http_client=lambda table: hook_client(hook, table), warehouse=self.dw_connection)
+
+
+class PlanRangesOperator(ExtractToParquetOperator):
+    """The ranges of a parallel extract (``parallel: N`` on a sql table): ``sndw.pipeline.plan_ranges``.
+
+    Returns them as a list, which the range tasks are mapped over (``ExtractRangeOperator.partial(...)
+    .expand(part=plan.output)``): N ranges of the key or the table's blocks, or one range holding
+    everything (an incremental table after its first run, an empty table).
+    """
+
+    ui_color = "#eef6ff"
+
+    def audit_fields(self) -> dict[str, str]:
+        return {**super().audit_fields(), "step": "plan"}
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:  # type: ignore[override]
+        from sndw.pipeline import plan_ranges
+
+        request = self._request(context)
+        try:
+            parts = plan_ranges(request, self.source_access(request.table))
+        except PermanentError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        self.log.info("%d ranges: %s", len(parts), parts)
+        return parts
+
+
+class ExtractRangeOperator(ExtractToParquetOperator):
+    """One range of a parallel extract (``part``, one item of ``PlanRangesOperator``'s list; a mapped
+    task): ``sndw.pipeline.extract_range`` stages its files, keyed by run and range, so a retry of
+    this range alone writes (or, checkpointed, resumes) only its own. Returns the staged manifest."""
+
+    template_fields: Sequence[str] = ("table", "lake_root", "part")
+    ui_color = "#cfe6ff"
+
+    def __init__(self, *, part: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.part = part
+
+    def audit_fields(self) -> dict[str, str]:
+        fields = super().audit_fields()
+        part = self.part if isinstance(self.part, dict) else {}
+        return {**fields, "target_table": f"{fields['target_table']} range {part.get('index', 0) + 1}/"
+                                          f"{part.get('count', 1)}", "step": "extract_range"}
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        import dataclasses
+
+        from sndw.pipeline import extract_range, range_resume_key
+
+        request = self._request(context)
+        request = dataclasses.replace(request, part=dict(self.part),
+                                      resume_key=range_resume_key(str(request.resume_key), self.part))
+        try:
+            manifest = extract_range(request, self.source_access(request.table),
+                                     should_pause=self._should_pause(context, request.table))
+        except PermanentError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        except Paused as exc:
+            self._reschedule(str(exc))
+        return self._extracted(manifest)
+
+
+class PublishRangesOperator(ExtractToParquetOperator):
+    """Publish the staged ranges of a parallel extract as the table's lake partition, in one step
+    (``sndw.pipeline.publish_ranges``); returns the partition's manifest for the load, as the serial
+    extract does. Run again after it succeeded, it returns the same manifest."""
+
+    template_fields: Sequence[str] = ("table", "lake_root", "ranges")
+
+    def __init__(self, *, ranges: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ranges = ranges
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from sndw.pipeline import publish_ranges
+
+        request = self._request(context)
+        try:
+            # The range tasks' outputs, by index (iterating a lazy XCom sequence reads one past its end).
+            manifest = publish_ranges(request, [self.ranges[i] for i in range(len(self.ranges))])
+        except PermanentError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return self._extracted(manifest)
 
 
 class ParquetToDwOperator(_ManifestTask, BaseOperator):

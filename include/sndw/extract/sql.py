@@ -101,6 +101,80 @@ def keyed_query(query: str, keys: list[str], after: list[Any] | None, dialect: s
     return f"SELECT * FROM ({query}) AS sndw_keyed{where} ORDER BY {cols}"  # noqa: S608 - quoted identifiers
 
 
+# ------------------------------------------------------------------ ranges of a parallel extract
+#
+# A range is a JSON-ready dict (it travels through XCom to a mapped task): ``index`` and ``count``,
+# ``manifest_id`` (the whole extract's), ``kind`` ("all": no split; "key": ``column`` from ``low``
+# inclusive to ``high`` exclusive; "block": the table's blocks from ``low`` to ``high``), bounds None
+# where open. The first range is open below and the last above, so rows the plan did not see (a key
+# past the maximum, a block past the end) still fall in exactly one range; the first key range also
+# holds the key's NULLs.
+
+
+def split_integers(low: int, high: int, count: int) -> list[int]:
+    """The ``count - 1`` inner bounds splitting ``[low, high]`` into equal integer ranges (fewer when
+    the span is smaller than ``count``)."""
+    span = high - low + 1
+    count = max(1, min(count, span))
+    return [low + span * i // count for i in range(1, count)]
+
+
+def ranges_from_bounds(kind: str, bounds: list[Any], manifest_id: str, column: str | None = None) -> list[dict[str, Any]]:
+    """The ranges between consecutive ``bounds`` (sorted, distinct), open at both ends."""
+    # Bounds are read back as literals of the key's own type: ISO text for dates and times as they are.
+    safe = [v if isinstance(v, (int, str)) else v.isoformat() if hasattr(v, "isoformat") else str(v) for v in bounds]
+    edges: list[Any] = [None, *safe, None]
+    count = len(edges) - 1
+    if count == 1:
+        return [{"index": 0, "count": 1, "kind": "all", "manifest_id": manifest_id}]
+    return [{"index": i, "count": count, "kind": kind, "column": column, "low": edges[i], "high": edges[i + 1],
+             "manifest_id": manifest_id} for i in range(count)]
+
+
+def key_extent_query(query: str, column: str) -> str:
+    """The smallest and largest value of ``column`` in ``query``'s rows."""
+    quoted = _quote_ident(column)
+    return f"SELECT min({quoted}), max({quoted}) FROM ({query}) AS sndw_extent"  # noqa: S608 - quoted identifier
+
+
+def key_percentiles_query(query: str, column: str, count: int) -> str:
+    """PostgreSQL: the values of ``column`` splitting ``query``'s rows into ``count`` equal parts
+    (one sort of the key column)."""
+    fractions = ", ".join(str(i / count) for i in range(1, count))
+    quoted = _quote_ident(column)
+    return (f"SELECT percentile_disc(ARRAY[{fractions}]::float8[]) WITHIN GROUP (ORDER BY {quoted}) "  # noqa: S608
+            f"FROM ({query}) AS sndw_extent WHERE {quoted} IS NOT NULL")
+
+
+TABLE_BLOCKS_QUERY = "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::bigint"
+
+
+def quoted_table(table: str) -> str:
+    """A plain ``[schema.]name`` quoted as written (``table_query``'s rule)."""
+    return table_query(table).removeprefix("SELECT * FROM ")
+
+
+def range_query(query: str, part: Mapping[str, Any] | None, table: str | None = None) -> str:
+    """``query`` restricted to one range of a parallel extract (``ranges_from_bounds``). Block
+    ranges read ``table`` itself by ``ctid`` (PostgreSQL's TID range scan reads only those blocks)."""
+    if part is None or part["kind"] == "all":
+        return query
+    low, high = part.get("low"), part.get("high")
+    if part["kind"] == "block":
+        if not table:
+            raise ValueError("block ranges read a 'table'")
+        terms = ([f"ctid >= '({int(low)},0)'::tid"] if low is not None else []) + \
+                ([f"ctid < '({int(high)},0)'::tid"] if high is not None else [])
+        return f"{table_query(table)} WHERE {' AND '.join(terms)}"  # noqa: S608 - checked name, integers
+    column = _quote_ident(part["column"])
+    terms = ([f"{column} >= {_plain_literal(low)}"] if low is not None else []) + \
+            ([f"{column} < {_plain_literal(high)}"] if high is not None else [])
+    where = " AND ".join(terms)
+    if part["index"] == 0:
+        where = f"{where} OR {column} IS NULL"
+    return f"SELECT * FROM ({query}) AS sndw_range WHERE {where}"  # noqa: S608 - quoted identifier, literals
+
+
 def with_key_positions(batches: Iterator[pa.RecordBatch], keys: list[str]) -> Iterator[tuple[pa.RecordBatch, list[Any]]]:
     """Each batch with its last row's key, as JSON-safe values (exact: timestamps as ISO text)."""
     from sndw.state import format_value
