@@ -180,6 +180,64 @@ def test_merge_checks_the_new_and_changed_rows(tmp_path: Path, dw: psycopg.Conne
     assert dw.execute("SELECT id, amount FROM orders ORDER BY id").fetchall() == [(1, -5), (2, 20), (3, 30)]
 
 
+def scans_of(conn: psycopg.Connection, table: str = "orders") -> int:
+    """Sequential scans of ``table`` so far in the current transaction."""
+    row = conn.execute("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = %s", (table,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_the_row_checks_are_one_scan_and_only_a_failing_one_reads_samples(tmp_path: Path,
+                                                                           dw: psycopg.Connection) -> None:
+    from sndw.quality import CheckScope, run_checks
+
+    load_manifest(dw, lake(tmp_path, orders([1, 2, 3, 4], [10, 20, 30, 40])), LoadSpec("public", "orders", "replace"))
+    dw.commit()
+    typical = checks({"not_null": ["id", "amount", "status"]}, {"range": {"column": "amount", "min": 0, "max": 100}},
+                     {"accepted_values": {"column": "status", "values": ["open"]}},
+                     {"regex": {"column": "email", "pattern": "@"}}, {"row_count": {"min": 1}})
+    with dw.cursor() as cur:
+        before = scans_of(dw)
+        passed, _ = run_checks(cur, typical, CheckScope("public", "orders"))
+        assert [r.status for r in passed] == ["pass"] * 5 and scans_of(dw) - before == 1
+        dw.execute("UPDATE orders SET amount = 500 WHERE id = 3")
+        before = scans_of(dw)
+        failed, _ = run_checks(cur, typical, CheckScope("public", "orders"))
+        # The scan, then the failing range check's sample keys: nothing else reads the table again.
+        assert [r.status for r in failed] == ["pass", "fail", "pass", "pass", "pass"], failed
+        assert failed[1].failing_rows == 1 and failed[1].sample_keys == [{"amount": "500"}]
+        assert scans_of(dw) - before == 2
+    dw.rollback()
+
+
+def test_unique_on_a_key_a_unique_index_guarantees_is_not_scanned(tmp_path: Path, dw: psycopg.Connection) -> None:
+    spec = LoadSpec("public", "orders", "merge", ["id"], checks=checks(
+        {"unique": ["id"]}, {"unique": ["status", "id"]}, {"unique": ["status"], "severity": "warn"}))
+    loaded = load_manifest(dw, lake(tmp_path, orders([1, 2, 3], [1, 2, 3], ["open", "paid", "open"])), spec)
+    assert loaded.checks is not None
+    assert [(r["name"], r["status"], r["failing_rows"]) for r in loaded.checks["results"]] == [
+        ("unique(id)", "pass", 0), ("unique(status, id)", "pass", 0), ("unique(status)", "warn", 2)]
+    messages = dict(dw.execute("SELECT check_name, message FROM etl_check_results").fetchall())
+    # The merge's unique index on id: a key set holding id cannot repeat either; status alone can.
+    assert messages["unique(id)"] == messages["unique(status, id)"] == (
+        "guaranteed by the unique index orders__sndw_key: not scanned")
+    assert "repeat a value of (status)" in messages["unique(status)"]
+
+
+def test_unique_is_scanned_when_no_index_truly_guarantees_it(dw: psycopg.Connection) -> None:
+    from sndw.quality import CheckScope, run_checks
+
+    dw.execute("CREATE TABLE orders (id bigint, status text, _partition_date date, _file_id integer)")
+    # Partial, deferred, or on more columns than the check: none of them keeps id from repeating.
+    dw.execute("CREATE UNIQUE INDEX partial ON orders (id) WHERE status = 'open'")
+    dw.execute("CREATE UNIQUE INDEX wider ON orders (id, status)")
+    dw.execute("ALTER TABLE orders ADD CONSTRAINT deferred UNIQUE (id) DEFERRABLE INITIALLY DEFERRED")
+    dw.execute("INSERT INTO orders (id, status) VALUES (1, 'open'), (1, 'paid'), (2, 'open')")
+    with dw.cursor() as cur:
+        [result], _ = run_checks(cur, checks({"unique": ["id"]}), CheckScope("public", "orders"))
+    assert (result.status, result.failing_rows, result.sample_keys) == ("fail", 2, [{"id": "1"}])
+    dw.rollback()
+
+
 # ----------------------------------------------------------------------------- warn, quarantine
 
 
@@ -360,8 +418,9 @@ def test_a_dag_run_blocked_by_a_check_publishes_nothing(env: dict[str, Any], con
                                       "severity": "warn"},
                                      {"sql": "SELECT * FROM {{ table }} WHERE _partition_date <> "
                                              "'{{ partition_date }}'"}]}]}
+    earlier = len(asset_events("quality_dag"))  # the metadata DB outlives a test session: count from here
     assert set(states(run(source, configs)).values()) == {"success"}
-    events = asset_events("quality_dag")
+    events = asset_events("quality_dag")[earlier:]
     assert len(events) == 1 and events[0]["checks"]["counts"] == {"pass": 3}, events
     with psycopg.connect(env["dw_url"]) as dw:
         before = table_hash(dw, "orders")
@@ -371,7 +430,7 @@ def test_a_dag_run_blocked_by_a_check_publishes_nothing(env: dict[str, Any], con
     assert states(dag_run) == {"extract_orders": "success", "load_orders": "failed"}
     load = next(t for t in dag_run.get_task_instances() if t.task_id == "load_orders")
     assert load.try_number == 1  # no retry: the data will not fix itself
-    assert len(asset_events("quality_dag")) == 1  # no event for the blocked load
+    assert len(asset_events("quality_dag")) == earlier + 1  # no event for the blocked load
     with psycopg.connect(env["dw_url"]) as dw:
         assert table_hash(dw, "orders") == before
         failures = dw.execute("SELECT error_message FROM etl_audit_log WHERE task_id = 'load_orders' "

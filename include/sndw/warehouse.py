@@ -245,6 +245,7 @@ class LoadResult:
     # The quality checks' results (sndw.quality.summary) and the rows they moved to _rejected_<table>.
     checks: dict[str, Any] | None = None
     rows_rejected: int = 0
+    checks_seconds: float = 0.0  # the checks' part of ``seconds``
     # The ``_file_id`` of each file this load wrote: its rows in the table, for the checks.
     file_ids: list[int] = field(default_factory=list, repr=False)
 
@@ -255,7 +256,7 @@ class LoadResult:
             "seconds": round(self.seconds, 3), "skipped": self.skipped,
         }
         if self.checks is not None:
-            out.update(checks=self.checks, rows_rejected=self.rows_rejected)
+            out.update(checks=self.checks, rows_rejected=self.rows_rejected, checks_seconds=round(self.checks_seconds, 3))
         return out
 
 
@@ -772,7 +773,9 @@ def _before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, ru
     scope = CheckScope(spec.schema, spec.table, partition, primary_key=spec.primary_key,
                        file_ids=None if mode in ("replace", "partition") else result.file_ids,
                        by_partition=mode == "partition")
+    started = time.perf_counter()
     results, rejected = run_checks(cur, spec.checks, scope, audit_schema=audit_schema)
+    result.checks_seconds = time.perf_counter() - started
     result.checks = summary(results)
     result.rows_rejected = rejected
     result.rows_loaded -= rejected
