@@ -78,6 +78,9 @@ class Manifest:
     # Incremental tables: the watermark this extract started from and the one its load commits.
     previous_watermark: dict[str, Any] | None = None
     watermark: dict[str, Any] | None = None
+    # A table with a source_count check: the source's own count of the rows (sql: count(*) of the
+    # query; file: the rows read), which its load compares with the rows it writes.
+    source_count: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -122,6 +122,9 @@ class CheckScope:
     primary_key: Sequence[str] = ()
     # row_count_change in `check --quality`: the latest load is the one checked, compare with the one before.
     previous_offset: int = 0
+    # source_count: the source's own count (the extract's manifest) and the rows this load wrote.
+    source_count: int | None = None
+    rows_written: int | None = None
 
     @property
     def qualified(self) -> str:
@@ -305,6 +308,8 @@ class _Scan:
     rows: int | None = None
     others: bool | None = None
     failing: dict[str, int] = field(default_factory=dict)
+    # unique: whether a key repeats among the rows in scope (their count against their distinct count).
+    repeats: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
     rejected: int = 0  # the rows quarantined before the scan: its counts hold until more are
 
@@ -335,6 +340,17 @@ def _scan(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope, 
         predicate = _row_predicate(check, scope, columns)
         items.append(sql.SQL("count(*) FILTER (WHERE {} AND ({}))").format(in_scope, predicate) if whole
                      else sql.SQL("count(*) FILTER (WHERE {})").format(predicate))
+    # unique, where no index guarantees it: the keys in scope against their distinct count, in the same
+    # scan (a sort of the keys); only when they differ, or the table holds other rows, does it look further.
+    unique_checks = [c for c in checks if c.kind == "unique" and all(col in columns for col in c.columns)
+                     and unique_index(cur, scope, c.columns) is None]
+    for check in unique_checks:
+        keys = [sql.SQL("r.{}").format(sql.Identifier(c)) for c in check.columns]
+        key = keys[0] if len(keys) == 1 else sql.SQL("ROW({})").format(sql.SQL(", ").join(keys))
+        condition = sql.SQL(" AND ").join([*([in_scope] if whole else []),
+                                           *(sql.SQL("{} IS NOT NULL").format(k) for k in keys)])
+        items.append(sql.SQL("count(*) FILTER (WHERE {})").format(condition))
+        items.append(sql.SQL("count(DISTINCT {}) FILTER (WHERE {})").format(key, condition))
     scan = _Scan()
     try:
         with cur.connection.transaction():
@@ -347,7 +363,9 @@ def _scan(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope, 
         return scan
     assert row is not None
     scan.rows, scan.others = int(row[0]), int(row[1]) > 0
-    scan.failing = {c.label: int(n) for c, n in zip(row_checks, row[2:], strict=True)}
+    scan.failing = {c.label: int(n) for c, n in zip(row_checks, row[2:2 + len(row_checks)], strict=True)}
+    counted = row[2 + len(row_checks):]
+    scan.repeats = {c.label: counted[2 * i] != counted[2 * i + 1] for i, c in enumerate(unique_checks)}
     scan.seconds = time.perf_counter() - started
     return scan
 
@@ -397,6 +415,8 @@ def _without_table(check: Check, scope: CheckScope) -> CheckResult:
         result.message, result.status = f"0 rows, fewer than {check.row_count.min}", _failed(check)
     elif check.kind == "freshness":
         result.message, result.status = "no rows: nothing is fresh", _failed(check)
+    elif check.kind == "source_count":
+        return _source_count(scope, result, check)
     return result
 
 
@@ -535,6 +555,8 @@ def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns:
         else:
             result.message = f"the newest {column} is {newest}"
         return result
+    if kind == "source_count":
+        return _source_count(scope, result, check)
     if kind == "sql":
         assert check.sql is not None
         query = sql.SQL(render_sql(check.sql, scope))  # type: ignore[arg-type,unused-ignore]  # the config's own SQL
@@ -550,6 +572,24 @@ def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns:
             result.status = _failed(check)
         return result
     raise ValueError(f"unknown check kind {kind}")
+
+
+def _source_count(scope: CheckScope, result: CheckResult, check: Check) -> CheckResult:
+    """The source's own count of the partition against the rows this load wrote (before quarantine)."""
+    if scope.rows_written is None:
+        result.status = "error"
+        result.message = "source_count compares an extract with its load: run it in a load"
+    elif scope.source_count is None:
+        result.status = "error"
+        result.message = ("the extract of this partition carries no source count (made before the check was "
+                          "added): extract the partition again")
+    else:
+        result.message = f"the source counted {scope.source_count} rows, the load wrote {scope.rows_written}"
+        if scope.source_count != scope.rows_written:
+            difference = scope.rows_written - scope.source_count
+            result.message += f" ({difference:+d})"
+            result.status = _failed(check)
+    return result
 
 
 def _count_rows(cur: psycopg.Cursor[Any], scan: _Scan) -> int:
@@ -576,6 +616,10 @@ def _unique(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, result: C
         result.failing_rows = 0
         result.message = f"guaranteed by the unique index {index}: not scanned"
         return result
+    others = scan.others if scan.others is not None else (scope.file_ids is not None and not scope.by_partition)
+    if scan.repeats.get(check.label) is False and not others:  # the scan found every key distinct
+        result.failing_rows = 0
+        return result
     keys = [sql.Identifier(c) for c in check.columns]
 
     def listed(alias: str) -> sql.Composable:
@@ -586,7 +630,6 @@ def _unique(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, result: C
 
     within = sql.SQL("SELECT {keys} FROM {rows} WHERE {nn} GROUP BY {keys} HAVING count(*) > 1").format(
         keys=listed("r"), rows=_rows(), nn=not_null("r"))
-    others = scan.others if scan.others is not None else (scope.file_ids is not None and not scope.by_partition)
     if others:  # the scope's keys that an earlier load of the table already holds
         dup = within + sql.SQL(" UNION SELECT {keys} FROM {target} u WHERE NOT coalesce({scope}, false) AND {nn} "
                                "AND ({keys}) IN (SELECT {rkeys} FROM {rows})").format(

@@ -82,8 +82,7 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
                 task_id=extract_task_id(table.name),
                 source=source.name,
                 kind=source.kind,
-                # The checks run in the load (their {{ table }} is the load's, not an Airflow template).
-                table=table.model_dump(mode="json", exclude={"checks"}),
+                table=_extract_table(table),
                 conn_id=getattr(source, "conn_id", None),
                 base_path=base_path,
                 dw_conn_id=source.dw_conn_id,
@@ -99,6 +98,12 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
                 child_load = _load_task(source, child, XComArg(extract, key=child.xcom_key))
                 load >> child_load
                 loads.append(child_load)
+        # A table's load after the loads of the tables its relationships checks relate to.
+        if not isinstance(source, SqlSource) or source.cdc is None:
+            load_of = {load.task_id: load for load in loads}
+            for name, parents in source.load_dependencies().items():
+                for parent in parents:
+                    load_of[load_task_id(parent)] >> load_of[load_task_id(name)]
         # SQL steps: after every load, one after another (a step may read what the one before built).
         previous: list[BaseOperator] = loads
         for step in source.sql_steps:
@@ -111,6 +116,16 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
             previous = [task]
     document_tasks(dag, source)
     return dag
+
+
+def _extract_table(table: Any) -> dict[str, Any]:
+    """The table as its extract task gets it: the checks run in the load (their {{ table }} is the
+    load's, not an Airflow template), but for source_count, which the extract counts."""
+    out: dict[str, Any] = table.model_dump(mode="json", exclude={"checks"})
+    counted = [c.model_dump(mode="json", exclude_none=True) for c in table.checks if c.kind == "source_count"]
+    if counted:
+        out["checks"] = counted
+    return out
 
 
 def _load_task(source: HttpSource | SqlSource | FileSource, table: Any, manifest: Any) -> ParquetToDwOperator:
