@@ -315,15 +315,17 @@ class _Scan:
 
 
 def _scan(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope, columns: dict[str, str]) -> _Scan:
-    """One ``SELECT`` over the table for every row-level check, the rows in scope and (appends, merges)
+    """One ``SELECT`` over the table for the row-level checks, the rows in scope and (appends, merges)
     whether rows outside the scope exist. A check whose SQL the server refuses makes the combined
     query fail: then nothing is counted here and each check runs (and errors) on its own."""
     import psycopg
     from psycopg import sql
 
     started = time.perf_counter()
-    row_checks = [c for c in checks if c.kind in ("not_null", "accepted_values", "range", "regex", "relationships")
-                  and all(col in columns for col in c.columns) and _parent_missing(cur, c, scope) is None]
+    # Not relationships: its NOT EXISTS inside a FILTER is a subquery run per row (a scan of the parent
+    # table each, 12 s for Pagila's 16,049 payments), where its own query is one hash anti-join.
+    row_checks = [c for c in checks if c.kind in ("not_null", "accepted_values", "range", "regex")
+                  and all(col in columns for col in c.columns)]
     in_scope = scope.condition()
     # Appends and merges: the scope is this load's files, unique looks at the whole table. The scan
     # reads the whole table anyway (no index on _file_id), so it counts the rows outside too.
