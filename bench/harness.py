@@ -22,9 +22,12 @@ Settings (environment):
   BENCH_DATASETS       folder holding pagila/ (default <repo>/../shared/datasets)
   BENCH_SKIP           comma-separated sections or methods to skip (e.g. dlt,pandas,pagila,memory,replace,
                        wal_minimal: the replace figures after a restart with wal_level=minimal)
+  BENCH_ONLY           comma-separated sections to run, every other one skipped (e.g. checks; the data and
+                       the load inputs are always prepared)
   BENCH_KEEP           1 keeps the scratch folder and the databases
-  (BENCH_SKIP also takes the sections load, extract, write_modes, replace, wal_minimal, parse and dags_test:
-   `airflow dags test` of 1- and 10-table sources)
+  (BENCH_SKIP also takes the sections load, extract, write_modes, replace, wal_minimal, parse, dags_test:
+   `airflow dags test` of 1- and 10-table sources, and checks: a load with a table's quality checks against
+   the same load without)
   BENCH_CDC_CHANGES    changes (3 updates : 1 delete) of the CDC apply section (default 100,000; also 4x for
                        memory; at most BENCH_ROWS / 4). BENCH_SKIP=cdc skips it
   BENCH_DAGS_TEST_ROUNDS rounds of the `airflow dags test` section (default 1: ~25 s a run)
@@ -74,6 +77,20 @@ SNDW_PYTHON = os.environ.get("BENCH_SNDW_PYTHON") or sys.executable
 SNDW_METHODS = {"load_sndw", "extract_sndw", "dagbag", "apply_cdc"}
 
 
+# The sections BENCH_SKIP and BENCH_ONLY name.
+SECTIONS = ("load", "extract", "write_modes", "replace", "wal_minimal", "memory", "pagila", "parse", "dags_test",
+            "checks")
+
+
+def _skipped() -> set[str]:
+    skip = {x.strip() for x in os.environ.get("BENCH_SKIP", "").split(",") if x.strip()}
+    only = {x.strip() for x in os.environ.get("BENCH_ONLY", "").split(",") if x.strip()}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"BENCH_ONLY: unknown section {sorted(unknown)[0]!r}: use {', '.join(SECTIONS)}")
+    return skip | (set(SECTIONS) - only if only else set())
+
+
 def _int_env(name: str, default: int) -> int:
     return int(os.environ.get(name, str(default)).replace(",", "").replace("_", ""))
 
@@ -93,8 +110,7 @@ class Settings:
     parse_sources: list[int] = field(default_factory=lambda: [
         int(x) for x in os.environ.get("BENCH_PARSE_SOURCES", "1,10,100").split(",") if x.strip()])
     datasets: Path = field(default_factory=lambda: Path(os.environ.get("BENCH_DATASETS", ROOT.parent / "shared" / "datasets")))
-    skip: set[str] = field(default_factory=lambda: {
-        x.strip() for x in os.environ.get("BENCH_SKIP", "").split(",") if x.strip()})
+    skip: set[str] = field(default_factory=_skipped)
     dags_test_rounds: int = field(default_factory=lambda: _int_env("BENCH_DAGS_TEST_ROUNDS", 1))
     cdc_changes: int = field(default_factory=lambda: _int_env("BENCH_CDC_CHANGES", 100_000))
     keep: bool = field(default_factory=lambda: os.environ.get("BENCH_KEEP", "") == "1")
@@ -958,6 +974,40 @@ class Bench:
         finally:
             if not self.s.keep:
                 self.drop_database(name)
+    # --------------------------------------------------------------------------- checks
+
+    def bench_checks(self) -> None:
+        """What a typical table's quality checks add to its load: the same N rows loaded (append into
+        a new table) with CHECKS and without, the two paired within each round."""
+        if "checks" in self.s.skip:
+            self.results["checks"] = None
+            return
+        log(f"CHECKS: a load of {self.s.rows:,} rows with a typical table's quality checks vs without")
+
+        def load(table: str, checks: list[dict[str, Any]]) -> Callable[[], Sample]:
+            def run() -> Sample:
+                self.drop(table)
+                self.checkpoint()
+                sample = self.worker("load_sndw", {"url": self.url, "paths": self.paths, "schema": SCHEMA,
+                                                   "table": table, "partition": PARTITION, "checks": checks})
+                self.drop(table)
+                return sample
+            return run
+
+        samples = self.interleave({"without": load("c_plain", []), "with": load("c_checked", CHECKS)},
+                                  warmup={"without", "with"})
+        statuses = {s.details.get("checks", {}).get("counts", {}).get("pass") for s in samples["with"]}
+        if statuses != {len(CHECKS)}:
+            raise MethodError(f"the checks did not all pass: {samples['with'][0].details.get('checks')}")
+        block = summarise({"without": {"label": "sndw load, no checks (reference)", "rows": self.s.rows,
+                                       "skipped": None, "note": ""},
+                           "with": {"label": "sndw load with the checks", "rows": self.s.rows, "skipped": None,
+                                    "note": CHECKS_TEXT}},
+                          samples, reference="without", ratio="cost")
+        # The checks' own time, as the load measured it (the engine's seconds per check, summed).
+        block["checks_seconds"] = round(statistics.median(s.details["checks_seconds"] for s in samples["with"]), 3)
+        block["checks"] = CHECKS_TEXT
+        self.results["checks"] = block
 
     # ---------------------------------------------------------------------------- run
 
@@ -982,6 +1032,7 @@ class Bench:
             self.bench_parse()
             self.bench_dags_test()
             self.bench_etl_page()
+            self.bench_checks()
         finally:
             self.stop()
         self.results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
@@ -1130,6 +1181,15 @@ def summarise(info: dict[str, dict[str, Any]], samples: dict[str, list[Sample]],
                           "process_ratio_range": [round(min(whole), 3), round(max(whole), 3)]})
         rows.append(entry)
     return {"reference": reference, "ratio": ratio, "methods": rows}
+
+
+# A typical table's quality checks (issue 23): not_null on 3 columns, a unique key, one range.
+CHECKS: list[dict[str, Any]] = [
+    {"not_null": ["id", "customer_id", "created_at"]},
+    {"unique": ["id"]},
+    {"range": {"column": "amount", "min": 0, "max": 10000}},
+]
+CHECKS_TEXT = "not_null(id, customer_id, created_at), unique(id), range(amount 0..10000); append into a new table"
 
 
 # One generated source config of the parse benchmark: three tables, one per usual write mode.

@@ -18,6 +18,7 @@ RSS_GROWTH_TARGET = 1.10  # peak RSS at 4N / at N
 SIZE_TARGET = 1.15  # loaded bench table / its source table (pg_table_size)
 PARSE_TARGET_SECONDS = 1.0  # DagBag of 100 source configs (issue 14)
 ETL_PAGE_TARGET_SECONDS = 1.0  # the ETL page's answer for 100 sources and a year of audit rows (issue 24)
+CHECKS_TARGET = 1.15  # a load with a typical table's quality checks / the same load without (issue 23)
 
 
 def _method(results: dict[str, Any], section: str, name: str) -> dict[str, Any] | None:
@@ -62,6 +63,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     size = results.get("size")
     add("loaded table size", f"<= {SIZE_TARGET}x its source table", size and size["ratio"],
         size and size["ratio"] <= SIZE_TARGET, f"{size['ratio']:.2f}x" if size else "not measured")
+    checks = _method(results, "checks", "with")
+    add("quality checks overhead", f"<= {CHECKS_TARGET:.2f}x the same load without checks",
+        checks and checks["ratio"], checks and checks["ratio"] <= CHECKS_TARGET,
+        f"{checks['ratio']:.3f}x" if checks else "not measured")
     parse = {p["sources"]: p for p in results.get("parse") or []}
     if 100 in parse:
         add("parse 100 sources", f"< {PARSE_TARGET_SECONDS:.0f} s", parse[100]["seconds"],
@@ -193,6 +198,7 @@ def render(results: dict[str, Any]) -> str:
                   "", "| sources | tables | days | audit rows | seconds (median) | rounds |", "|---:|---:|---:|---:|---:|---|",
                   f"| {page['sources']} | {page['tables']} | {page['days']} | {_n(page['audit_rows'])} | "
                   f"{page['seconds']:.3f} | {', '.join(f'{r:.3f}' for r in page['rounds'])} |", ""]
+    lines += _checks_table(results.get("checks"))
     lines += ["Targets", "", "| target | goal | measured | result |", "|---|---|---|---|"]
     for t in results.get("targets", []):
         lines.append(f"| {t['target']} | {t['goal']} | {t['text']} | {t['result']} |")
@@ -217,6 +223,19 @@ def cdc_lines(block: dict[str, Any] | None) -> list[str]:
     if block.get("rss_growth_4x") is not None:
         lines.append(f"\nPeak RSS of the apply at 4N / at N: {block['rss_growth_4x']:.2f}")
     return [*lines, ""]
+def _checks_table(block: dict[str, Any] | None) -> list[str]:
+    """The checks' cost: the same load with and without them, paired per round."""
+    if not block:
+        return []
+    lines = [f"Quality checks: the same load with and without {block['checks']}", "",
+             "| load | rows | s | x no checks | peak RSS MiB |", "|---|---:|---:|---:|---:|"]
+    for m in block["methods"]:
+        if "ratio" not in m:
+            lines.append(f"| {m['label']} | {_n(m['rows'])} | - | {m.get('skipped', '-')} | - |")
+            continue
+        lines.append(f"| {m['label']} | {_n(m['rows'])} | {m['seconds']:.2f} | {_ratio(m, 3)} | "
+                     f"{m['peak_rss_mib']:.0f} |")
+    return [*lines, "", f"The checks themselves took {block['checks_seconds']:.2f} s of the load (median).", ""]
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -51,12 +51,20 @@ def load_sndw(a: dict[str, Any]) -> Result:
     import psycopg
     from sndw.warehouse import LoadSpec, load_files
 
-    spec = LoadSpec(a["schema"], a["table"], a.get("mode", "append"), a.get("primary_key", []))
+    checks: list[Any] = []
+    if a.get("checks"):  # a table's quality checks (validated as the config is, before the clock)
+        from sndw.checks_config import Check
+
+        checks = [Check.model_validate(c) for c in a["checks"]]
+    spec = LoadSpec(a["schema"], a["table"], a.get("mode", "append"), a.get("primary_key", []), checks=checks)
     started = time.perf_counter()
     with psycopg.connect(a["url"]) as conn:
         result = load_files(conn, a["paths"], spec, partition=date.fromisoformat(a["partition"]),
                             run_id="bench")
-    return {"rows": result.rows_loaded, "seconds": time.perf_counter() - started}
+    out: Result = {"rows": result.rows_loaded, "seconds": time.perf_counter() - started}
+    if result.checks is not None:
+        out.update(checks=result.checks, checks_seconds=result.checks_seconds)
+    return out
 
 
 def apply_cdc(a: dict[str, Any]) -> Result:

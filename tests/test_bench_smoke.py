@@ -103,8 +103,15 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     assert all(m["seconds"] > 0 and m["peak_rss_mib"] > 0 for m in cdc.values())
     assert data["cdc"]["rss_growth_4x"] == round(cdc["cdc_apply_4x"]["peak_rss_mib"] / cdc["cdc_apply"]["peak_rss_mib"], 2)
     assert "CDC apply: 200 changes" in result.stdout
+    # The quality checks' overhead: the same rows loaded with a typical table's checks and without.
+    checks = {m["method"]: m for m in data["checks"]["methods"]}
+    assert checks["with"]["rows"] == checks["without"]["rows"] == ROWS
+    assert checks["without"]["ratio"] == 1.0 and checks["with"]["ratio"] > 0
+    assert 0 < data["checks"]["checks_seconds"] < checks["with"]["seconds"]
+    assert "Quality checks: the same load with and without not_null(id, customer_id, created_at)" in result.stdout
 
     targets = {t["target"]: t for t in data["targets"]}
+    assert targets["quality checks overhead"]["result"] in ("PASS", "MISS")
     assert targets["load speed"]["result"] in ("PASS", "MISS")
     assert targets["parse 100 sources"]["result"] == "n/a"  # 100 sources are not parsed here
     assert targets["ETL page, 100 sources x a year"]["result"] == "n/a"  # nor is the page of 100 sources

@@ -180,6 +180,68 @@ def test_merge_checks_the_new_and_changed_rows(tmp_path: Path, dw: psycopg.Conne
     assert dw.execute("SELECT id, amount FROM orders ORDER BY id").fetchall() == [(1, -5), (2, 20), (3, 30)]
 
 
+def scans_of(conn: psycopg.Connection, table: str = "orders") -> int:
+    """Sequential scans of ``table`` so far in the current transaction."""
+    row = conn.execute("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = %s", (table,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_the_row_checks_are_one_scan_and_only_a_failing_one_reads_samples(tmp_path: Path,
+                                                                           dw: psycopg.Connection) -> None:
+    from sndw.quality import CheckScope, run_checks
+
+    load_manifest(dw, lake(tmp_path, orders([1, 2, 3, 4], [10, 20, 30, 40])), LoadSpec("public", "orders", "replace"))
+    dw.commit()
+    typical = checks({"not_null": ["id", "amount", "status"]}, {"range": {"column": "amount", "min": 0, "max": 100}},
+                     {"accepted_values": {"column": "status", "values": ["open"]}},
+                     {"regex": {"column": "email", "pattern": "@"}}, {"row_count": {"min": 1}},
+                     {"unique": ["id"]}, {"unique": ["status", "email"], "severity": "warn"})
+    with dw.cursor() as cur:
+        before = scans_of(dw)
+        passed, _ = run_checks(cur, typical, CheckScope("public", "orders"))
+        assert [r.status for r in passed] == ["pass"] * 7 and scans_of(dw) - before == 1
+        dw.execute("UPDATE orders SET amount = 500 WHERE id = 3")
+        before = scans_of(dw)
+        failed, _ = run_checks(cur, typical, CheckScope("public", "orders"))
+        # The scan, then the failing range check's sample keys: nothing else reads the table again.
+        assert [r.status for r in failed] == ["pass", "fail", "pass", "pass", "pass", "pass", "pass"], failed
+        assert failed[1].failing_rows == 1 and failed[1].sample_keys == [{"amount": "500"}]
+        assert scans_of(dw) - before == 2
+        dw.execute("UPDATE orders SET id = 1, email = 'u1@x.org' WHERE id = 4")  # a repeated key, both ways
+        repeated, _ = run_checks(cur, typical, CheckScope("public", "orders"))
+        assert [(r.status, r.failing_rows) for r in repeated[5:]] == [("fail", 2), ("warn", 2)], repeated
+    dw.rollback()
+
+
+def test_unique_on_a_key_a_unique_index_guarantees_is_not_scanned(tmp_path: Path, dw: psycopg.Connection) -> None:
+    spec = LoadSpec("public", "orders", "merge", ["id"], checks=checks(
+        {"unique": ["id"]}, {"unique": ["status", "id"]}, {"unique": ["status"], "severity": "warn"}))
+    loaded = load_manifest(dw, lake(tmp_path, orders([1, 2, 3], [1, 2, 3], ["open", "paid", "open"])), spec)
+    assert loaded.checks is not None
+    assert [(r["name"], r["status"], r["failing_rows"]) for r in loaded.checks["results"]] == [
+        ("unique(id)", "pass", 0), ("unique(status, id)", "pass", 0), ("unique(status)", "warn", 2)]
+    messages = dict(dw.execute("SELECT check_name, message FROM etl_check_results").fetchall())
+    # The merge's unique index on id: a key set holding id cannot repeat either; status alone can.
+    assert messages["unique(id)"] == messages["unique(status, id)"] == (
+        "guaranteed by the unique index orders__sndw_key: not scanned")
+    assert "repeat a value of (status)" in messages["unique(status)"]
+
+
+def test_unique_is_scanned_when_no_index_truly_guarantees_it(dw: psycopg.Connection) -> None:
+    from sndw.quality import CheckScope, run_checks
+
+    dw.execute("CREATE TABLE orders (id bigint, status text, _partition_date date, _file_id integer)")
+    # Partial, deferred, or on more columns than the check: none of them keeps id from repeating.
+    dw.execute("CREATE UNIQUE INDEX partial ON orders (id) WHERE status = 'open'")
+    dw.execute("CREATE UNIQUE INDEX wider ON orders (id, status)")
+    dw.execute("ALTER TABLE orders ADD CONSTRAINT deferred UNIQUE (id) DEFERRABLE INITIALLY DEFERRED")
+    dw.execute("INSERT INTO orders (id, status) VALUES (1, 'open'), (1, 'paid'), (2, 'open')")
+    with dw.cursor() as cur:
+        [result], _ = run_checks(cur, checks({"unique": ["id"]}), CheckScope("public", "orders"))
+    assert (result.status, result.failing_rows, result.sample_keys) == ("fail", 2, [{"id": "1"}])
+    dw.rollback()
+
+
 # ----------------------------------------------------------------------------- warn, quarantine
 
 
@@ -360,8 +422,9 @@ def test_a_dag_run_blocked_by_a_check_publishes_nothing(env: dict[str, Any], con
                                       "severity": "warn"},
                                      {"sql": "SELECT * FROM {{ table }} WHERE _partition_date <> "
                                              "'{{ partition_date }}'"}]}]}
+    earlier = len(asset_events("quality_dag"))  # the metadata DB outlives a test session: count from here
     assert set(states(run(source, configs)).values()) == {"success"}
-    events = asset_events("quality_dag")
+    events = asset_events("quality_dag")[earlier:]
     assert len(events) == 1 and events[0]["checks"]["counts"] == {"pass": 3}, events
     with psycopg.connect(env["dw_url"]) as dw:
         before = table_hash(dw, "orders")
@@ -371,7 +434,7 @@ def test_a_dag_run_blocked_by_a_check_publishes_nothing(env: dict[str, Any], con
     assert states(dag_run) == {"extract_orders": "success", "load_orders": "failed"}
     load = next(t for t in dag_run.get_task_instances() if t.task_id == "load_orders")
     assert load.try_number == 1  # no retry: the data will not fix itself
-    assert len(asset_events("quality_dag")) == 1  # no event for the blocked load
+    assert len(asset_events("quality_dag")) == earlier + 1  # no event for the blocked load
     with psycopg.connect(env["dw_url"]) as dw:
         assert table_hash(dw, "orders") == before
         failures = dw.execute("SELECT error_message FROM etl_audit_log WHERE task_id = 'load_orders' "
@@ -392,3 +455,108 @@ def test_an_empty_first_extract_of_an_append_table_passes_its_row_checks(tmp_pat
     assert loaded.checks and loaded.checks["counts"] == {"pass": 2}, loaded.checks
     with pytest.raises(QualityCheckError, match="0 rows, fewer than 1"):
         load_manifest(dw, empty, LoadSpec("public", "orders", "append", ["id"], checks=checks({"row_count": {"min": 1}})))
+
+
+# -------------------------------------------------------------------------------- source_count
+
+
+def _drop_first_row() -> Any:
+    """A transform that loses a row of each batch: the rows the load writes fall short of the source's."""
+    from sndw.transform import BatchTransform
+
+    return BatchTransform("tests:drop_first_row", lambda batch: batch.slice(1), "arrow")
+
+
+def _extract(tmp_path: Path, table: dict[str, Any], kind: str, access: Any, run_id: str) -> Manifest:
+    from sndw.config import FileTable, SqlTable
+    from sndw.pipeline import ExtractRequest, extract_table
+
+    spec = (SqlTable if kind == "sql" else FileTable).model_validate(table)
+    return extract_table(ExtractRequest(pipeline="p", source="src", kind=kind, table=spec, partition=DAY,
+                                        lake_root=str(tmp_path / "lake"), run_id=run_id), access)
+
+
+@pytest.mark.parametrize("driver", ["postgres", "sqlite"])
+def test_source_count_of_a_sql_table_passes_then_catches_lost_rows(driver: str, source_db: str, tmp_path: Path,
+                                                                   dw: psycopg.Connection) -> None:
+    import sqlite3
+
+    from sndw.pipeline import SourceAccess
+
+    rows = [(i, i * 10) for i in range(1, 6)]
+    if driver == "postgres":
+        with psycopg.connect(source_db) as src:
+            src.execute("CREATE TABLE orders (id bigint, amount bigint)")
+            src.cursor().executemany("INSERT INTO orders VALUES (%s, %s)", rows)
+        access = SourceAccess(postgres_conninfo=source_db)
+    else:
+        path = tmp_path / "src.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE orders (id integer, amount integer)")
+            db.executemany("INSERT INTO orders VALUES (?, ?)", rows)
+        access = SourceAccess(dbapi_connect=lambda: sqlite3.connect(path))
+    table = {"name": "orders", "query": "SELECT id, amount FROM orders WHERE id > 1",
+             "checks": [{"source_count": True}]}
+    manifest = _extract(tmp_path, table, "sql", access, "run-1")
+    assert (manifest.rows, manifest.source_count) == (4, 4)
+    spec = LoadSpec("public", "orders", "replace", checks=checks({"source_count": True}))
+    loaded = load_manifest(dw, manifest, spec)
+    assert loaded.checks and loaded.checks["counts"] == {"pass": 1}
+    assert dw.execute("SELECT message FROM etl_check_results").fetchone() == (
+        "the source counted 4 rows, the load wrote 4",)
+    before = table_hash(dw, "orders")
+    with pytest.raises(QualityCheckError, match=r"check 'source_count' \(source_count\): the source counted 4 rows, "
+                                                r"the load wrote 3 \(-1\)"):
+        load_manifest(dw, _extract(tmp_path, table, "sql", access, "run-2"),
+                      LoadSpec("public", "orders", "replace", transform=_drop_first_row(), checks=spec.checks))
+    assert table_hash(dw, "orders") == before
+
+
+def test_source_count_of_a_file_table_is_the_rows_read(tmp_path: Path, dw: psycopg.Connection) -> None:
+    from sndw.pipeline import SourceAccess
+
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "orders.csv").write_text("id,amount\n1,10\n2,20\n3,30\n")
+    table = {"name": "orders", "path": "orders.csv", "checks": [{"source_count": True}]}
+    access = SourceAccess(base_path=str(tmp_path / "files"))
+    manifest = _extract(tmp_path, table, "file", access, "run-1")
+    assert manifest.source_count == 3
+    spec = LoadSpec("public", "orders", "append", checks=checks({"source_count": True}))
+    assert load_manifest(dw, manifest, spec).checks == {
+        "counts": {"pass": 1}, "results": [{"name": "source_count", "kind": "source_count", "status": "pass",
+                                            "failing_rows": None}]}
+    with pytest.raises(QualityCheckError, match=r"the source counted 3 rows, the load wrote 2 \(-1\)"):
+        load_manifest(dw, _extract(tmp_path, table, "file", access, "run-2"),
+                      LoadSpec("public", "orders", "append", transform=_drop_first_row(), checks=spec.checks))
+    assert dw.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    # An extract made without the check carries no count: the check cannot run, and says why.
+    bare = _extract(tmp_path, {"name": "orders", "path": "orders.csv"}, "file", access, "run-3")
+    assert bare.source_count is None
+    with pytest.raises(QualityCheckError, match="carries no source count"):
+        load_manifest(dw, bare, spec)
+
+
+def test_source_count_is_refused_for_an_http_table() -> None:
+    raw = {"name": "api", "kind": "http", "conn_id": "api", "start_date": "2024-01-01",
+           "tables": [{"name": "users", "endpoint": "/users", "checks": [{"source_count": True}]}]}
+    with pytest.raises(ConfigError, match=r"tables\[0\].*source_count is not available for an http table: an API "
+                                          r"gives no count of its own"):
+        parse_source(raw, "api.yaml")
+
+
+def test_a_relationship_to_a_table_of_the_same_source_orders_the_loads() -> None:
+    from sndw_airflow.factory import build_dag
+
+    raw = config([{"relationships": {"column": "id", "to": "customers.id"}}])
+    raw["tables"].insert(0, {"name": "items", "query": "SELECT id FROM items",
+                             "checks": [{"relationships": {"column": "id", "to": "orders.id"}}]})
+    raw["tables"].append({"name": "customers", "query": "SELECT id FROM customers"})
+    source = parse_source(raw, "q.yaml")
+    assert [t.name for t in source.load_order()] == ["customers", "orders", "items"]
+    dag = build_dag(source)
+    assert dag.get_task("load_orders").upstream_task_ids == {"extract_orders", "load_customers"}
+    assert dag.get_task("load_items").upstream_task_ids == {"extract_items", "load_orders"}
+    # The loads cannot be ordered when the checks relate the tables to each other in a circle.
+    raw["tables"][2]["checks"] = [{"relationships": {"column": "id", "to": "items.id"}}]
+    with pytest.raises(ConfigError, match="relate to each other in a circle"):
+        parse_source(raw, "q.yaml")

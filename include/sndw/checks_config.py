@@ -7,7 +7,7 @@ meets what they know. The engine that runs them inside the load is ``sndw.qualit
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -155,7 +155,9 @@ class Check(_Model):
     row_count: RowCount | None = None
     row_count_change: RowCountChange | None = None
     freshness: Freshness | None = None
-    source_count: Any = None
+    source_count: Literal[True] | None = Field(default=None, description=(
+        "true: the source's own count of the partition's rows (sql: count(*) of the table's query, "
+        "counted at extract time; file: the rows read) equals the rows this load wrote. Not for http sources."))
     sql: str | None = Field(default=None, description=(
         "A query returning the failing rows; {{ table }} is this load's rows, {{ target }} the whole "
         "table, {{ partition_date }} the partition's date."))
@@ -189,8 +191,6 @@ class Check(_Model):
         if len(kinds) != 1:
             raise ValueError(f"a check has exactly one kind of {', '.join(KINDS)}; got "
                              + (", ".join(kinds) if kinds else "none"))
-        if kinds[0] == "source_count":
-            raise ValueError("source_count is not available yet: compare the counts with `etl.cli check <config>`")
         if self.on_fail == "quarantine" and kinds[0] not in ROW_KINDS:
             raise ValueError(f"on_fail: quarantine moves single failing rows aside: only {', '.join(ROW_KINDS)} "
                              f"checks may set it, not {kinds[0]}")

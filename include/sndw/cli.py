@@ -140,7 +140,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         source = _source(args.config)
         url = dw_url()
         access = source_access(source, args.config, warehouse_factory(url))
-        tables = [t for t in source.tables if not args.table or t.name in args.table]
+        # Each table after those its relationships checks relate to (SourceBase.load_order).
+        tables = [t for t in source.load_order() if not args.table or t.name in args.table]
         if args.table and isinstance(source, SqlSource) and source.cdc is not None:
             raise ConfigError(args.config, "cdc", "a cdc source syncs every table in one run: leave out --table")
         if args.table and len(tables) != len(set(args.table)):

@@ -267,6 +267,10 @@ class SqlTable(TableBase):
             raise ValueError("deletes on an incremental table given by 'query' need keys_query: the query that "
                              "returns every key the source has (the incremental read sees only new rows)")
         check_known_columns(self.checks, select_columns(self.query), "the query")
+        if self.parallel > 1 and any(c.kind == "source_count" for c in self.checks):
+            raise ValueError(f"checks: source_count compares one count of the source with the rows loaded; the "
+                             f"{self.parallel} ranges of parallel: {self.parallel} read at different moments, so "
+                             "remove one of them")
         if self.parallel > 1 and self.query and not self.primary_key:
             raise ValueError(f"parallel: {self.parallel} on a 'query' needs a primary_key to split on (block ranges "
                              "need a 'table'); set primary_key, or use 'table'")
@@ -368,6 +372,9 @@ class HttpTable(TableBase):
 
     @model_validator(mode="after")
     def _http_keys(self) -> HttpTable:
+        if any(c.kind == "source_count" for c in self.checks):
+            raise ValueError("checks: source_count is not available for an http table: an API gives no count of "
+                             "its own to compare the rows with; use row_count or row_count_change")
         if self.unnest and not self.primary_key:
             raise ValueError("unnest links child rows to their parent row: it needs primary_key")
         names = [c.name for c in self.child_tables]
@@ -582,6 +589,43 @@ class SourceBase(_Model):
         if isinstance(value, bool):
             return 2.0 if value else 0.0
         return value
+
+    @model_validator(mode="after")
+    def _related_loads(self) -> SourceBase:
+        self.load_order()  # a cycle of relationships checks between tables: no order to load them in
+        return self
+
+    def load_dependencies(self) -> dict[str, list[str]]:
+        """Per table name, the tables of this source whose loads come first: those its
+        ``relationships`` checks relate to (the check reads them, so their rows must be loaded)."""
+        tables = list(getattr(self, "tables", []))
+        by_target = {t.target: t.name for t in tables}
+        out: dict[str, list[str]] = {}
+        for table in tables:
+            parents: list[str] = []
+            for check in table.checks:
+                if check.relationships is None:
+                    continue
+                schema, target, _ = check.relationships.target(self.target_schema)
+                parent = by_target.get(target) if schema == self.target_schema else None
+                if parent is not None and parent != table.name and parent not in parents:
+                    parents.append(parent)
+            out[table.name] = parents
+        return out
+
+    def load_order(self) -> list[Any]:
+        """The tables in their listed order, but each after the tables its relationships checks relate to."""
+        tables = {t.name: t for t in getattr(self, "tables", [])}
+        needs = self.load_dependencies()
+        done: list[str] = []
+        while len(done) < len(tables):
+            ready = [n for n in tables if n not in done and all(p in done for p in needs[n])]
+            if not ready:
+                stuck = [n for n in tables if n not in done]
+                raise ValueError(f"tables {', '.join(stuck)}: their relationships checks relate to each other in a "
+                                 "circle, so no table can load first: drop one of those checks or use a sql check")
+            done.append(ready[0])
+        return [tables[n] for n in done]
 
     @field_validator("target_schema")
     @classmethod

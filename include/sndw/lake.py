@@ -81,6 +81,9 @@ class Manifest:
     # Incremental tables with deletes: the file(s) of every key the source had at extract time.
     key_paths: list[str] = field(default_factory=list)
     key_rows: int | None = None
+    # A table with a source_count check: the source's own count of the rows (sql: count(*) of the
+    # query; file: the rows read), which its load compares with the rows it writes.
+    source_count: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -120,6 +120,10 @@ def _extract(request: ExtractRequest, access: SourceAccess, on_child: ChildCallb
                     log.info("Pipeline paused: %s.%s stops after %d rows, checkpoint at position %s",
                              request.source, spec.name, writer.manifest.rows, new_position)
                     raise Paused(f"{request.source}.{spec.name}", writer.manifest.rows, new_position)
+        if any(c.kind == "source_count" for c in getattr(spec, "checks", ())) and not stage:
+            writer.manifest.source_count = source_count(request, access, low, writer.manifest.rows)
+            log.info("Source count of %s.%s: %d rows (%d extracted)", request.source, spec.name,
+                     writer.manifest.source_count, writer.manifest.rows)
         if spec.deletes and spec.incremental is not None and not stage:
             # After the rows: a key deleted between the two reads is then missing from the keys and
             # deleted by the load; one inserted in between is simply loaded by the next run. (A range
@@ -365,6 +369,49 @@ def load_table(conn: Any, manifest: Manifest | dict[str, Any], spec: Any, *, pip
     log.info("Loading %d files (%d rows) of partition %s into %s (%s)", len(m.paths), m.rows, m.partition,
              spec.qualified, spec.write_mode)
     return load_manifest(conn, m, spec, audit=audit, state_key=state_key)
+
+
+def source_count(request: ExtractRequest, access: SourceAccess, low: Any, rows_read: int) -> int:
+    """The source's own count of the partition's rows, for a ``source_count`` check: sql, ``count(*)``
+    of the table's rendered query (incremental: from the same watermark); file, the rows read. Counted
+    after the rows are read, before the partition is published: a source still changing may differ."""
+    spec = request.table
+    if isinstance(spec, FileTable):
+        return rows_read
+    if not isinstance(spec, SqlTable):
+        raise PermanentError(f"{request.source}.{spec.name}: source_count is not available for a {request.kind} table")
+    from sndw.extract.sql import incremental_query, table_query
+
+    postgres = access.postgres_conninfo is not None
+    query = (spec.query or table_query(spec.table or "")).strip().rstrip(";")
+    if spec.incremental is not None:
+        query = incremental_query(query, spec.incremental.cursor, low, "postgres" if postgres else "other")
+    statement = f"SELECT count(*) FROM ({query}) AS sndw_source_count"  # noqa: S608  # the config's own query
+    label = sql_label(request.source, spec)
+    try:
+        if postgres:
+            import psycopg
+
+            with psycopg.connect(access.postgres_conninfo or "") as conn:
+                row = conn.execute(statement).fetchone()
+        else:
+            if access.dbapi_connect is None:
+                raise PermanentError(f"{label}: a sql source needs a connection")
+            conn = access.dbapi_connect()
+            try:
+                cursor = conn.cursor()
+                cursor.execute(statement)
+                row = cursor.fetchone()
+            finally:
+                conn.close()
+    except PermanentError:
+        raise
+    except Exception as exc:  # the driver's error (retried like the extract's): say which table and what was counted
+        from sndw.audit import error_text
+        from sndw.errors import ExtractError
+
+        raise ExtractError(f"{label}: source_count: counting the query's rows failed: {error_text(exc)}") from exc
+    return int(row[0]) if row else 0
 
 
 def _guess_value_type(text: str) -> str:

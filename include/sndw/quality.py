@@ -122,6 +122,9 @@ class CheckScope:
     primary_key: Sequence[str] = ()
     # row_count_change in `check --quality`: the latest load is the one checked, compare with the one before.
     previous_offset: int = 0
+    # source_count: the source's own count (the extract's manifest) and the rows this load wrote.
+    source_count: int | None = None
+    rows_written: int | None = None
 
     @property
     def qualified(self) -> str:
@@ -237,6 +240,9 @@ def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckSc
                audit_schema: str = "public", apply: bool = True) -> tuple[list[CheckResult], int]:
     """Run ``checks`` on the rows in ``scope``; returns the results and the rows quarantined.
 
+    The row-level checks (and the count of the rows in scope) are one scan of the table: a single
+    ``SELECT`` with a ``count(*) FILTER (WHERE ...)`` per check; only a failing check reads its sample
+    keys. ``unique`` on columns a unique index already guarantees is not scanned at all.
     Quarantine checks go first and (with ``apply``) move their failing rows to
     ``<schema>._rejected_<table>``, so the other checks see the rows that stay. Each check runs in a
     savepoint: one that cannot run (a missing column, a bad value for the column's type) is an
@@ -252,10 +258,11 @@ def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckSc
     cur.execute(sql.SQL("CREATE OR REPLACE TEMP VIEW {} AS SELECT * FROM {} r WHERE {}").format(
         sql.Identifier(ROWS_VIEW), scope.target(), scope.condition()))
     ordered = sorted(checks, key=lambda c: c.on_fail != "quarantine")  # stable: the listed order otherwise
+    scan = _scan(cur, ordered, scope, columns)
     results: dict[str, CheckResult] = {}
     rejected = 0
     cleared = False
-    for check in ordered:
+    for position, check in enumerate(ordered):
         started = time.perf_counter()
         missing = [c for c in check.columns if c not in columns]
         if missing:
@@ -263,12 +270,16 @@ def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckSc
                 f"the check names column {missing[0]!r}, which {scope.qualified} does not have "
                 f"(its columns: {', '.join(c for c in columns if not c.startswith('_'))})"))
         else:
+            if rejected != scan.rejected:
+                # Rows were moved aside: the checks still to run count on the rows that stay (one more scan).
+                scan = _scan(cur, ordered[position:], scope, columns)
+                scan.rejected = rejected
             try:
                 with cur.connection.transaction():  # a savepoint: a check that errors leaves the load intact
                     if check.on_fail == "quarantine" and apply and not cleared:
                         _prepare_rejected(cur, scope, columns)
                         cleared = True
-                    result = _run_one(cur, check, scope, columns, audit_schema, apply)
+                    result = _run_one(cur, check, scope, columns, audit_schema, apply, scan)
             except Exception as exc:  # the database refused the check's SQL: say which check, and why
                 import psycopg
 
@@ -288,6 +299,114 @@ def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckSc
     return [results[c.label] for c in checks], rejected
 
 
+@dataclass
+class _Scan:
+    """What the one scan of the table counted: the rows in scope, whether the table holds rows
+    outside the scope where ``unique`` looks (an append's earlier loads), the failing rows per
+    row-level check (by label). None: not counted (the check then counts on its own)."""
+
+    rows: int | None = None
+    others: bool | None = None
+    failing: dict[str, int] = field(default_factory=dict)
+    # unique: whether a key repeats among the rows in scope (their count against their distinct count).
+    repeats: dict[str, bool] = field(default_factory=dict)
+    seconds: float = 0.0
+    rejected: int = 0  # the rows quarantined before the scan: its counts hold until more are
+
+
+def _scan(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope, columns: dict[str, str]) -> _Scan:
+    """One ``SELECT`` over the table for the row-level checks, the rows in scope and (appends, merges)
+    whether rows outside the scope exist. A check whose SQL the server refuses makes the combined
+    query fail: then nothing is counted here and each check runs (and errors) on its own."""
+    import psycopg
+    from psycopg import sql
+
+    started = time.perf_counter()
+    # Not relationships: its NOT EXISTS inside a FILTER is a subquery run per row (a scan of the parent
+    # table each, 12 s for Pagila's 16,049 payments), where its own query is one hash anti-join.
+    row_checks = [c for c in checks if c.kind in ("not_null", "accepted_values", "range", "regex")
+                  and all(col in columns for col in c.columns)]
+    in_scope = scope.condition()
+    # Appends and merges: the scope is this load's files, unique looks at the whole table. The scan
+    # reads the whole table anyway (no index on _file_id), so it counts the rows outside too.
+    whole = scope.file_ids is not None and not scope.by_partition
+    items: list[sql.Composable] = []
+    if whole:
+        items.append(sql.SQL("count(*) FILTER (WHERE {})").format(in_scope))
+        items.append(sql.SQL("count(*) FILTER (WHERE NOT coalesce({}, false))").format(in_scope))
+        where: sql.Composable = sql.SQL("true")
+    else:
+        items += [sql.SQL("count(*)"), sql.SQL("0")]
+        where = in_scope
+    for check in row_checks:
+        predicate = _row_predicate(check, scope, columns)
+        items.append(sql.SQL("count(*) FILTER (WHERE {} AND ({}))").format(in_scope, predicate) if whole
+                     else sql.SQL("count(*) FILTER (WHERE {})").format(predicate))
+    # unique, where no index guarantees it: the keys in scope against their distinct count, in the same
+    # scan (a sort of the keys); only when they differ, or the table holds other rows, does it look further.
+    unique_checks = [c for c in checks if c.kind == "unique" and all(col in columns for col in c.columns)
+                     and unique_index(cur, scope, c.columns) is None]
+    for check in unique_checks:
+        keys = [sql.SQL("r.{}").format(sql.Identifier(c)) for c in check.columns]
+        key = keys[0] if len(keys) == 1 else sql.SQL("ROW({})").format(sql.SQL(", ").join(keys))
+        condition = sql.SQL(" AND ").join([*([in_scope] if whole else []),
+                                           *(sql.SQL("{} IS NOT NULL").format(k) for k in keys)])
+        items.append(sql.SQL("count(*) FILTER (WHERE {})").format(condition))
+        items.append(sql.SQL("count(DISTINCT {}) FILTER (WHERE {})").format(key, condition))
+    scan = _Scan()
+    try:
+        with cur.connection.transaction():
+            cur.execute(sql.SQL("SELECT {} FROM {} r WHERE {}").format(
+                sql.SQL(", ").join(items), scope.target(), where))
+            row = cur.fetchone()
+    except psycopg.Error as exc:
+        log.info("checks on %s: the combined scan failed (%s); each check runs on its own", scope.qualified,
+                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return scan
+    assert row is not None
+    scan.rows, scan.others = int(row[0]), int(row[1]) > 0
+    scan.failing = {c.label: int(n) for c, n in zip(row_checks, row[2:2 + len(row_checks)], strict=True)}
+    counted = row[2 + len(row_checks):]
+    scan.repeats = {c.label: counted[2 * i] != counted[2 * i + 1] for i, c in enumerate(unique_checks)}
+    scan.seconds = time.perf_counter() - started
+    return scan
+
+
+def _parent_missing(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope) -> str | None:
+    """For ``relationships``: why the table or column it relates to cannot be read, else None."""
+    if check.kind != "relationships":
+        return None
+    from sndw.warehouse import table_columns
+
+    assert check.relationships is not None
+    schema, table, parent = check.relationships.target(scope.schema)
+    parent_columns = table_columns(cur, schema, table)
+    if parent in parent_columns:
+        return None
+    return (f"{schema}.{table}.{parent}, which it relates to, does not exist"
+            if parent_columns else f"{schema}.{table}, which it relates to, does not exist")
+
+
+def unique_index(cur: psycopg.Cursor[Any], scope: CheckScope, keys: Sequence[str]) -> str | None:
+    """A unique index of the table that guarantees ``keys`` never repeat, or None.
+
+    Only one that truly does: valid, enforced at once (not deferred), over the whole table (no
+    ``WHERE``), on plain columns all among ``keys``. Rows unique on a subset are unique on the
+    whole set, and ``unique`` ignores rows with a NULL in any of its columns, as the index does.
+    """
+    cur.execute(
+        """
+        SELECT i.indexrelid::regclass::text FROM pg_index i
+        WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indisvalid AND i.indimmediate
+          AND i.indpred IS NULL AND i.indexprs IS NULL
+          AND (SELECT array_agg(a.attname::text) FROM generate_series(0, i.indnkeyatts - 1) k
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k]) <@ %s::text[]
+        ORDER BY i.indnkeyatts, 1 LIMIT 1
+        """, (scope.target().as_string(cur), list(keys)))
+    row = cur.fetchone()
+    return str(row[0]) if row else None
+
+
 def _without_table(check: Check, scope: CheckScope) -> CheckResult:
     """A check of a load that wrote no rows into a table that does not exist yet."""
     result = CheckResult(check.label, check.kind, check.severity, "pass", column=_column(check),
@@ -298,6 +417,8 @@ def _without_table(check: Check, scope: CheckScope) -> CheckResult:
         result.message, result.status = f"0 rows, fewer than {check.row_count.min}", _failed(check)
     elif check.kind == "freshness":
         result.message, result.status = "no rows: nothing is fresh", _failed(check)
+    elif check.kind == "source_count":
+        return _source_count(scope, result, check)
     return result
 
 
@@ -377,25 +498,22 @@ def _text(value: Any) -> str:
 
 
 def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns: dict[str, str],
-             audit_schema: str, apply: bool) -> CheckResult:
+             audit_schema: str, apply: bool, scan: _Scan | None = None) -> CheckResult:
     from psycopg import sql
 
+    scan = scan or _Scan()
     kind = check.kind
     result = CheckResult(check.label, kind, check.severity, "pass", column=_column(check))
-    if kind == "relationships":
-        assert check.relationships is not None
-        schema, table, parent = check.relationships.target(scope.schema)
-        from sndw.warehouse import table_columns
-
-        parent_columns = table_columns(cur, schema, table)
-        if parent not in parent_columns:
-            result.status = "error"
-            result.message = (f"{schema}.{table}.{parent}, which it relates to, does not exist"
-                              if parent_columns else f"{schema}.{table}, which it relates to, does not exist")
-            return result
+    missing_parent = _parent_missing(cur, check, scope)
+    if missing_parent:
+        result.status = "error"
+        result.message = missing_parent
+        return result
     if kind in ("not_null", "accepted_values", "range", "regex", "relationships"):
         predicate = _row_predicate(check, scope, columns)
-        failing = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_rows(), predicate)))
+        failing = scan.failing.get(check.label)
+        if failing is None:
+            failing = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_rows(), predicate)))
         result.failing_rows = failing
         if failing:
             result.sample_keys = _samples(cur, _key_columns(check, scope, columns), _rows(), predicate)
@@ -411,26 +529,10 @@ def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns:
                 result.status = _failed(check)
         return result
     if kind == "unique":
-        keys = [sql.Identifier(c) for c in check.columns]
-        dup = sql.SQL(
-            "SELECT {keys} FROM {target} u WHERE {scope} AND {not_null} GROUP BY {keys} HAVING count(*) > 1").format(
-            keys=sql.SQL(", ").join(sql.SQL("u.{}").format(k) for k in keys), target=scope.target(),
-            scope=scope.unique_condition(), not_null=sql.SQL(" AND ").join(sql.SQL("u.{} IS NOT NULL").format(k)
-                                                                            for k in keys))
-        join = sql.SQL(" AND ").join(sql.SQL("r.{k} = d.{k}").format(k=k) for k in keys)
-        failing = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {} JOIN ({}) d ON {}").format(_rows(), dup, join)))
-        result.failing_rows = failing
-        if failing:
-            cur.execute(sql.SQL("SELECT {} FROM ({}) d ORDER BY {} LIMIT {}").format(
-                sql.SQL(", ").join(sql.SQL("d.{}::text").format(k) for k in keys), dup,
-                sql.SQL(", ").join(sql.SQL("d.{}").format(k) for k in keys), sql.Literal(MAX_SAMPLE_KEYS)))
-            result.sample_keys = [dict(zip(check.columns, row, strict=True)) for row in cur.fetchall()]
-            result.message = f"{_n(failing)} {'repeats' if failing == 1 else 'repeat'} a value of ({', '.join(check.columns)})"
-            result.status = _failed(check)
-        return result
+        return _unique(cur, check, scope, result, scan)
     if kind == "row_count":
         assert check.row_count is not None
-        rows = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {}").format(_rows())))
+        rows = _count_rows(cur, scan)
         low, high = check.row_count.min, check.row_count.max
         result.message = f"{rows} rows"
         if (low is not None and rows < low) or (high is not None and rows > high):
@@ -438,7 +540,7 @@ def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns:
             result.status = _failed(check)
         return result
     if kind == "row_count_change":
-        return _row_count_change(cur, check, scope, result, audit_schema)
+        return _row_count_change(cur, check, scope, result, audit_schema, scan)
     if kind == "freshness":
         assert check.freshness is not None
         column = check.columns[0]
@@ -455,6 +557,8 @@ def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns:
         else:
             result.message = f"the newest {column} is {newest}"
         return result
+    if kind == "source_count":
+        return _source_count(scope, result, check)
     if kind == "sql":
         assert check.sql is not None
         query = sql.SQL(render_sql(check.sql, scope))  # type: ignore[arg-type,unused-ignore]  # the config's own SQL
@@ -470,6 +574,85 @@ def _run_one(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns:
             result.status = _failed(check)
         return result
     raise ValueError(f"unknown check kind {kind}")
+
+
+def _source_count(scope: CheckScope, result: CheckResult, check: Check) -> CheckResult:
+    """The source's own count of the partition against the rows this load wrote (before quarantine)."""
+    if scope.rows_written is None:
+        result.status = "error"
+        result.message = "source_count compares an extract with its load: run it in a load"
+    elif scope.source_count is None:
+        result.status = "error"
+        result.message = ("the extract of this partition carries no source count (made before the check was "
+                          "added): extract the partition again")
+    else:
+        result.message = f"the source counted {scope.source_count} rows, the load wrote {scope.rows_written}"
+        if scope.source_count != scope.rows_written:
+            difference = scope.rows_written - scope.source_count
+            result.message += f" ({difference:+d})"
+            result.status = _failed(check)
+    return result
+
+
+def _count_rows(cur: psycopg.Cursor[Any], scan: _Scan) -> int:
+    """The rows in scope: counted by the scan, when it ran and no quarantine moved rows since."""
+    from psycopg import sql
+
+    if scan.rows is not None:
+        return scan.rows
+    return int(_scalar(cur, sql.SQL("SELECT count(*) FROM {}").format(_rows())))
+
+
+def _unique(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, result: CheckResult,
+            scan: _Scan) -> CheckResult:
+    """Rows in scope whose key repeats where ``unique`` looks (the partition, else the whole table).
+
+    A unique index that guarantees the key: nothing to scan. Else the repeats among the rows in
+    scope (one aggregate over them) and, only when the table holds other rows (an append's earlier
+    loads), the keys of the scope found among those too.
+    """
+    from psycopg import sql
+
+    index = unique_index(cur, scope, check.columns)
+    if index is not None:
+        result.failing_rows = 0
+        result.message = f"guaranteed by the unique index {index}: not scanned"
+        return result
+    others = scan.others if scan.others is not None else (scope.file_ids is not None and not scope.by_partition)
+    if scan.repeats.get(check.label) is False and not others:  # the scan found every key distinct
+        result.failing_rows = 0
+        return result
+    keys = [sql.Identifier(c) for c in check.columns]
+
+    def listed(alias: str) -> sql.Composable:
+        return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), k) for k in keys)
+
+    def not_null(alias: str) -> sql.Composable:
+        return sql.SQL(" AND ").join(sql.SQL("{}.{} IS NOT NULL").format(sql.Identifier(alias), k) for k in keys)
+
+    within = sql.SQL("SELECT {keys} FROM {rows} WHERE {nn} GROUP BY {keys} HAVING count(*) > 1").format(
+        keys=listed("r"), rows=_rows(), nn=not_null("r"))
+    if others:  # the scope's keys that an earlier load of the table already holds
+        dup = within + sql.SQL(" UNION SELECT {keys} FROM {target} u WHERE NOT coalesce({scope}, false) AND {nn} "
+                               "AND ({keys}) IN (SELECT {rkeys} FROM {rows})").format(
+            keys=listed("u"), target=scope.target(), scope=scope.condition("u"), nn=not_null("u"),
+            rkeys=listed("r"), rows=_rows())
+    else:
+        dup = within
+    cur.execute(sql.SQL("SELECT {} FROM ({}) d ORDER BY {} LIMIT {}").format(
+        sql.SQL(", ").join(sql.SQL("d.{}::text").format(k) for k in keys), dup,
+        sql.SQL(", ").join(sql.SQL("d.{}").format(k) for k in keys), sql.Literal(MAX_SAMPLE_KEYS)))
+    samples = cur.fetchall()
+    if not samples:
+        result.failing_rows = 0
+        return result
+    join = sql.SQL(" AND ").join(sql.SQL("r.{k} = d.{k}").format(k=k) for k in keys)
+    failing = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {} JOIN ({}) d ON {}").format(_rows(), dup, join)))
+    result.failing_rows = failing
+    result.sample_keys = [dict(zip(check.columns, row, strict=True)) for row in samples]
+    result.message = f"{_n(failing)} {'repeats' if failing == 1 else 'repeat'} a value of ({', '.join(check.columns)})"
+    result.status = _failed(check)
+    return result
 
 
 def _n(rows: int) -> str:
@@ -497,14 +680,14 @@ def _row_message(check: Check, failing: int, cur: psycopg.Cursor[Any], predicate
 
 
 def _row_count_change(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, result: CheckResult,
-                      audit_schema: str) -> CheckResult:
+                      audit_schema: str, scan: _Scan) -> CheckResult:
     from psycopg import sql
 
     from sndw.audit import AUDIT_TABLE
 
     assert check.row_count_change is not None
     spec = check.row_count_change
-    rows = int(_scalar(cur, sql.SQL("SELECT count(*) FROM {}").format(_rows())))
+    rows = _count_rows(cur, scan)
     previous = None
     if _scalar(cur, sql.SQL("SELECT to_regclass(%s)"), (sql.Identifier(audit_schema, AUDIT_TABLE).as_string(cur),)):
         where = sql.SQL("")

@@ -82,8 +82,7 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
             extract_args: dict[str, Any] = {
                 "source": source.name,
                 "kind": source.kind,
-                # The checks run in the load (their {{ table }} is the load's, not an Airflow template).
-                "table": table.model_dump(mode="json", exclude={"checks"}),
+                "table": _extract_table(table),
                 "conn_id": getattr(source, "conn_id", None),
                 "base_path": base_path,
                 "dw_conn_id": source.dw_conn_id,
@@ -104,6 +103,12 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
                 child_load = _load_task(source, child, XComArg(extract, key=child.xcom_key))
                 load >> child_load
                 loads.append(child_load)
+        # A table's load after the loads of the tables its relationships checks relate to.
+        if not isinstance(source, SqlSource) or source.cdc is None:
+            load_of = {load.task_id: load for load in loads}
+            for name, parents in source.load_dependencies().items():
+                for parent in parents:
+                    load_of[load_task_id(parent)] >> load_of[load_task_id(name)]
         # SQL steps: after every load, one after another (a step may read what the one before built).
         previous: list[BaseOperator] = loads
         for step in source.sql_steps:
@@ -119,11 +124,21 @@ def build_dag(source: HttpSource | SqlSource | FileSource, config_path: str | os
     return dag
 
 
+def _extract_table(table: Any) -> dict[str, Any]:
+    """The table as its extract task gets it: the checks run in the load (their {{ table }} is the
+    load's, not an Airflow template), but for source_count, which the extract counts."""
+    out: dict[str, Any] = table.model_dump(mode="json", exclude={"checks"})
+    counted = [c.model_dump(mode="json", exclude_none=True) for c in table.checks if c.kind == "source_count"]
+    if counted:
+        out["checks"] = counted
+    return out
+
+
 def _parallel_extract(table: Any, extract_args: dict[str, Any]) -> BaseOperator:
     """``parallel: N``: plan_<table> lists the ranges, ranges_<table> is mapped over them (one
     task instance per range, each retried alone), and extract_<table> publishes them as one partition
     (its output is the manifest the load reads, as a serial extract's)."""
-    from sndw_airflow.callbacks import audit_failure, audit_success
+    from sndw_airflow.callbacks import audit_failure, audit_retry, audit_success
     from sndw_airflow.operators import ExtractRangeOperator, PlanRangesOperator, PublishRangesOperator
 
     task_id = extract_task_id(table.name)
@@ -131,7 +146,7 @@ def _parallel_extract(table: Any, extract_args: dict[str, Any]) -> BaseOperator:
     # partial() does not run the operator's __init__ before the tasks are mapped: the audit callbacks by name.
     ranges = ExtractRangeOperator.partial(task_id=f"ranges_{table.name}", extract_task_id=task_id,
                                           on_success_callback=audit_success, on_failure_callback=audit_failure,
-                                          on_retry_callback=audit_failure, **extract_args).expand(part=plan.output)
+                                          on_retry_callback=audit_retry, **extract_args).expand(part=plan.output)
     publish = PublishRangesOperator(task_id=task_id, ranges=ranges.output, **extract_args)
     plan >> ranges >> publish
     return publish

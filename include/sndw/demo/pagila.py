@@ -14,7 +14,7 @@ from psycopg import sql
 
 # Beside the project's folder, as on the machines this runs on; SNDW_PAGILA_DIR points elsewhere.
 DEFAULT_DIR = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "pagila"
-TABLES = ("film", "language", "category", "film_category", "actor", "film_actor")
+TABLES = ("film", "language", "category", "film_category", "actor", "film_actor", "rental", "payment")
 
 
 def dataset_dir() -> Path:

@@ -78,11 +78,12 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                run_id: str | None = None, audit: AuditRecord | None = None,
                audit_schema: str = "public", batch_rows: int = 100_000,
                watermark: Watermark | None = None, state_key: tuple[str, str] | None = None,
-               key_paths: Sequence[str] = ()) -> LoadResult:
+               key_paths: Sequence[str] = (), source_count: int | None = None) -> LoadResult:
     """Load exactly ``paths`` into the warehouse in one transaction.
 
     ``key_paths``: the source's key set files of an incremental table with ``deletes``
     (sndw.warehouse.deletes); without them the rows of this load are the key set.
+    ``source_count``: the source's own count of the rows (the manifest's), for a ``source_count`` check.
 
     The same transaction writes the audit row (if given) and advances the watermark of
     ``state_key`` (pipeline, table) to ``watermark`` (incremental tables). A manifest whose load
@@ -140,7 +141,7 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                 WRITERS[spec.write_mode](cur, spec, paths, columns, partition, run_id, result, batch_rows)
                 if deletes is not None:  # before the checks: they see the rows as they will commit
                     result.rows_deleted = apply_deletes(cur, spec, partition, result, columns, deletes, batch_rows)
-            before_commit(cur, spec, partition, run_id, result, audit, audit_schema)
+            before_commit(cur, spec, partition, run_id, result, audit, audit_schema, source_count)
             if watermark is not None and state_key is not None:
                 save_watermark(cur, state_key[0], state_key[1], watermark, run_id, audit_schema)
             if audit is not None:
@@ -166,7 +167,8 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
 
 
 def before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run_id: str | None,
-                   result: LoadResult, audit: AuditRecord | None, audit_schema: str) -> None:
+                   result: LoadResult, audit: AuditRecord | None, audit_schema: str,
+                   source_count: int | None = None) -> None:
     """What acts on the rows of this load inside its transaction, after they are written and
     before the commit: the quality checks (a failing block check raises QualityCheckError and
     the whole load rolls back). The deletes of rows the source no longer has (sndw.warehouse.deletes)
@@ -176,8 +178,11 @@ def before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run
     mode = spec.write_mode
     scope = CheckScope(spec.schema, spec.table, partition, primary_key=spec.primary_key,
                        file_ids=None if mode in ("replace", "partition") else result.file_ids,
-                       by_partition=mode == "partition")
+                       by_partition=mode == "partition", source_count=source_count,
+                       rows_written=result.rows_loaded)
+    started = time.perf_counter()
     results, rejected = run_checks(cur, spec.checks, scope, audit_schema=audit_schema)
+    result.checks_seconds = time.perf_counter() - started
     result.checks = summary(results)
     result.rows_rejected = rejected
     result.rows_loaded -= rejected
@@ -216,7 +221,7 @@ def load_manifest(conn: psycopg.Connection[Any], manifest: Manifest | dict[str, 
             _check_not_replaced(m, spec)
             return load_files(conn, m.paths, spec, partition=m.partition_date, run_id=m.run_id, audit=audit,
                               audit_schema=audit_schema, watermark=Watermark.from_dict(m.watermark),
-                              state_key=state_key, key_paths=m.key_paths)
+                              state_key=state_key, key_paths=m.key_paths, source_count=m.source_count)
     except FileNotFoundError as exc:  # an object store's parts, deleted by a newer publication mid-load
         if all(storage.exists(p) for p in m.paths):
             raise

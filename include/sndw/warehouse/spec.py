@@ -55,6 +55,7 @@ class LoadResult:
     # The quality checks' results (sndw.quality.summary) and the rows they moved to _rejected_<table>.
     checks: dict[str, Any] | None = None
     rows_rejected: int = 0
+    checks_seconds: float = 0.0  # the checks' part of ``seconds``
     # Rows removed or marked deleted because the source no longer has their key (None: no deletes).
     rows_deleted: int | None = None
     # The ``_file_id`` of each file this load wrote: its rows in the table, for the checks.
@@ -67,7 +68,7 @@ class LoadResult:
             "seconds": round(self.seconds, 3), "skipped": self.skipped,
         }
         if self.checks is not None:
-            out.update(checks=self.checks, rows_rejected=self.rows_rejected)
+            out.update(checks=self.checks, rows_rejected=self.rows_rejected, checks_seconds=round(self.checks_seconds, 3))
         if self.rows_deleted is not None:
             out["rows_deleted"] = self.rows_deleted
         return out
