@@ -21,9 +21,10 @@ import yaml
 from psycopg import sql
 from sndw.audit import error_text, redact, register_secret, secret_variants
 from sndw.config import HttpTable, table_spec
-from sndw.extract.http import HttpRequestError, iter_http_batches, requests_client
+from sndw.errors import ExtractError
+from sndw.extract.http import iter_http_batches, requests_client
 
-from tests.conftest import ROOT, TEST_AIRFLOW_HOME, metadata_db, run, states
+from tests.conftest import ROOT, TEST_AIRFLOW_HOME, TEST_SOURCES, metadata_db, run, states
 from tests.http_api import Req, Resp, TestApi, items
 
 # Every character that one of the encodings changes: "!" and "/" (URL), '"' and "é" (JSON), " " and
@@ -101,14 +102,20 @@ def spec(name: str, endpoint: str, **more: Any) -> HttpTable:
     return table
 
 
-def echo_route(status: int, body: str) -> Any:
-    """Page 1 is fine; page 2 answers ``status`` with ``body`` (when the key came with the request)."""
+def headers_of(case: dict[str, Any]) -> dict[str, str]:
+    return {name: str(value).format(**FORMS) for name, value in (case.get("headers") or {}).items()}
+
+
+def echo_route(status: int, body: str, headers: dict[str, str] | None = None) -> Any:
+    """Page 1 is fine; page 2 answers ``status`` with ``body`` and ``headers`` (when the key came
+    with the request)."""
     def route(req: Req) -> Resp:
         if req.query.get(PARAM) != SECRET:
             return Resp(401, {"error": "no key"})
         if req.arg("page", 1) == 1:
             return Resp(body={"data": items(1, 21)})
-        return Resp(status, body, content_type="text/html" if body.startswith("<") else "application/json")
+        return Resp(status, body, headers=dict(headers or {}),
+                    content_type="text/html" if body.startswith("<") else "application/json")
 
     return route
 
@@ -206,9 +213,9 @@ def test_credential_headers_of_a_connector_are_registered() -> None:
 def test_an_echoed_key_is_masked_in_the_error(name: str, caplog: pytest.LogCaptureFixture) -> None:
     case = CASES[name]
     table = spec("echo", "/items")
-    with TestApi({"/items": echo_route(case["status"], body_of(case))}) as api:
+    with TestApi({"/items": echo_route(case["status"], body_of(case), headers_of(case))}) as api:
         with requests_client(api.url, table, password=SECRET, extra={"api_key_param": PARAM}) as client, \
-                pytest.raises(HttpRequestError) as info:
+                pytest.raises(ExtractError) as info:
             list(iter_http_batches(client, table))
     message = str(info.value)
     for words in case["error_names"]:
@@ -313,6 +320,48 @@ def test_no_form_of_the_key_leaves_a_dag_run(env: dict[str, Any], configs: list[
     assert leaks(lake) == []
 
 
+@pytest.mark.slow
+def test_no_form_of_a_connection_password_leaves_airflow_dags_test(env: dict[str, Any], configs: list[Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """What users run: ``airflow dags test`` prints every task's log, Airflow's own "Task failed with
+    exception" traceback included. Airflow's masker does not act on that output (its console logging
+    has no masking step), and dag.test writes no task log files: only the redaction of our messages
+    where they are made keeps the password out. A PostgreSQL source whose URL holds the password
+    (URL-encoded) on a closed port; an HTTP source whose server echoes it in an error body and in a
+    redirect to another host."""
+    redirect = CASES["audit_echo_redirect_to_another_host_302"]
+    echo = CASES["audit_echo_query_string_400"]
+    routes = {"/echo": echo_route(echo["status"], body_of(echo)),
+              "/redirect": echo_route(redirect["status"], body_of(redirect), headers_of(redirect))}
+    with TestApi(routes) as api:
+        monkeypatch.setenv("AIRFLOW_CONN_SECRETS_PG", f"postgresql://{LOGIN}:{quote(SECRET, safe='')}@127.0.0.1:1/src")
+        monkeypatch.setenv("AIRFLOW_CONN_SECRETS_HTTP", json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": api.port, "password": SECRET,
+            "extra": {"api_key_param": PARAM}}))
+        http_table = {"records_path": "data", "retries": 0, "pagination": {"type": "page_number", "page_size": 20}}
+        sources = {
+            "secrets_pg": {"kind": "sql", "conn_id": "secrets_pg", "tables": [{"name": "t", "table": "public.t"}]},
+            "secrets_http": {"kind": "http", "conn_id": "secrets_http", "auth": "api_key_query", "tables": [
+                {"name": "echo", "endpoint": "/echo", **http_table},
+                {"name": "redirect", "endpoint": "/redirect", **http_table}]}}
+        outputs = {}
+        for name, source in sources.items():
+            path = TEST_SOURCES / f"{name}.yaml"
+            path.write_text(yaml.safe_dump({"name": name, "start_date": "2024-01-01", "retries": 0, **source}))
+            configs.append(path)
+            result = subprocess.run([str(Path(sys.executable).parent / "airflow"), "dags", "test", name, "2024-01-02"],
+                                    env={**os.environ, "PYTHONPATH": str(ROOT / "include")}, capture_output=True,
+                                    text=True, timeout=300, check=False)
+            outputs[name] = task_log_text(name, result.stdout + result.stderr)
+        assert len(api.requests_to("/redirect")) == 2 and len(api.requests_to("/echo")) == 2  # page 2 answered
+    pg, http = outputs["secrets_pg"], outputs["secrets_http"]
+    # the failures are in the output, Airflow's tracebacks with them
+    assert "Task failed with exception" in pg and "cannot connect to the PostgreSQL source" in pg, pg[-3000:]
+    assert http.count("Task failed with exception") == 2 and "HTTP 400" in http, http[-3000:]
+    assert "the redirect from" in http and "elsewhere.invalid/login" in http
+    assert leaks(pg) == [] and leaks(http) == [], [line for line in (pg + http).splitlines() if leaks(line)]
+
+
 def cli(tmp_path: Path, dw_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "DW_"))}
     env.update(PYTHONPATH=str(ROOT / "include"), AIRFLOW_CONN_DW=dw_url, API_TOKEN=SECRET)
@@ -327,7 +376,7 @@ def test_no_form_of_the_key_leaves_the_cli(name: str, tmp_path: Path, dw_url: st
     connector = {"protocol": "http", "base_url": "", "auth": "api_key_query", "password": "${API_TOKEN}",
                  "extra": {"api_key_param": PARAM}, "records_path": "data", "retries": 1, "backoff_seconds": 0.01,
                  "pagination": {"type": "page_number", "page_size": 20}}
-    with TestApi({"/items": echo_route(case["status"], body_of(case))}) as api:
+    with TestApi({"/items": echo_route(case["status"], body_of(case), headers_of(case))}) as api:
         (tmp_path / "connector.json").write_text(json.dumps({**connector, "base_url": api.url}))
         result = cli(tmp_path, dw_url, "run", "--config", "connector.json", "--query", "/items", "--source", "s",
                      "--table", "echo", "--lake", "lake")

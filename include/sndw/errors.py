@@ -6,7 +6,18 @@ from collections.abc import Sequence
 
 
 class SndwError(Exception):
-    """Base class of every error this project raises on purpose."""
+    """Base class of every error this project raises on purpose.
+
+    Its message is redacted when the error is made (``sndw.audit.redact``: every registered secret in
+    every encoding, URL userinfo, ``password=...``): the text Airflow prints in a task's traceback
+    ("Task failed with exception", which ``airflow dags test`` shows unmasked) is the one the audit
+    row holds, whichever raise site built it.
+    """
+
+    def __init__(self, *args: object) -> None:
+        from sndw.audit import redact
+
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class PermanentError(SndwError):

@@ -409,7 +409,7 @@ class HttpClient:
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
                 return response
             url = urljoin(response.url, location)
-            self._check_origin(url, "the redirect to")
+            self._check_origin(url, f"the redirect from {self.safe(response.url)} to")
             query = None
             if response.status_code in (301, 302, 303):
                 method, data = "GET", None
