@@ -681,6 +681,10 @@ class Bench:
             "append_keyed_seconds": round(statistics.median(s.seconds for s in samples["server_append_keyed"]), 3),
             "ratio": round(statistics.median(floor), 3), "ratio_range": [round(min(floor), 3), round(max(floor), 3)],
             "rounds": len(floor)}
+        # sndw's merge against the server's own merge of the same rows, paired per round.
+        own = [m.seconds / f.seconds for m, f in zip(samples["merge"], samples["server_merge"], strict=True)]
+        self.results["write_modes"]["server_merge"].update({
+            "sndw_ratio": round(statistics.median(own), 3), "sndw_ratio_range": [round(min(own), 3), round(max(own), 3)]})
         self.drop("wm_append", "wm_partition", "wm_rows")
 
     # ---------------------------------------------------------------------- end to end
@@ -726,6 +730,28 @@ class Bench:
         query = "&".join([*(p for p in parts.query.split("&") if p), *(f"{k}={v}" for k, v in params.items())])
         return urlunsplit(parts._replace(query=query))
 
+    def run_cli(self, source: str, target: str, lake: Path) -> Sample:
+        """``python -m etl.cli run`` of ``SELECT * FROM public.<source>`` into e2e.<target>: the
+        whole process, peak RSS of its process tree."""
+        env = {**self.worker_env(), "AIRFLOW_CONN_DW": self.url}
+        seconds, rss, stdout, _ = run_process(
+            [SNDW_PYTHON, "-m", "etl.cli", "run", "--config", str(self.connector), "--query",
+             f"SELECT * FROM public.{source}", "--source", "bench", "--table", target, "--lake", str(lake),  # noqa: S608
+             "--schema", E2E_SCHEMA], env=env, tree=True)
+        result = json.loads(stdout.strip().splitlines()[-1])
+        if result["status"] != "success":
+            raise MethodError(f"etl.cli run failed: {result.get('error')}")
+        return Sample(seconds, int(result["rows_loaded"]), rss, process_seconds=seconds)
+
+    def write_connector(self) -> None:
+        """The connector file of ``etl.cli run`` for the bench database."""
+        self.connector = self.work / "e2e-connector.json"
+        parts = urlsplit(self.url)
+        self.connector.write_text(json.dumps({
+            "protocol": "postgres", "host": parts.hostname, "port": parts.port or 5432,
+            "database": parts.path.lstrip("/"), "username": parts.username or "", "password": parts.password or "",
+            "sslmode": "disable"}))
+
     def bench_e2e(self) -> None:
         """A whole PostgreSQL table copied into the warehouse: sndw as a user runs it (``python -m
         etl.cli run``, the whole process) and as a DAG run's tasks do (the core's extract_table +
@@ -736,11 +762,7 @@ class Bench:
         log("END TO END: a PostgreSQL table copied into the warehouse")
         self.generate_mixed("pagila_like", self.s.rows)
         self.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(E2E_SCHEMA)))
-        connector = self.work / "e2e-connector.json"
-        parts = urlsplit(self.url)
-        connector.write_text(json.dumps({"protocol": "postgres", "host": parts.hostname, "port": parts.port or 5432,
-                                         "database": parts.path.lstrip("/"), "username": parts.username or "",
-                                         "password": parts.password or "", "sslmode": "disable"}))
+        self.write_connector()
         sling_url = self.url_with(sslmode="disable")
         sling_reason = self.available("sling")
         if sling_reason is None and not Path(SLING_BINARY).is_file():
@@ -779,15 +801,7 @@ class Bench:
 
             def sndw_cli(source: str = source, target: str = target) -> Sample:
                 fresh()
-                env = {**self.worker_env(), "AIRFLOW_CONN_DW": self.url}
-                seconds, rss, stdout, _ = run_process(
-                    [SNDW_PYTHON, "-m", "etl.cli", "run", "--config", str(connector), "--query",
-                     f"SELECT * FROM public.{source}", "--source", "bench", "--table", target, "--lake", str(lake),  # noqa: S608
-                     "--schema", E2E_SCHEMA], env=env, tree=True)
-                result = json.loads(stdout.strip().splitlines()[-1])
-                if result["status"] != "success":
-                    raise MethodError(f"etl.cli run failed: {result.get('error')}")
-                return checked(Sample(seconds, int(result["rows_loaded"]), rss, process_seconds=seconds))
+                return checked(self.run_cli(source, target, lake))
 
             def sndw_steps(source: str = source, target: str = target) -> Sample:
                 fresh()
@@ -821,7 +835,7 @@ class Bench:
             def dlt_copy(backend: str, source: str = source, target: str = target) -> Callable[[], Sample]:
                 dataset = f"e2e_dlt_{backend}"
 
-                def run() -> Sample:
+                def run() -> Sample:  # the dataset is dlt's schema; its table keeps the source's name
                     fresh(dataset, source)
                     work = self.work / f"dlt-{uuid.uuid4().hex[:8]}"
                     try:
@@ -844,10 +858,11 @@ class Bench:
                  None),
                 ("psql_pipe", "psql COPY TO STDOUT | psql COPY FROM STDIN, binary (reference)", psql_pipe, None),
                 ("sling", "Sling 1.4.11 full-refresh (PostgreSQL to PostgreSQL)", sling, sling_reason),
+                # dlt's fastest reader is connectorx; it cannot read text[] (pagila_like), pyarrow can.
+                ("dlt_connectorx", 'dlt sql_table(backend="connectorx"), loader_file_format="csv"',
+                 dlt_copy("connectorx"), cx_reason) if source == SOURCE_TABLE else
                 ("dlt_pyarrow", 'dlt sql_table(backend="pyarrow"), loader_file_format="csv"', dlt_copy("pyarrow"),
                  dlt_reason),
-                ("dlt_connectorx", 'dlt sql_table(backend="connectorx"), loader_file_format="csv"',
-                 dlt_copy("connectorx"), cx_reason),
             ):
                 info[name] = {"label": label, "rows": n, "skipped": reason, "note": ""}
                 if reason is None:
@@ -870,9 +885,9 @@ class Bench:
                      if samples.get(m) and all(s.seconds == s.seconds for s in samples[m])]  # NaN: failed
             for entry in block["methods"]:
                 if entry["method"] in ("sndw_cli", "sndw_steps") and peers and "ratio" in entry:
-                    paired = [min(samples[p][i].seconds for p in peers) / s.seconds
+                    paired = [(s.rows / s.seconds) / max(samples[p][i].rows / samples[p][i].seconds for p in peers)
                               for i, s in enumerate(samples[entry["method"]])]
-                    fastest = min(peers, key=lambda p: statistics.median(x.seconds for x in samples[p]))
+                    fastest = max(peers, key=lambda p: statistics.median(x.rows / x.seconds for x in samples[p]))
                     entry.update({"peer_ratio": round(statistics.median(paired), 3),
                                   "peer_ratio_range": [round(min(paired), 3), round(max(paired), 3)],
                                   "fastest_peer": fastest})
@@ -940,34 +955,48 @@ class Bench:
     # -------------------------------------------------------------------------- memory
 
     def bench_memory(self) -> None:
-        if not self.results.get("load") or not self.results.get("extract"):
-            self.results["memory"] = []  # its N figures come from those sections
+        steps = [step for step in ("extract", "load") if self.results.get(step)]  # their N figures come from there
+        e2e = (self.results.get("e2e") or {}).get(SOURCE_TABLE)
+        at_n_cli = next((m for m in e2e["methods"] if m["method"] == "sndw_cli" and "ratio" in m), None) if e2e else None
+        if at_n_cli:
+            steps.append("etl.cli run")
+        if not steps:
+            self.results["memory"] = []
             return
-        log("MEMORY: sndw's extract and load at N and 4N rows")
+        log(f"MEMORY: sndw's {', '.join(steps)} at N and 4N rows")
         big = self.s.rows * 4
         self.generate("bench_src_4n", big)
         lake = self.work / "lake-4n"
         rows: list[dict[str, Any]] = []
         # Two runs of each at 4N (a process's peak RSS varies by 5-10% run to run), against the
         # median of the rounds at N.
-        runs: dict[str, list[Sample]] = {"extract": [], "load": []}
+        runs: dict[str, list[Sample]] = {step: [] for step in steps}
         for _ in range(2):
-            shutil.rmtree(lake, ignore_errors=True)
-            self.checkpoint()
-            extract = self.worker("extract_sndw", {"url": self.url, "query": "SELECT * FROM bench_src_4n",
-                                                   "lake_root": str(lake), "table": "big", "partition": PARTITION})
-            self.checkpoint()
-            load = self.worker("load_sndw", {"url": self.url, "paths": extract.details["paths"], "schema": SCHEMA,
-                                             "table": "l_sndw_4n", "partition": PARTITION})
-            self.drop("l_sndw_4n")
-            runs["extract"].append(extract)
-            runs["load"].append(load)
+            if "extract" in steps or "load" in steps:
+                shutil.rmtree(lake, ignore_errors=True)
+                self.checkpoint()
+                extract = self.worker("extract_sndw", {"url": self.url, "query": "SELECT * FROM bench_src_4n",
+                                                       "lake_root": str(lake), "table": "big", "partition": PARTITION})
+                self.checkpoint()
+                load = self.worker("load_sndw", {"url": self.url, "paths": extract.details["paths"], "schema": SCHEMA,
+                                                 "table": "l_sndw_4n", "partition": PARTITION})
+                self.drop("l_sndw_4n")
+                for step, sample in (("extract", extract), ("load", load)):
+                    if step in runs:
+                        runs[step].append(sample)
+            if at_n_cli:
+                shutil.rmtree(lake, ignore_errors=True)
+                self.checkpoint()
+                runs["etl.cli run"].append(self.run_cli("bench_src_4n", "cli_4n", lake))
+                self.execute(sql.SQL("DROP TABLE {}.cli_4n").format(sql.Identifier(E2E_SCHEMA)))
         self.execute("DROP TABLE bench_src_4n")
         shutil.rmtree(lake, ignore_errors=True)
-        for step in ("extract", "load"):
+        for step in steps:
             sample = Sample(statistics.median(s.seconds for s in runs[step]), runs[step][0].rows,
                             int(statistics.median(s.rss_kib for s in runs[step])))
-            at_n = next(r for r in self.results[step]["methods"] if r["method"] == "sndw")
+            at_n = at_n_cli if step == "etl.cli run" else next(
+                r for r in self.results[step]["methods"] if r["method"] == "sndw")
+            assert at_n is not None
             rows.append({
                 "step": step, "rows_n": self.s.rows, "rss_mib_n": at_n["peak_rss_mib"],
                 "rows_4n": big, "rss_mib_4n": round(sample.rss_kib / 1024, 1),

@@ -6,10 +6,8 @@ or not at all. Loads into the same table are serialised with a transaction-level
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -23,10 +21,7 @@ import pyarrow.compute as pc
 from pgpq import encoders as pgpq_encoders
 from pgpq import schema as pgpq_schema
 from psycopg import sql
-from psycopg.abc import DumperKey
-from psycopg.adapt import Dumper, PyFormat
 from psycopg.copy import QueuedLibpqWriter
-from psycopg.pq import Format
 
 from sndw import storage
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
@@ -964,14 +959,11 @@ def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colum
            partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> None:
     """Upsert on the primary key; within one load the last row of a key wins; NULL keys fail the load.
 
-    The table's rows with the load's keys are deleted and the rows are COPYed straight into the
-    table: no per-row INSERT ... SELECT, no full-row UPDATE per key, no sort. The keys are read
-    from the files' key columns and checked on the client (``_merge_client_keys``: one DELETE with
-    the keys as array parameters), or, for key types that check cannot judge exactly or loads of
-    more than ``MERGE_CLIENT_KEYS`` rows, COPYed into an indexed temporary table
-    (``_merge_key_table``). A load that repeats a key, a transform, or a table that other tables'
-    foreign keys point at go through ``_merge_staged``. One transaction either way: readers never
-    see half a merge.
+    Only the keys go to a temporary table first (a narrow COPY of the files' key columns); the
+    table's rows with those keys are deleted and the rows are COPYed straight into the table: no
+    per-row INSERT ... SELECT, no full-row UPDATE per key, no sort. A load that repeats a key, a
+    transform, or a table that other tables' foreign keys point at go through ``_merge_staged``.
+    One transaction either way: readers never see half a merge.
     """
     missing = [k for k in spec.primary_key if k not in columns]
     if missing:
@@ -980,221 +972,35 @@ def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colum
     if isinstance(spec.transform, BatchTransform) or referenced:
         _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows, referenced)
         return
-    try:
-        done = _merge_client_keys(cur, spec, paths, columns, partition, run_id, result, batch_rows)
-        if not done:
-            _merge_key_table(cur, spec, paths, columns, batch_rows)
-            _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
-    except _RepeatedKeys:
-        _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows, referenced)
-
-
-# A merge of at most this many rows checks its keys on the client (they are held in memory: 8
-# bytes a bigint key, plus their encoding for one DELETE at a time); a larger one streams them
-# into an indexed temporary table on the server.
-MERGE_CLIENT_KEYS = 4_000_000
-# Keys sent in one DELETE's array parameter: the encoded array stays under ~12 MiB for bigint keys.
-MERGE_DELETE_KEYS = 1 << 20
-# Warehouse key types whose binary COPY form has this fixed width: sent to the DELETE as the
-# column's own type, byte for byte what the row COPY writes.
-_FIXED_KEY_WIDTH = {"smallint": 2, "integer": 4, "bigint": 8, "date": 4, "timestamp with time zone": 8,
-                    "timestamp without time zone": 8}
-# Sent as text and cast to the column's type by the server, as a staged column's COPY is.
-_TEXT_KEY_TYPES = {"text", "character varying", "numeric"}
-_TEXT_OID, _TEXT_ARRAY_OID = 25, 1009
-
-
-class _KeyArray:
-    """A one-dimensional PostgreSQL array already in binary form, sent as one parameter."""
-
-    __slots__ = ("data", "oid")
-
-    def __init__(self, data: bytes, oid: int) -> None:
-        self.data, self.oid = data, oid
-
-
-class _KeyArrayDumper(Dumper):
-    format = Format.BINARY
-
-    def get_key(self, obj: Any, format: PyFormat) -> DumperKey:
-        return (self.cls, obj.oid)
-
-    def upgrade(self, obj: Any, format: PyFormat) -> Dumper:
-        dumper = _KeyArrayDumper(self.cls)
-        dumper.oid = obj.oid
-        return dumper
-
-    def dump(self, obj: Any) -> bytes:
-        return bytes(obj.data)
-
-
-def _bytes_of(array: pa.Array) -> bytes:
-    """The data bytes of a uint8 array (its offset honoured)."""
-    return memoryview(array.buffers()[1])[array.offset:array.offset + len(array)].tobytes()
-
-
-def _binary_key_array(column: pa.Array, width: int, element_oid: int) -> bytes:
-    """A key column as a binary PostgreSQL array of ``element_oid``: each value encoded as the row
-    COPY encodes it (pgpq, ``width`` bytes a value), with the array's header in front."""
-    encoder = BatchEncoder([ColumnPlan("key", "", column.type, "native")], {})
-    encoder.header()  # the encoder's state needs it; the array takes only the rows
-    body = encoder.encode(pa.record_batch([column], names=["key"])) + encoder.finish()  # pgpq buffers
-    rows = len(column)
-    body = body[:-2]  # the COPY trailer
-    if len(body) != rows * (6 + width):
-        raise LoadError(f"a key value did not encode to {width} bytes")
-    # One row of a one-column binary COPY: field count (2 bytes), length (4), value; an array
-    # element is the length and the value.
-    grid = pa.FixedSizeListArray.from_arrays(pa.Array.from_buffers(pa.uint8(), len(body), [None, pa.py_buffer(body)]),
-                                             6 + width)
-    head = pc.list_slice(grid, 0, 6, return_fixed_size_list=True).flatten()
-    if _bytes_of(head) != (b"\x00\x01" + width.to_bytes(4, "big")) * rows:
-        raise LoadError(f"a key value did not encode to {width} bytes")
-    elements = _bytes_of(pc.list_slice(grid, 2, 6 + width, return_fixed_size_list=True).flatten())
-    return struct.pack(">iiiii", 1, 0, element_oid, rows, 1) + elements
-
-
-def _text_key_array(column: pa.Array) -> str:
-    """A key column of strings as a PostgreSQL text array literal (every element quoted: no value
-    is read as NULL or loses its spaces)."""
-    escaped = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
-    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(escaped)], pa.int32()), escaped), '","')
-    return '{"' + str(joined[0].as_py()) + '"}'
-
-
-def _merge_client_keys(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
-                       partition: date, run_id: str | None, result: LoadResult, batch_rows: int) -> bool:
-    """The merge with its keys checked on the client: the files' key columns read and encoded as
-    the row COPY encodes them, NULL and repeated keys found with pyarrow compute, one
-    ``DELETE ... WHERE (keys) = ANY / IN unnest(arrays)`` per ``MERGE_DELETE_KEYS`` keys, then the
-    rows COPYed straight into the table. Returns False, having written nothing, when a key's type
-    or the load's size is not for this path. A key the server's type equates where the client's
-    values differ (a uuid in upper and lower case) fails the COPY on the table's key index: rolled
-    back to before the DELETE and merged through the staging table (``_RepeatedKeys``)."""
-    if partition_rows(paths) > MERGE_CLIENT_KEYS:
-        return False
-    key_names = list(spec.primary_key)
-    plans: list[ColumnPlan] = []
-    element: dict[str, tuple[int | None, int, int, str | None]] = {}  # width, element oid, array oid, cast
-    cur.execute(
-        "SELECT a.attname, a.atttypid::int, t.typarray::int FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-        "WHERE a.attrelid = %s::regclass AND a.attname = ANY(%s) AND NOT a.attisdropped",
-        (spec.ident().as_string(cur.connection), key_names))
-    oids = {name: (typ, arr) for name, typ, arr in cur.fetchall()}
-    for path in paths:
-        file_schema = storage.read_schema(path)
-        for name in key_names:
-            fld = file_schema.field(name)
-            planned = plan_column(spec.qualified, name, columns[name], fld.type, _declared(fld))
-            if isinstance(planned, str):
-                raise LoadError(f"{spec.qualified}.{name} was not widened before the load")
-            base = _base_pg_type(planned.pg_type)
-            if planned.output == "native" and base in _FIXED_KEY_WIDTH and name in oids:
-                kind: tuple[int | None, int, int, str | None] = (_FIXED_KEY_WIDTH[base], *oids[name], None)
-            elif planned.output == "staged" or (planned.output == "native" and base in _TEXT_KEY_TYPES):
-                planned = ColumnPlan(name, planned.pg_type, pa.string(), "native")
-                kind = (None, _TEXT_OID, _TEXT_ARRAY_OID, None if base == "text" else planned.pg_type)
-            else:
-                return False
-            if element.setdefault(name, kind) != kind:
-                return False  # files whose lake types differ: the key table path handles them
-            if path == paths[0]:
-                plans.append(planned)
-    if not plans:
-        return False
-    # Every key column's values, encoded as the row COPY encodes them (NULs in text replaced as
-    # there), and kept as Arrow arrays for the checks.
-    encoder = BatchEncoder(plans, {})
-    arrays: dict[str, list[pa.Array]] = {name: [] for name in key_names}
-    rows = 0
-    for path in paths:
-        for batch in iter_file_batches(path, batch_rows, columns=key_names, batch_bytes=LOAD_BATCH_BYTES):
-            prepared = encoder.prepare(batch)
-            for name in key_names:
-                arrays[name].append(prepared.column(name))
-            rows += batch.num_rows
-    if rows == 0:
-        _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
-        return True
-    keys = {name: pa.chunked_array(chunks, type=encoder.encode_schema.field(name).type)
-            for name, chunks in arrays.items()}
-    nulls = [name for name, values in keys.items() if values.null_count]
-    if nulls:
-        missing = functools.reduce(pc.or_, [pc.is_null(keys[n]) for n in key_names])
-        count = pc.sum(missing).as_py()
-        raise PermanentError(f"{spec.qualified}: {count} rows have a NULL primary key ({', '.join(spec.primary_key)})")
-    if len(key_names) == 1:
-        distinct = pc.count_distinct(keys[key_names[0]]).as_py()
-    else:
-        distinct = pa.table(keys).group_by(key_names).aggregate([]).num_rows
-    if distinct != rows:
-        raise _RepeatedKeys
-    del arrays
-    target = spec.ident()
-    params: list[sql.Composable] = []
-    for name in key_names:
-        width, _, _, cast = element[name]
-        if width is None:  # a text literal, cast to the column's type by the server
-            params.append(sql.SQL("%s::text[]::{}[]").format(sql.SQL(cast)) if cast else sql.SQL("%s::text[]"))
-        else:
-            params.append(sql.SQL("%s"))
-    if len(key_names) == 1:
-        delete = sql.SQL("DELETE FROM {} WHERE {} = ANY({})").format(target, sql.Identifier(key_names[0]), params[0])
-    else:
-        names = sql.SQL(", ").join(sql.Identifier(n) for n in key_names)
-        delete = sql.SQL("DELETE FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
-            target, names, sql.SQL(", ").join(params))
-    state = (len(result.file_ids), result.rows_loaded, result.nul_replaced)
-    cur.adapters.register_dumper(_KeyArray, _KeyArrayDumper)
-    try:
-        with cur.connection.transaction():  # a savepoint: a key the server finds twice rolls this back
-            for start in range(0, rows, MERGE_DELETE_KEYS):
-                size = min(MERGE_DELETE_KEYS, rows - start)
-                values: list[Any] = []
-                for name in key_names:
-                    width, element_oid, array_oid, _ = element[name]
-                    column = keys[name].slice(start, size).combine_chunks()
-                    values.append(_text_key_array(column) if width is None
-                                  else _KeyArray(_binary_key_array(column, width, element_oid), array_oid))
-                cur.execute(delete, values)
-                del values
-            _copy_all(cur, target, spec, paths, columns, partition, run_id, result, batch_rows)
-    except psycopg.errors.UniqueViolation:
-        # Most likely the key index (another unique index of the table fails the staged path too).
-        del result.file_ids[state[0]:]
-        result.rows_loaded, result.nul_replaced = state[1], state[2]
-        raise _RepeatedKeys from None
-    return True
-
-
-def _merge_key_table(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], columns: dict[str, str],
-                     batch_rows: int) -> None:
-    """Delete the table's rows with the load's keys, the keys COPYed into a temporary table first
-    (streamed: any number of rows, any key type). Raises ``_RepeatedKeys`` when a key repeats."""
     keys = [sql.Identifier(k) for k in spec.primary_key]
     key_list = sql.SQL(", ").join(keys)
     key_table = sql.Identifier(f"_sndw_keys_{spec.table[:40]}")
-    with cur.connection.transaction():  # a savepoint: repeated keys roll the key table back
-        cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-            key_table, key_list, spec.ident()))
-        for path in paths:
-            copy_file(cur, key_table, path, columns, spec.qualified, {}, batch_rows, only=list(spec.primary_key))
-        _check_null_keys(cur, spec, key_table, keys)
-        # A unique index on the load's keys finds a repeated key (it fails to build), and the
-        # DELETE below walks it beside the table's own key index: a merge join with no sort.
-        # Measured on 250k keys: 45-65 ms, against 190-200 ms for a GROUP BY check, and the
-        # DELETE 50 ms faster. Its sort stays in memory up to 128 MB (this transaction only).
-        cur.execute("SET LOCAL maintenance_work_mem = '128MB'")
-        cur.execute("SET LOCAL work_mem = '128MB'")
-        try:
-            cur.execute(sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(key_table, key_list))
-        except psycopg.errors.UniqueViolation:
-            raise _RepeatedKeys from None
+    try:
+        with cur.connection.transaction():  # a savepoint: repeated keys roll the key table back
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                key_table, key_list, spec.ident()))
+            for path in paths:
+                copy_file(cur, key_table, path, columns, spec.qualified, {}, batch_rows, only=list(spec.primary_key))
+            _check_null_keys(cur, spec, key_table, keys)
+            # A unique index on the load's keys finds a repeated key (it fails to build), and the
+            # DELETE below walks it beside the table's own key index: a merge join with no sort.
+            # Measured on 250k keys: 45-65 ms, against 190-200 ms for a GROUP BY check, and the
+            # DELETE 50 ms faster. Its sort stays in memory up to 128 MB (this transaction only).
+            cur.execute("SET LOCAL maintenance_work_mem = '128MB'")
+            cur.execute("SET LOCAL work_mem = '128MB'")
+            try:
+                cur.execute(sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(key_table, key_list))
+            except psycopg.errors.UniqueViolation:
+                raise _RepeatedKeys from None
+    except _RepeatedKeys:
+        _merge_staged(cur, spec, paths, columns, partition, run_id, result, batch_rows, referenced)
+        return
     cur.execute(sql.SQL("ANALYZE {}").format(key_table))  # a temporary table has no statistics: the join needs them
     cur.execute(sql.SQL("DELETE FROM {target} t USING {keys} k WHERE {match}").format(
         target=spec.ident(), keys=key_table,
         match=sql.SQL(" AND ").join(sql.SQL("t.{k} = k.{k}").format(k=k) for k in keys)))
     cur.execute(sql.SQL("DROP TABLE {}").format(key_table))
+    _copy_all(cur, spec.ident(), spec, paths, columns, partition, run_id, result, batch_rows)
 
 
 def _check_null_keys(cur: psycopg.Cursor[Any], spec: LoadSpec, table: sql.Identifier,
