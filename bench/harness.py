@@ -21,12 +21,14 @@ Settings (environment):
   BENCH_PARSE_SOURCES  source-config counts for the DAG-folder parse (default 1,10,100)
   BENCH_DATASETS       folder holding pagila/ (default <repo>/../shared/datasets)
   BENCH_SKIP           comma-separated sections or methods to skip (e.g. dlt,pandas,pagila,memory,replace,
-                       wal_minimal: the replace figures after a restart with wal_level=minimal)
+                       wal_minimal: the replace figures after a restart with wal_level=minimal; e2e: the
+                       end-to-end copies of a table; sling, dlt_connectorx: those peers in them)
   BENCH_KEEP           1 keeps the scratch folder and the databases
   (BENCH_SKIP also takes the sections load, extract, write_modes, replace, wal_minimal, parse and dags_test:
    `airflow dags test` of 1- and 10-table sources)
   BENCH_DAGS_TEST_ROUNDS rounds of the `airflow dags test` section (default 1: ~25 s a run)
   BENCH_TIMEOUT        seconds one measured process may take (default 3600)
+  SLING_BINARY         Sling's binary (default: the one of the sling-linux-amd64 package beside this interpreter)
   BENCH_SNDW_PYTHON    interpreter of sndw's own methods and Airflow's CLI (make bench: .venv's, without the
                        peers' packages; default: this one)
 """
