@@ -21,7 +21,8 @@ Settings (environment):
   BENCH_PARSE_SOURCES  source-config counts for the DAG-folder parse (default 1,10,100)
   BENCH_DATASETS       folder holding pagila/ (default <repo>/../shared/datasets)
   BENCH_SKIP           comma-separated sections or methods to skip (e.g. dlt,pandas,pagila,memory,replace,
-                       wal_minimal: the replace figures after a restart with wal_level=minimal)
+                       wal_minimal: the replace figures after a restart with wal_level=minimal; e2e: the
+                       end-to-end copies of a table; sling, dlt_connectorx: those peers in them)
   BENCH_ONLY           comma-separated sections to run, every other one skipped (e.g. checks; the data and
                        the load inputs are always prepared)
   BENCH_KEEP           1 keeps the scratch folder and the databases
@@ -32,6 +33,7 @@ Settings (environment):
                        memory; at most BENCH_ROWS / 4). BENCH_SKIP=cdc skips it
   BENCH_DAGS_TEST_ROUNDS rounds of the `airflow dags test` section (default 1: ~25 s a run)
   BENCH_TIMEOUT        seconds one measured process may take (default 3600)
+  SLING_BINARY         Sling's binary (default: the one of the sling-linux-amd64 package beside this interpreter)
   BENCH_SNDW_PYTHON    interpreter of sndw's own methods and Airflow's CLI (make bench: .venv's, without the
                        peers' packages; default: this one)
 """
@@ -42,6 +44,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -74,12 +77,17 @@ PROCESS_TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "3600"))
 # sndw's own methods (and Airflow's CLI) run on the product's runtime interpreter, the peers on
 # this one: pandas beside pyarrow costs every process that converts a Python value 0.17 s.
 SNDW_PYTHON = os.environ.get("BENCH_SNDW_PYTHON") or sys.executable
-SNDW_METHODS = {"load_sndw", "extract_sndw", "dagbag", "apply_cdc"}
+SNDW_METHODS = {"load_sndw", "extract_sndw", "dagbag", "apply_cdc", "e2e_sndw_steps"}
+# Sling's binary, from the PyPI package sling-linux-amd64 (the `sling` package downloads it at run time).
+SLING_BINARY = os.environ.get("SLING_BINARY") or str(
+    Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    / "sling_linux_amd64" / "bin" / "sling-linux-amd64")
+E2E_SCHEMA = "e2e"
 
 
 # The sections BENCH_SKIP and BENCH_ONLY name.
 SECTIONS = ("load", "extract", "write_modes", "replace", "wal_minimal", "memory", "pagila", "parse", "dags_test",
-            "checks")
+            "checks", "e2e", "cdc", "etl_page")
 
 
 def _skipped() -> set[str]:
@@ -136,8 +144,10 @@ class MethodError(RuntimeError):
     pass
 
 
-def run_process(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, int, str, str]:
-    """Run ``cmd`` to the end: its wall time, its own peak RSS (KiB), stdout, stderr.
+def run_process(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
+                tree: bool = False) -> tuple[float, int, str, str]:
+    """Run ``cmd`` to the end: its wall time, its own peak RSS (KiB), stdout, stderr. ``tree``: the
+    peak of the sum of the RSS of all its processes instead (a pipe, a tool with workers).
 
     The command is started by bench/spawn.py, a small interpreter, so that its peak RSS is its own
     and not the harness's size at fork time.
@@ -163,7 +173,8 @@ def run_process(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = R
     if proc.returncode != 0:
         # Redacted: a peer's traceback may echo the connection URL with its password.
         raise MethodError(redact(f"{' '.join(cmd[:3])} ... exited {proc.returncode}: {(stderr or stdout)[-1500:]}"))
-    return float(measured["seconds"]), int(measured["maxrss_kib"]), stdout, stderr
+    rss = measured.get("tree_rss_kib", measured["maxrss_kib"]) if tree else measured["maxrss_kib"]
+    return float(measured["seconds"]), int(rss), stdout, stderr
 
 
 class Bench:
@@ -192,12 +203,13 @@ class Bench:
             "PYTHONWARNINGS": "ignore",
         }
 
-    def worker(self, method: str, args: dict[str, Any], env: dict[str, str] | None = None) -> Sample:
+    def worker(self, method: str, args: dict[str, Any], env: dict[str, str] | None = None,
+               tree: bool = False) -> Sample:
         python = SNDW_PYTHON if method in SNDW_METHODS else sys.executable
         if method == "extract_sndw":  # the extract operator's batches at a table's default batch_rows
             args = {"batch_rows": DEFAULT_BATCH_ROWS, **args}
         process_seconds, rss, stdout, _ = run_process([python, "-m", "bench.workers", method, json.dumps(args)],
-                                                      env=env or self.worker_env())
+                                                      env=env or self.worker_env(), tree=tree)
         line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("BENCH_RESULT ")), None)
         if line is None:
             raise MethodError(f"{method} printed no result: {stdout[-1000:]}")
@@ -271,7 +283,7 @@ class Bench:
     def meta(self) -> dict[str, Any]:
         versions: dict[str, str | None] = {}
         for package in ("pgpq", "pyarrow", "adbc-driver-postgresql", "psycopg", "polars", "pandas", "dlt",
-                        "apache-airflow", "apache-airflow-providers-postgres"):
+                        "connectorx", "sling-linux-amd64", "apache-airflow", "apache-airflow-providers-postgres"):
             try:
                 versions[package] = metadata.version(package)
             except metadata.PackageNotFoundError:
@@ -690,7 +702,221 @@ class Bench:
             "append_keyed_seconds": round(statistics.median(s.seconds for s in samples["server_append_keyed"]), 3),
             "ratio": round(statistics.median(floor), 3), "ratio_range": [round(min(floor), 3), round(max(floor), 3)],
             "rounds": len(floor)}
+        # sndw's merge against the server's own merge of the same rows, paired per round.
+        own = [m.seconds / f.seconds for m, f in zip(samples["merge"], samples["server_merge"], strict=True)]
+        self.results["write_modes"]["server_merge"].update({
+            "sndw_ratio": round(statistics.median(own), 3), "sndw_ratio_range": [round(min(own), 3), round(max(own), 3)]})
         self.drop("wm_append", "wm_partition", "wm_rows")
+
+    # ---------------------------------------------------------------------- end to end
+
+    def generate_mixed(self, table: str, rows: int) -> None:
+        """A Pagila-like table of mixed types (payment and film columns: smallint, integer,
+        numeric(5,2), timestamptz, timestamp, varchar, text, a text[] that is NULL for a third of
+        the rows, boolean, date), deterministic, made by PostgreSQL itself."""
+        log(f"generating {table} ({rows:,} rows)")
+        self.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+        self.execute(sql.SQL("""
+            CREATE TABLE {} AS
+            SELECT g::bigint                                                    AS id,
+                   (g % 599 + 1)::smallint                                      AS customer_id,
+                   (g % 2 + 1)::smallint                                        AS staff_id,
+                   (g % 16044 + 1)::integer                                     AS rental_id,
+                   ((g % 1100) / 100.0 + 0.99)::numeric(5, 2)                   AS amount,
+                   TIMESTAMPTZ '2022-01-24 00:00:00+00' + g * INTERVAL '37 seconds' AS payment_date,
+                   ((ARRAY['ACADEMY DINOSAUR', 'ACE GOLDFINGER', 'ADAPTATION HOLES', 'AFFAIR PREJUDICE'])[g % 4 + 1]
+                     || ' ' || (g % 1000))::varchar(255)                        AS title,
+                   'A ' || md5(g::text) || ' of a ' || md5((g * 7)::text)       AS description,
+                   (ARRAY['G', 'PG', 'PG-13', 'R', 'NC-17'])[g % 5 + 1]         AS rating,
+                   CASE g % 3 WHEN 0 THEN ARRAY['Trailers', 'Deleted Scenes'] WHEN 1 THEN ARRAY['Commentaries']
+                        END::text[]                                             AS special_features,
+                   (2006 + g % 20)::integer                                     AS release_year,
+                   TIMESTAMP '2022-02-15 09:57:20' + (g % 1000) * INTERVAL '1 minute' AS last_update,
+                   (g % 7 <> 0)                                                 AS active,
+                   DATE '2022-05-01' + (g % 90)::integer                       AS return_date
+            FROM generate_series(1, {}::bigint) AS g
+        """).format(sql.Identifier(table), sql.Literal(rows)))
+        self.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+
+    def fingerprint(self, schema: str, table: str, columns: list[str]) -> tuple[int, str]:
+        """Row count and a hash of the rows over ``columns`` (each row's text, hashed, summed: no
+        order, no 1 GB string), computed alike on the source and every copy."""
+        row = sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+        count, total = self.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended({}, 0)::numeric), 0) "
+                                            "FROM {}.{}").format(row, sql.Identifier(schema), sql.Identifier(table)))[0]
+        return int(count), str(total)
+
+    def url_with(self, **params: str) -> str:
+        parts = urlsplit(self.url)
+        query = "&".join([*(p for p in parts.query.split("&") if p), *(f"{k}={v}" for k, v in params.items())])
+        return urlunsplit(parts._replace(query=query))
+
+    def run_cli(self, source: str, target: str, lake: Path) -> Sample:
+        """``python -m etl.cli run`` of ``SELECT * FROM public.<source>`` into e2e.<target>: the
+        whole process, peak RSS of its process tree."""
+        env = {**self.worker_env(), "AIRFLOW_CONN_DW": self.url}
+        seconds, rss, stdout, _ = run_process(
+            [SNDW_PYTHON, "-m", "etl.cli", "run", "--config", str(self.connector), "--query",
+             f"SELECT * FROM public.{source}", "--source", "bench", "--table", target, "--lake", str(lake),  # noqa: S608
+             "--schema", E2E_SCHEMA], env=env, tree=True)
+        result = json.loads(stdout.strip().splitlines()[-1])
+        if result["status"] != "success":
+            raise MethodError(f"etl.cli run failed: {result.get('error')}")
+        return Sample(seconds, int(result["rows_loaded"]), rss, process_seconds=seconds)
+
+    def write_connector(self) -> None:
+        """The connector file of ``etl.cli run`` for the bench database."""
+        self.connector = self.work / "e2e-connector.json"
+        parts = urlsplit(self.url)
+        self.connector.write_text(json.dumps({
+            "protocol": "postgres", "host": parts.hostname, "port": parts.port or 5432,
+            "database": parts.path.lstrip("/"), "username": parts.username or "", "password": parts.password or "",
+            "sslmode": "disable"}))
+
+    def bench_e2e(self) -> None:
+        """A whole PostgreSQL table copied into the warehouse: sndw as a user runs it (``python -m
+        etl.cli run``, the whole process) and as a DAG run's tasks do (the core's extract_table +
+        load_table, timed inside), against psql's binary COPY pipe, dlt and Sling, interleaved."""
+        if "e2e" in self.s.skip:
+            self.results["e2e"] = {}
+            return
+        log("END TO END: a PostgreSQL table copied into the warehouse")
+        self.generate_mixed("pagila_like", self.s.rows)
+        self.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(E2E_SCHEMA)))
+        self.write_connector()
+        sling_url = self.url_with(sslmode="disable")
+        sling_reason = self.available("sling")
+        if sling_reason is None and not Path(SLING_BINARY).is_file():
+            sling_reason = "skipped: sling-linux-amd64 is not installed (requirements-bench.txt; make bench installs it)"
+        dlt_reason = self.available("dlt", "dlt")
+        cx_reason = dlt_reason or self.available("dlt_connectorx", "connectorx")
+        out: dict[str, Any] = {}
+        lake = self.work / "e2e-lake"
+        for source in (SOURCE_TABLE, "pagila_like"):
+            columns = [r[0] for r in self.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s "
+                "ORDER BY ordinal_position", (source,))]
+            column_list = ", ".join(f'"{c}"' for c in columns)
+            expected = self.fingerprint("public", source, columns)
+            target = f"{source}_copy"
+
+            def fresh(schema: str = E2E_SCHEMA, target: str = target) -> None:
+                self.execute(sql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(sql.Identifier(schema),
+                                                                                 sql.Identifier(target)))
+                shutil.rmtree(lake, ignore_errors=True)
+                self.checkpoint()
+
+            def checked(sample: Sample, schema: str = E2E_SCHEMA, target: str = target,
+                        columns: list[str] = columns, expected: tuple[int, str] = expected) -> Sample:
+                try:
+                    got = self.fingerprint(schema, target, columns)
+                except psycopg.Error as exc:
+                    sample.details["exact"] = False
+                    sample.details["why"] = str(exc).splitlines()[0][:200]
+                    return sample
+                sample.details["exact"] = got == expected
+                if got != expected:
+                    sample.details["why"] = f"{got[0]:,} rows, hash {'equal' if got[1] == expected[1] else 'differs'}"
+                sample.rows = got[0]
+                return sample
+
+            def sndw_cli(source: str = source, target: str = target) -> Sample:
+                fresh()
+                return checked(self.run_cli(source, target, lake))
+
+            def sndw_steps(source: str = source, target: str = target) -> Sample:
+                fresh()
+                return checked(self.worker("e2e_sndw_steps", {
+                    "url": self.url, "query": f"SELECT * FROM public.{source}", "lake_root": str(lake),  # noqa: S608
+                    "schema": E2E_SCHEMA, "table": target, "partition": PARTITION}, tree=True))
+
+            def psql_pipe(source: str = source, target: str = target, column_list: str = column_list) -> Sample:
+                fresh()
+                self.execute(f"CREATE TABLE {E2E_SCHEMA}.{target} (LIKE public.{source})")
+                out_cmd = f"COPY (SELECT {column_list} FROM public.{source}) TO STDOUT (FORMAT binary)"  # noqa: S608
+                in_cmd = f"COPY {E2E_SCHEMA}.{target} ({column_list}) FROM STDIN (FORMAT binary)"
+                psql = f"{shlex.quote(self.psql)} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(self.url)}"
+                seconds, rss, _, _ = run_process(
+                    ["bash", "-o", "pipefail", "-c", f"{psql} -c {shlex.quote(out_cmd)} | {psql} -c {shlex.quote(in_cmd)}"],
+                    tree=True)
+                return checked(Sample(seconds, 0, rss, process_seconds=seconds))
+
+            def sling(source: str = source, target: str = target) -> Sample:
+                fresh()
+                home = self.work / "sling-home"
+                home.mkdir(parents=True, exist_ok=True)
+                env = {**os.environ, "SLING_HOME_DIR": str(home), "HOME": str(home), "SLING_DISABLE_TELEMETRY": "true",
+                       "SRC_PG": sling_url, "DST_PG": sling_url}
+                seconds, rss, _, _ = run_process(
+                    [SLING_BINARY, "run", "--src-conn", "SRC_PG", "--src-stream", f"public.{source}",
+                     "--tgt-conn", "DST_PG", "--tgt-object", f"{E2E_SCHEMA}.{target}", "--mode", "full-refresh"],
+                    env=env, tree=True)
+                return checked(Sample(seconds, 0, rss, process_seconds=seconds))
+
+            def dlt_copy(backend: str, source: str = source, target: str = target) -> Callable[[], Sample]:
+                dataset = f"e2e_dlt_{backend}"
+
+                def run() -> Sample:  # the dataset is dlt's schema; its table keeps the source's name
+                    fresh(dataset, source)
+                    work = self.work / f"dlt-{uuid.uuid4().hex[:8]}"
+                    try:
+                        sample = self.worker("e2e_dlt", {"src_url": self.url, "src_schema": "public", "table": source,
+                                                         "url": self.url, "dataset": dataset, "backend": backend,
+                                                         "file_format": "csv", "work_dir": str(work)}, tree=True)
+                    finally:
+                        shutil.rmtree(work, ignore_errors=True)
+                    checked(sample, dataset, source)
+                    self.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(dataset)))
+                    return sample
+                return run
+
+            info: dict[str, dict[str, Any]] = {}
+            methods: dict[str, Callable[[], Sample]] = {}
+            n = self.s.rows
+            for name, label, fn, reason in (
+                ("sndw_cli", "sndw: python -m etl.cli run (whole process)", sndw_cli, None),
+                ("sndw_steps", "sndw: extract_table + load_table (a DAG run's two tasks, timed inside)", sndw_steps,
+                 None),
+                ("psql_pipe", "psql COPY TO STDOUT | psql COPY FROM STDIN, binary (reference)", psql_pipe, None),
+                ("sling", "Sling 1.4.11 full-refresh (PostgreSQL to PostgreSQL)", sling, sling_reason),
+                # dlt's fastest reader is connectorx; it cannot read text[] (pagila_like), pyarrow can.
+                ("dlt_connectorx", 'dlt sql_table(backend="connectorx"), loader_file_format="csv"',
+                 dlt_copy("connectorx"), cx_reason) if source == SOURCE_TABLE else
+                ("dlt_pyarrow", 'dlt sql_table(backend="pyarrow"), loader_file_format="csv"', dlt_copy("pyarrow"),
+                 dlt_reason),
+            ):
+                info[name] = {"label": label, "rows": n, "skipped": reason, "note": ""}
+                if reason is None:
+                    methods[name] = fn
+            samples = self.interleave_tolerant(methods, required={"sndw_cli", "sndw_steps", "psql_pipe"},
+                                               warmup={"sndw_cli", "psql_pipe"})
+            block = summarise(info, samples, reference="psql_pipe")
+            for entry in block["methods"]:
+                runs = [r for r in samples.get(entry["method"]) or [] if "exact" in r.details]
+                if runs:
+                    entry["exact"] = all(r.details["exact"] for r in runs)
+                    why = next((r.details["why"] for r in runs if "why" in r.details), "")
+                    if why:
+                        entry["note"] = "; ".join(filter(None, [entry["note"], f"not exact: {why}"]))
+                if entry["method"] == "sndw_steps" and runs:
+                    entry["extract_seconds"] = round(statistics.median(r.details["extract_seconds"] for r in runs), 3)
+                    entry["load_seconds"] = round(statistics.median(r.details["load_seconds"] for r in runs), 3)
+            # sndw against the fastest peer of each round (paired: the peers' best time of that round).
+            peers = [m for m in ("sling", "dlt_pyarrow", "dlt_connectorx")
+                     if samples.get(m) and all(s.seconds == s.seconds for s in samples[m])]  # NaN: failed
+            for entry in block["methods"]:
+                if entry["method"] in ("sndw_cli", "sndw_steps") and peers and "ratio" in entry:
+                    paired = [(s.rows / s.seconds) / max(samples[p][i].rows / samples[p][i].seconds for p in peers)
+                              for i, s in enumerate(samples[entry["method"]])]
+                    fastest = max(peers, key=lambda p: statistics.median(x.rows / x.seconds for x in samples[p]))
+                    entry.update({"peer_ratio": round(statistics.median(paired), 3),
+                                  "peer_ratio_range": [round(min(paired), 3), round(max(paired), 3)],
+                                  "fastest_peer": fastest})
+            out[source] = {"rows": n, "columns": len(columns), **block}
+            self.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(sql.Identifier(E2E_SCHEMA), sql.Identifier(target)))
+        self.execute("DROP TABLE IF EXISTS pagila_like")
+        shutil.rmtree(self.work / "e2e-lake", ignore_errors=True)
+        self.results["e2e"] = out
 
     # ------------------------------------------------------------------------- replace
 
@@ -750,34 +976,48 @@ class Bench:
     # -------------------------------------------------------------------------- memory
 
     def bench_memory(self) -> None:
-        if not self.results.get("load") or not self.results.get("extract"):
-            self.results["memory"] = []  # its N figures come from those sections
+        steps = [step for step in ("extract", "load") if self.results.get(step)]  # their N figures come from there
+        e2e = (self.results.get("e2e") or {}).get(SOURCE_TABLE)
+        at_n_cli = next((m for m in e2e["methods"] if m["method"] == "sndw_cli" and "ratio" in m), None) if e2e else None
+        if at_n_cli:
+            steps.append("etl.cli run")
+        if not steps:
+            self.results["memory"] = []
             return
-        log("MEMORY: sndw's extract and load at N and 4N rows")
+        log(f"MEMORY: sndw's {', '.join(steps)} at N and 4N rows")
         big = self.s.rows * 4
         self.generate("bench_src_4n", big)
         lake = self.work / "lake-4n"
         rows: list[dict[str, Any]] = []
         # Two runs of each at 4N (a process's peak RSS varies by 5-10% run to run), against the
         # median of the rounds at N.
-        runs: dict[str, list[Sample]] = {"extract": [], "load": []}
+        runs: dict[str, list[Sample]] = {step: [] for step in steps}
         for _ in range(2):
-            shutil.rmtree(lake, ignore_errors=True)
-            self.checkpoint()
-            extract = self.worker("extract_sndw", {"url": self.url, "query": "SELECT * FROM bench_src_4n",
-                                                   "lake_root": str(lake), "table": "big", "partition": PARTITION})
-            self.checkpoint()
-            load = self.worker("load_sndw", {"url": self.url, "paths": extract.details["paths"], "schema": SCHEMA,
-                                             "table": "l_sndw_4n", "partition": PARTITION})
-            self.drop("l_sndw_4n")
-            runs["extract"].append(extract)
-            runs["load"].append(load)
+            if "extract" in steps or "load" in steps:
+                shutil.rmtree(lake, ignore_errors=True)
+                self.checkpoint()
+                extract = self.worker("extract_sndw", {"url": self.url, "query": "SELECT * FROM bench_src_4n",
+                                                       "lake_root": str(lake), "table": "big", "partition": PARTITION})
+                self.checkpoint()
+                load = self.worker("load_sndw", {"url": self.url, "paths": extract.details["paths"], "schema": SCHEMA,
+                                                 "table": "l_sndw_4n", "partition": PARTITION})
+                self.drop("l_sndw_4n")
+                for step, sample in (("extract", extract), ("load", load)):
+                    if step in runs:
+                        runs[step].append(sample)
+            if at_n_cli:
+                shutil.rmtree(lake, ignore_errors=True)
+                self.checkpoint()
+                runs["etl.cli run"].append(self.run_cli("bench_src_4n", "cli_4n", lake))
+                self.execute(sql.SQL("DROP TABLE {}.cli_4n").format(sql.Identifier(E2E_SCHEMA)))
         self.execute("DROP TABLE bench_src_4n")
         shutil.rmtree(lake, ignore_errors=True)
-        for step in ("extract", "load"):
+        for step in steps:
             sample = Sample(statistics.median(s.seconds for s in runs[step]), runs[step][0].rows,
                             int(statistics.median(s.rss_kib for s in runs[step])))
-            at_n = next(r for r in self.results[step]["methods"] if r["method"] == "sndw")
+            at_n = at_n_cli if step == "etl.cli run" else next(
+                r for r in self.results[step]["methods"] if r["method"] == "sndw")
+            assert at_n is not None
             rows.append({
                 "step": step, "rows_n": self.s.rows, "rss_mib_n": at_n["peak_rss_mib"],
                 "rows_4n": big, "rss_mib_4n": round(sample.rss_kib / 1024, 1),
@@ -1018,7 +1258,7 @@ class Bench:
             self.results["meta"] = self.meta()
             self.prepare()
             for section, measure in (("load", self.bench_load), ("extract", self.bench_extract),
-                                     ("write_modes", self.bench_write_modes)):
+                                     ("write_modes", self.bench_write_modes), ("e2e", self.bench_e2e)):
                 if section not in self.s.skip:
                     measure()
             self.bench_replace()

@@ -19,6 +19,11 @@ SIZE_TARGET = 1.15  # loaded bench table / its source table (pg_table_size)
 PARSE_TARGET_SECONDS = 1.0  # DagBag of 100 source configs (issue 14)
 ETL_PAGE_TARGET_SECONDS = 1.0  # the ETL page's answer for 100 sources and a year of audit rows (issue 24)
 CHECKS_TARGET = 1.15  # a load with a typical table's quality checks / the same load without (issue 23)
+# Issue 25: a whole table copied end to end, and the merge against the server's own.
+E2E_PSQL_TARGET = 0.8  # x psql COPY TO STDOUT | psql COPY FROM STDIN (binary), both whole processes
+E2E_PEER_TARGET = 2.0  # x the fastest peer of the same round (Sling, dlt)
+E2E_RSS_TARGET_MIB = 250  # peak RSS of `etl.cli run` (its process tree)
+MERGE_FLOOR_TARGET = 1.15  # x the server's own DELETE ... USING + INSERT ... SELECT of the same rows
 
 
 def _method(results: dict[str, Any], section: str, name: str) -> dict[str, Any] | None:
@@ -52,6 +57,32 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if merge and "keyed_ratio" in merge:
         add("merge vs append into the same keyed table", f"<= {MERGE_TARGET}x append into the merge's table",
             merge["keyed_ratio"], merge["keyed_ratio"] <= MERGE_TARGET, f"{merge['keyed_ratio']:.2f}x")
+    floor = (results.get("write_modes") or {}).get("server_merge") or {}
+    add("merge vs the server's own merge", f"<= {MERGE_FLOOR_TARGET}x DELETE ... USING + INSERT ... SELECT",
+        floor.get("sndw_ratio"), None if "sndw_ratio" not in floor else floor["sndw_ratio"] <= MERGE_FLOOR_TARGET,
+        f"{floor['sndw_ratio']:.2f}x" if "sndw_ratio" in floor else "not measured")
+    for table, block in (results.get("e2e") or {}).items():
+        methods = {m["method"]: m for m in block["methods"] if "ratio" in m}
+        for name, what in (("sndw_cli", "etl.cli run"), ("sndw_steps", "extract + load steps")):
+            m = methods.get(name)
+            if m is None:
+                continue
+            add(f"end to end {table}: {what} vs psql pipe", f">= {E2E_PSQL_TARGET}x psql COPY pipe", m["ratio"],
+                m["ratio"] >= E2E_PSQL_TARGET, f"{m['ratio']:.2f}x")
+            if "peer_ratio" in m:
+                add(f"end to end {table}: {what} vs fastest peer", f">= {E2E_PEER_TARGET}x the fastest peer",
+                    m["peer_ratio"], m["peer_ratio"] >= E2E_PEER_TARGET,
+                    f"{m['peer_ratio']:.2f}x ({m['fastest_peer']})")
+            else:
+                add(f"end to end {table}: {what} vs fastest peer", f">= {E2E_PEER_TARGET}x the fastest peer", None,
+                    None, "no peer measured")
+        cli = methods.get("sndw_cli")
+        if cli:
+            add(f"end to end {table}: etl.cli run peak RSS", f"<= {E2E_RSS_TARGET_MIB} MiB", cli["peak_rss_mib"],
+                cli["peak_rss_mib"] <= E2E_RSS_TARGET_MIB, f"{cli['peak_rss_mib']:.0f} MiB")
+        exact = [m["method"] for m in block["methods"] if m["method"].startswith("sndw") and m.get("exact") is False]
+        add(f"end to end {table}: sndw's copy exact", "row count and row hash equal to the source's",
+            not exact, not exact, "exact" if not exact else f"not exact: {', '.join(exact)}")
     for block in results.get("replace") or []:
         rep = next((m for m in block["methods"] if m["method"] == "sndw" and "ratio" in m), None)
         add(f"replace (wal_level {block['wal_level']})", f">= {REPLACE_TARGET}x psql binary COPY into an empty table",
@@ -126,6 +157,26 @@ def render(results: dict[str, Any]) -> str:
     if results.get("extract"):
         lines += ["Extract: PostgreSQL table -> Parquet partition", ""]
         lines += _speed_table(results["extract"], "psql CSV", meta["rows"]) + [""]
+    for table, block in (results.get("e2e") or {}).items():
+        lines += [f"End to end: a PostgreSQL table of {block['columns']} columns ({table}) copied into the warehouse "
+                  "(every method a whole process; exact = row count and row hash equal to the source's)", "",
+                  "| method | rows | s | rows/s | x psql pipe | x fastest peer | exact | peak RSS MiB (process tree) |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|"]
+        for m in block["methods"]:
+            label = m["label"] + (f" ({m['note']})" if m.get("note") else "")
+            if "ratio" not in m:
+                lines.append(f"| {label} | {_n(m['rows'])} | - | - | {m['skipped'][:200]} | - | - | - |")
+                continue
+            peer = "-"
+            if "peer_ratio" in m:
+                peer = _ratio({"ratio": m["peer_ratio"], "ratio_range": m["peer_ratio_range"], "rounds": m.get("rounds")})
+                peer += f" ({m['fastest_peer']})"
+            if "extract_seconds" in m:
+                label += f": extract {m['extract_seconds']:.2f} s + load {m['load_seconds']:.2f} s"
+            exact = {True: "yes", False: "no"}.get(m.get("exact"), "-")
+            lines.append(f"| {label} | {_n(m['rows'])} | {m['seconds']:.2f} | {_n(m['rows_per_s'])} | {_ratio(m)} | "
+                         f"{peer} | {exact} | {m['peak_rss_mib']:.0f} |")
+        lines.append("")
     if results.get("write_modes"):
         lines += ["Write modes (sndw load_files of the same rows)", "",
                   "| mode | rows | s | x append | WAL MiB | peak RSS MiB | what |", "|---|---:|---:|---:|---:|---:|---|"]
@@ -148,12 +199,16 @@ def render(results: dict[str, Any]) -> str:
                           f"{floor['merge_seconds']:.2f} s, INSERT ... SELECT of new keys into the keyed table "
                           f"{floor['append_keyed_seconds']:.2f} s: a merge is {floor['ratio']:.2f}x{spread} the append "
                           f"there (connect to commit, paired per round)."]
+            if "sndw_ratio" in floor:
+                own = floor["sndw_ratio_range"]
+                lines += ["", f"sndw's merge against the server's own merge of the same rows: {floor['sndw_ratio']:.2f}x"
+                              f"{f' ({own[0]:.2f}-{own[1]:.2f})' if floor['rounds'] > 1 else ''} (paired per round)."]
         lines.append("")
     for block in results.get("replace") or []:
         lines += [f"Replace: N rows into a table of N rows, wal_level = {block['wal_level']}", ""]
         lines += _speed_table(block, "psql binary", meta["rows"]) + [""]
     if results.get("memory"):
-        lines += ["Memory growth of sndw (peak RSS of the process)", "",
+        lines += ["Memory growth of sndw (peak RSS of the process; etl.cli run: of its process tree)", "",
                   "| step | RSS at N MiB | rows at 4N | RSS at 4N MiB | 4N / N |", "|---|---:|---:|---:|---:|"]
         for row in results["memory"]:
             lines.append(f"| {row['step']} | {row['rss_mib_n']:.0f} | {_n(row['rows_4n'])} | {row['rss_mib_4n']:.0f} | "

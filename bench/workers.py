@@ -176,6 +176,55 @@ def extract_pandas(a: dict[str, Any]) -> Result:
     return {"rows": len(frame), "seconds": seconds, "bytes": Path(a["path"]).stat().st_size}
 
 
+# ------------------------------------------------------------------------------ end to end
+
+
+def e2e_sndw_steps(a: dict[str, Any]) -> Result:
+    """A whole table copied by the two calls a DAG run's tasks make: the core's ``extract_table``
+    (ExtractToParquetOperator) and ``load_table`` (ParquetToDwOperator), each timed; imports first,
+    as a task has them before it runs."""
+    import psycopg
+    from sndw.config import table_spec
+    from sndw.pipeline import ExtractRequest, SourceAccess, extract_table, load_table
+    from sndw.warehouse import LoadSpec
+
+    table = table_spec("sql", {"name": a["table"], "query": a["query"], "write_mode": "replace"}, where="bench")
+    request = ExtractRequest(pipeline="bench", source="bench", kind="sql", table=table,
+                             partition=date.fromisoformat(a["partition"]), lake_root=a["lake_root"], run_id="bench")
+    access = SourceAccess(postgres_conninfo=_conninfo(a["url"]))
+    started = time.perf_counter()
+    manifest = extract_table(request, access)
+    extracted = time.perf_counter()
+    with psycopg.connect(a["url"]) as conn:
+        loaded = load_table(conn, manifest, LoadSpec(a["schema"], a["table"], "replace"), pipeline="bench")
+    finished = time.perf_counter()
+    return {"rows": loaded.rows_loaded, "seconds": finished - started, "extract_seconds": extracted - started,
+            "load_seconds": finished - extracted}
+
+
+def e2e_dlt(a: dict[str, Any]) -> Result:
+    """dlt copying one PostgreSQL table: ``sql_table`` with an Arrow backend (pyarrow or connectorx)
+    into its postgres destination with ``loader_file_format`` (csv: its COPY path)."""
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    import dlt
+    from dlt.sources.sql_database import sql_table
+
+    kwargs: dict[str, Any] = {}
+    if a["backend"] == "connectorx":  # connectorx reads with its own client, from the URL
+        kwargs["backend_kwargs"] = {"conn": a["src_url"]}
+    pipeline = dlt.pipeline(pipeline_name=f"e2e_{a['dataset']}", pipelines_dir=a["work_dir"],
+                            destination=dlt.destinations.postgres(credentials=a["url"]), dataset_name=a["dataset"])
+    started = time.perf_counter()
+    resource = sql_table(credentials=a["src_url"], table=a["table"], schema=a["src_schema"], backend=a["backend"],
+                         chunk_size=a.get("chunk_size", 100_000), **kwargs)
+    info = pipeline.run(resource, write_disposition="replace", loader_file_format=a["file_format"])
+    seconds = time.perf_counter() - started
+    info.raise_on_failed_jobs()
+    normalized = pipeline.last_trace.last_normalize_info if pipeline.last_trace else None
+    rows = normalized.row_counts.get(a["table"], 0) if normalized else 0
+    return {"rows": rows, "seconds": seconds}
+
+
 # ---------------------------------------------------------------------------------- Airflow
 
 
@@ -193,7 +242,8 @@ def dagbag(a: dict[str, Any]) -> Result:
 
 METHODS: dict[str, Callable[[dict[str, Any]], Result]] = {
     "load_sndw": load_sndw, "apply_cdc": apply_cdc, "load_pandas": load_pandas, "load_insert_rows": load_insert_rows,
-    "load_dlt": load_dlt, "extract_sndw": extract_sndw, "extract_pandas": extract_pandas, "dagbag": dagbag,
+    "load_dlt": load_dlt, "extract_sndw": extract_sndw,
+    "e2e_sndw_steps": e2e_sndw_steps, "e2e_dlt": e2e_dlt, "extract_pandas": extract_pandas, "dagbag": dagbag,
 }
 
 

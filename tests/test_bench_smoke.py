@@ -2,7 +2,8 @@
 
 The real benchmark (N = 1,000,000) is `make bench`, never part of `make test`. Methods whose
 packages are not installed here (pandas, dlt: requirements-bench.txt) are reported as skipped; this
-product's load and extract and psql's references always run.
+product's load, extract and end-to-end copy and psql's references always run; Sling's binary
+(sling-linux-amd64) is not in .venv either.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
         "BENCH_SKIP": "dags_test",
     }
     result = subprocess.run([sys.executable, "-m", "bench.harness"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300, check=False)
+                            text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     data = json.loads((out / "latest.json").read_text())
 
@@ -82,7 +83,34 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
     assert replace["psql_binary"]["ratio"] == 1.0 and replace["sndw"]["ratio"] > 0
     assert data["dags_test"] == []
 
-    assert [m["step"] for m in data["memory"]] == ["extract", "load"]
+    # End to end: a table of each kind copied by sndw (the command line, and the DAG's two steps)
+    # and psql's pipe, every copy checked against the source's row count and row hash; the peers
+    # run where their packages are installed (.venv-bench), else they are reported as skipped.
+    assert set(data["e2e"]) == {"bench_src", "pagila_like"}
+    for table, block in data["e2e"].items():
+        e2e = {m["method"]: m for m in block["methods"]}
+        for name in ("sndw_cli", "sndw_steps", "psql_pipe"):
+            assert e2e[name]["rows"] == ROWS and e2e[name]["exact"] is True, (table, e2e[name])
+            assert e2e[name]["peak_rss_mib"] > 0, e2e[name]
+        assert e2e["psql_pipe"]["ratio"] == 1.0
+        assert 0 < e2e["sndw_steps"]["extract_seconds"] + e2e["sndw_steps"]["load_seconds"] <= e2e["sndw_steps"]["seconds"] + 0.002
+        # The pipe's figure is both psql processes together, each ~10-20 MiB.
+        assert e2e["psql_pipe"]["peak_rss_mib"] > 15
+        peers = [m for m in block["methods"] if m["method"] in ("sling", "dlt_pyarrow", "dlt_connectorx")]
+        assert peers
+        for peer in peers:
+            assert "ratio" in peer or "skipped" in peer, peer
+        if any("ratio" in p for p in peers):
+            assert e2e["sndw_cli"]["peer_ratio"] > 0
+    targets_by_name = {t["target"]: t for t in data["targets"]}
+    for table in ("bench_src", "pagila_like"):
+        assert targets_by_name[f"end to end {table}: etl.cli run vs psql pipe"]["result"] in ("PASS", "MISS")
+        assert targets_by_name[f"end to end {table}: sndw's copy exact"]["result"] == "PASS"
+        assert targets_by_name[f"end to end {table}: etl.cli run peak RSS"]["result"] in ("PASS", "MISS")
+    assert server_merge["sndw_ratio"] > 0
+    assert targets_by_name["merge vs the server's own merge"]["result"] in ("PASS", "MISS")
+
+    assert [m["step"] for m in data["memory"]] == ["extract", "load", "etl.cli run"]
     assert all(m["rows_4n"] == 4 * ROWS and m["rss_mib_4n"] > 0 for m in data["memory"])
 
     assert [(p["sources"], p["dags"]) for p in data["parse"]] == [(1, 1), (10, 10)]
