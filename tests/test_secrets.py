@@ -164,6 +164,15 @@ def test_a_basic_login_registers_its_token() -> None:
     assert redact(f"Authorization: {token}") == "Authorization: ***"
 
 
+def test_a_value_after_a_password_key_is_masked_but_a_variable_reference_is_named() -> None:
+    """Errors are redacted when they are made: "password: ${PW} is not set" must still name the
+    variable (its name is no secret), while an unregistered value after such a key is masked, also
+    when it starts with $."""
+    assert redact("c.json: password: ${PW_UNSET} is not set") == "c.json: password: ${PW_UNSET} is not set"
+    assert redact("password=$ecretValue; token: abc123xyz") == "password=***; token: ***"
+    assert redact("password=${abc}def") == "password=***"
+
+
 def test_registered_forms_reach_airflows_task_log_masker() -> None:
     from airflow.sdk.log import redact as airflow_redact
     from sndw_airflow.masking import mask_registered_secrets

@@ -87,8 +87,10 @@ _SECRET_PATTERNS = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
     # scheme://user:password@host -> scheme://user:***@host
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
-    # password=..., token: ..., api_key="..."
-    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey|authorization)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s&,;\"]+)"),
+    # password=..., token: ..., api_key="..."; not a reference to an environment variable
+    # (``password: ${PW} is not set``, braces only): its name is no secret, and the message needs it
+    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey|authorization)(\s*[=:]\s*)"
+                r"(?!\$\{[A-Za-z_][A-Za-z0-9_]*\}(?:[\s&,;\"']|$))(\"[^\"]*\"|'[^']*'|[^\s&,;\"]+)"),
      r"\1\2***"),
 ]
 
