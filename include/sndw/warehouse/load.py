@@ -167,8 +167,8 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
 
 
 def before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run_id: str | None,
-                   result: LoadResult, audit: AuditRecord | None, audit_schema: str,
-                   source_count: int | None = None) -> None:
+                  result: LoadResult, audit: AuditRecord | None, audit_schema: str,
+                  source_count: int | None = None) -> None:
     """What acts on the rows of this load inside its transaction, after they are written and
     before the commit: the quality checks (a failing block check raises QualityCheckError and
     the whole load rolls back). The deletes of rows the source no longer has (sndw.warehouse.deletes)
