@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -157,15 +158,23 @@ def metadata_db() -> psycopg.Connection:
     return psycopg.connect(metadb.libpq_url(AIRFLOW_METADATA_URL))
 
 
-def _other_clients(url: str) -> int:
-    """Connections to the tests' cluster from elsewhere (another test session using it)."""
+# Every session holds a shared lock on this file while it runs: at its end, a session that can take
+# the lock exclusively is the only one left, so the cluster is its to stop. (Counting the cluster's
+# client connections kept it running after most `make test` runs: this session's own Airflow pool
+# still held some.)
+SESSIONS_LOCK = TEST_PG_DIR.with_name(TEST_PG_DIR.name + ".sessions.lock")
+SESSIONS_LOCK.parent.mkdir(parents=True, exist_ok=True)
+_sessions_fd = os.open(SESSIONS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(_sessions_fd, fcntl.LOCK_SH)
+
+
+def _other_sessions() -> bool:
+    """Whether another test session of this tree still runs (holds its shared lock)."""
     try:
-        with psycopg.connect(url, connect_timeout=5) as conn:
-            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                               "AND pid <> pg_backend_pid()").fetchone()
-    except psycopg.Error:
-        return 0
-    return int(row[0]) if row else 0
+        fcntl.flock(_sessions_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -176,7 +185,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for script, state_var, state in TEST_SERVERS:
         if RUNNING_BEFORE[state] or not _server_running(script, state_var, state):
             continue
-        if script == PG_LOCAL and _other_clients(PG_URL):
+        if script == PG_LOCAL and _other_sessions():
             continue
         subprocess.run([str(script), "stop"], env={**os.environ, state_var: str(state)}, capture_output=True,
                        check=False, timeout=180)
