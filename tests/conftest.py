@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import os
@@ -158,21 +157,26 @@ def metadata_db() -> psycopg.Connection:
     return psycopg.connect(metadb.libpq_url(AIRFLOW_METADATA_URL))
 
 
-# Every session holds a shared lock on this file while it runs: at its end, a session that can take
-# the lock exclusively is the only one left, so the cluster is its to stop. (Counting the cluster's
+# Every session marks its run with a file named by its pid: at its end, a session that finds no other
+# live session's mark is the only one left, so the cluster is its to stop. (Counting the cluster's
 # client connections kept it running after most `make test` runs: this session's own Airflow pool
 # still held some.)
-SESSIONS_LOCK = TEST_PG_DIR.with_name(TEST_PG_DIR.name + ".sessions.lock")
-SESSIONS_LOCK.parent.mkdir(parents=True, exist_ok=True)
-_sessions_fd = os.open(SESSIONS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-fcntl.flock(_sessions_fd, fcntl.LOCK_SH)
+SESSIONS_DIR = TEST_PG_DIR.with_name(TEST_PG_DIR.name + ".sessions")
+SESSIONS_DIR.mkdir(parents=True, exist_ok=True)
+SESSION_MARK = SESSIONS_DIR / str(os.getpid())
+SESSION_MARK.touch()
 
 
 def _other_sessions() -> bool:
-    """Whether another test session of this tree still runs (holds its shared lock)."""
-    try:
-        fcntl.flock(_sessions_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """Whether another test session of this tree still runs (its mark names a live process)."""
+    for mark in SESSIONS_DIR.iterdir():
+        try:
+            os.kill(int(mark.name), 0)
+        except (ValueError, ProcessLookupError):
+            mark.unlink(missing_ok=True)  # a session that ended without its clean-up
+            continue
+        except PermissionError:
+            pass
         return True
     return False
 
@@ -180,6 +184,7 @@ def _other_sessions() -> bool:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop the test servers this session started (`make test` leaves none running); a cluster
     another session still uses is left alone."""
+    SESSION_MARK.unlink(missing_ok=True)
     if os.environ.get("SNDW_TEST_KEEP_SERVERS") or hasattr(session.config, "workerinput"):
         return
     for script, state_var, state in TEST_SERVERS:
