@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg import sql as pgsql
 
 
 def create_schema(cur: psycopg.Cursor[Any], schema: str) -> None:
@@ -28,3 +30,20 @@ def create_schema(cur: psycopg.Cursor[Any], schema: str) -> None:
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     except psycopg.errors.UniqueViolation:
         pass  # created and committed by a concurrent transaction meanwhile
+
+
+def ensure_table(conn: psycopg.Connection[Any], schema: str, name: str, statements: Sequence[pgsql.Composed]) -> None:
+    """Create one of the product's own tables (and its indexes) once: nothing is run when it
+    exists; otherwise ``statements`` (``CREATE ... IF NOT EXISTS``) run under an advisory lock on
+    the table's name, so two loads making it at the same moment do not collide."""
+    from psycopg import sql
+
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, name).as_string(conn),))
+        row = cur.fetchone()
+        if row is not None and row[0] is not None:
+            return
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sndw:ddl:{schema}.{name}",))
+        create_schema(cur, schema)
+        for statement in statements:
+            cur.execute(statement)

@@ -157,9 +157,9 @@ def measure(conn: psycopg.Connection[Any], source: Source, now: datetime | None 
 def ensure_freshness_table(conn: psycopg.Connection[Any]) -> None:
     from psycopg import sql
 
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:freshness-ddl'))")
-        conn.execute(sql.SQL(FRESHNESS_DDL).format(table=sql.Identifier(FRESHNESS_TABLE)))
+    from sndw.ddl import ensure_table
+
+    ensure_table(conn, "public", FRESHNESS_TABLE, [sql.SQL(FRESHNESS_DDL).format(table=sql.Identifier(FRESHNESS_TABLE))])
 
 
 def check(conn: psycopg.Connection[Any], sources: Iterable[Source], now: datetime | None = None,

@@ -173,18 +173,12 @@ def results_table(schema: str = "public") -> sql.Identifier:
 def ensure_results_table(conn: psycopg.Connection[Any], schema: str = "public") -> None:
     from psycopg import sql
 
-    from sndw.ddl import create_schema
+    from sndw.ddl import ensure_table
 
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)", (results_table(schema).as_string(conn),))
-        row = cur.fetchone()
-        if row is not None and row[0] is not None:
-            return
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:check-results-ddl'))")
-        create_schema(cur, schema)
-        cur.execute(sql.SQL(RESULTS_DDL).format(table=results_table(schema)))
-        cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (target_table, check_name, id)").format(
-            sql.Identifier(f"{RESULTS_TABLE}_latest"), results_table(schema)))
+    ensure_table(conn, schema, RESULTS_TABLE, [
+        sql.SQL(RESULTS_DDL).format(table=results_table(schema)),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (target_table, check_name, id)").format(
+            sql.Identifier(f"{RESULTS_TABLE}_latest"), results_table(schema))])
 
 
 @dataclass

@@ -9,7 +9,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from sndw.ddl import create_schema
+from sndw.ddl import ensure_table
 from sndw.naming import FILE_ID, LAKE_FILES_TABLE, PARTITION_DATE
 from sndw.warehouse.spec import LoadSpec
 
@@ -47,14 +47,7 @@ def ensure_lake_files_table(conn: psycopg.Connection[Any], schema: str = "public
     An integer per row instead of the file's path and the run id as text (about 110 bytes a row):
     the loaded table stays close to its source's size.
     """
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)", (f'"{schema}"."{LAKE_FILES_TABLE}"',))
-        row = cur.fetchone()
-        if row is not None and row[0] is not None:
-            return
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('sndw:lake-files-ddl'))")
-        create_schema(cur, schema)
-        cur.execute(sql.SQL(LAKE_FILES_DDL).format(table=lake_files_table(schema)))
+    ensure_table(conn, schema, LAKE_FILES_TABLE, [sql.SQL(LAKE_FILES_DDL).format(table=lake_files_table(schema))])
 
 
 def register_file(cur: psycopg.Cursor[Any], spec: LoadSpec, path: str, partition: date, run_id: str | None,
