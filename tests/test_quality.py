@@ -242,6 +242,107 @@ def test_unique_is_scanned_when_no_index_truly_guarantees_it(dw: psycopg.Connect
     dw.rollback()
 
 
+# ------------------------------------------------------- checks proved from the rows as they were copied
+
+
+def test_typical_checks_pass_on_the_copied_rows_without_reading_the_table(tmp_path: Path,
+                                                                           dw: psycopg.Connection) -> None:
+    """not_null, unique and range the copied rows pass are not read back (sndw.checkstats); a check
+    the copy cannot prove (accepted_values) still runs its SQL, and `check --quality` (no copy)
+    reaches the same outcome from the table alone."""
+    from sndw.quality import CheckScope, run_checks
+
+    typical = checks({"not_null": ["id", "amount", "placed_at"]}, {"unique": ["id"]},
+                     {"range": {"column": "amount", "min": 0, "max": 100}},
+                     {"range": {"column": "placed_at", "min": "2000-01-01T00:00:00Z"}},
+                     {"accepted_values": {"column": "status", "values": ["open", "paid"]}})
+    spec = LoadSpec("public", "orders", "append", checks=typical)
+    loaded = load_manifest(dw, lake(tmp_path, GOOD), spec)
+    assert loaded.checks is not None and loaded.checks["counts"] == {"pass": 5}, loaded.checks
+    messages = dw.execute("SELECT check_name, message FROM etl_check_results ORDER BY id").fetchall()
+    assert [m for _, m in messages[:4]] == ["checked on the 3 rows as they were copied"] * 4, messages
+    assert messages[4][1] == ""  # accepted_values: read from the table
+    with dw.cursor() as cur:
+        again, _ = run_checks(cur, typical, CheckScope("public", "orders"), apply=False)
+    assert [(r.status, r.failing_rows) for r in again] == [("pass", 0)] * 5
+    assert not any("copied" in r.message for r in again)
+    dw.rollback()
+
+
+def test_unique_keys_proved_in_key_order_or_by_hashing_and_a_repeat_across_batches_is_not(
+        tmp_path: Path, dw: psycopg.Connection) -> None:
+    from sndw.checkstats import RowStats
+    from sndw.typeplan import ColumnPlan
+
+    plans = [ColumnPlan("id", "bigint", pa.int64(), "native")]
+    unique = checks({"unique": ["id"]})
+
+    def stats(*batches: list[int | None]) -> RowStats:
+        seen = RowStats(unique, alone=True)
+        for ids in batches:
+            seen.observe(pa.record_batch({"id": pa.array(ids, pa.int64())}), plans)
+        return seen
+
+    assert stats([1, 2, None], [3, 4]).rising[("id",)]
+    assert stats([1, 2, None], [3, 4]).distinct(["id"], [])
+    assert stats([3, 1], [4, 2]).distinct(["id"], []) and not stats([3, 1], [4, 2]).rising[("id",)]
+    assert not stats([1, 2], [2, 3]).distinct(["id"], [])  # in order within each batch, repeated across them
+    assert not stats([5, 1], [7, 5]).distinct(["id"], [])
+    assert not RowStats(unique).distinct(["id"], [])  # not alone: earlier rows may hold the key
+    # Through a load: keys out of order, all distinct, proved by hashing them.
+    loaded = load_manifest(dw, lake(tmp_path, orders([3, 1, 2], [1, 2, 3])),
+                           LoadSpec("public", "orders", "replace", checks=unique))
+    assert loaded.checks is not None and loaded.checks["counts"] == {"pass": 1}
+    assert dw.execute("SELECT message FROM etl_check_results").fetchone() == (
+        "checked on the 3 rows as they were copied",)
+
+
+def nan_amounts() -> pa.RecordBatch:
+    return orders([1, 2, 3], [1, 2, 3]).set_column(1, "amount", pa.array([1.5, float("nan"), 3.0]))
+
+
+# Rows the copy cannot vouch for: each check must still fail, by its SQL, exactly as PostgreSQL sees the rows.
+UNPROVABLE = {
+    # PostgreSQL orders NaN above every number: out of range, though Arrow's min/max skip it.
+    "nan_in_range": (lambda: nan_amounts(), {"range": {"column": "amount", "min": 0, "max": 100}}, 1),
+    # -0.0 and 0.0 are one value to PostgreSQL, two bit patterns to Arrow.
+    "signed_zero_key": (lambda: orders([1, 2], [1, 2]).set_column(
+        1, "amount", pa.array([0.0, -0.0])), {"unique": ["amount"]}, 2),
+    # Two texts that differ only by a NUL byte are the same text once the load replaces the NUL.
+    "nul_text_key": (lambda: orders([1, 2], [1, 2], emails=["a\x00b", "a\ufffdb"]), {"unique": ["email"]}, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNPROVABLE))
+def test_rows_the_copy_cannot_vouch_for_are_checked_in_the_table(case: str, tmp_path: Path,
+                                                                  dw: psycopg.Connection) -> None:
+    make, raw, failing = UNPROVABLE[case]
+    spec = LoadSpec("public", "orders", "replace", checks=checks(raw))
+    with pytest.raises(QualityCheckError):
+        load_manifest(dw, lake(tmp_path, make()), spec)
+    assert results(dw)[-1][1:4] == ("fail", Check.model_validate(raw).columns[0], failing), results(dw)
+    assert table_hash(dw, "orders") is None
+
+
+def test_unique_under_char_n_is_checked_in_the_table(tmp_path: Path, dw: psycopg.Connection) -> None:
+    """char(n) ignores trailing blanks: 'a' and 'a ' repeat a key there, though their bytes differ."""
+    load_manifest(dw, lake(tmp_path, GOOD), LoadSpec("public", "orders", "replace"))
+    dw.execute("ALTER TABLE orders ALTER COLUMN status TYPE character(4)")
+    dw.commit()
+    spec = LoadSpec("public", "orders", "replace", checks=checks({"unique": ["status"]}))
+    with pytest.raises(QualityCheckError, match="2 rows repeat a value of"):
+        load_manifest(dw, lake(tmp_path, orders([1, 2], [1, 2], ["a", "a "])), spec)
+
+
+def test_not_null_on_a_column_a_file_lacks_is_checked_in_the_table(tmp_path: Path, dw: psycopg.Connection) -> None:
+    """The rows of a file without the column hold NULL there: the copy saw no NULL, the table has them."""
+    spec = LoadSpec("public", "orders", "append", checks=checks({"not_null": ["customer_id"]}))
+    load_manifest(dw, lake(tmp_path, GOOD), spec)
+    without = orders([4, 5], [4, 5]).drop_columns(["customer_id"])
+    with pytest.raises(QualityCheckError, match="2 rows have a NULL|2 rows NULL"):
+        load_manifest(dw, lake(tmp_path, without, day=DAY + dt.timedelta(1)), spec)
+
+
 # ----------------------------------------------------------------------------- warn, quarantine
 
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
+    from sndw.checkstats import RowStats
+
 log = logging.getLogger(__name__)
 
 RESULTS_TABLE = "etl_check_results"
@@ -125,6 +127,9 @@ class CheckScope:
     # source_count: the source's own count (the extract's manifest) and the rows this load wrote.
     source_count: int | None = None
     rows_written: int | None = None
+    # What the load saw of its rows as it copied them (sndw.checkstats): checks it proves pass are not
+    # read back from the table. None: every check reads the table.
+    observed: RowStats | None = None
 
     @property
     def qualified(self) -> str:
@@ -252,21 +257,25 @@ def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckSc
     cur.execute(sql.SQL("CREATE OR REPLACE TEMP VIEW {} AS SELECT * FROM {} r WHERE {}").format(
         sql.Identifier(ROWS_VIEW), scope.target(), scope.condition()))
     ordered = sorted(checks, key=lambda c: c.on_fail != "quarantine")  # stable: the listed order otherwise
-    scan = _scan(cur, ordered, scope, columns)
+    proven = _proven(cur, ordered, scope, columns)
+    pending = [c for c in ordered if c.label not in proven]
+    scan = _scan(cur, pending, scope, columns) if any(c.kind in _SCANNED for c in pending) else _Scan()
     results: dict[str, CheckResult] = {}
     rejected = 0
     cleared = False
     for position, check in enumerate(ordered):
         started = time.perf_counter()
         missing = [c for c in check.columns if c not in columns]
-        if missing:
+        if check.label in proven:
+            result = proven[check.label]
+        elif missing:
             result = CheckResult(check.label, check.kind, check.severity, "error", column=missing[0], message=(
                 f"the check names column {missing[0]!r}, which {scope.qualified} does not have "
                 f"(its columns: {', '.join(c for c in columns if not c.startswith('_'))})"))
         else:
             if rejected != scan.rejected:
                 # Rows were moved aside: the checks still to run count on the rows that stay (one more scan).
-                scan = _scan(cur, ordered[position:], scope, columns)
+                scan = _scan(cur, [c for c in ordered[position:] if c.label not in proven], scope, columns)
                 scan.rejected = rejected
             try:
                 with cur.connection.transaction():  # a savepoint: a check that errors leaves the load intact
@@ -291,6 +300,74 @@ def run_checks(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckSc
                  f" ({result.failing_rows} rows)" if result.failing_rows else "")
     cur.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(ROWS_VIEW)))
     return [results[c.label] for c in checks], rejected
+
+
+# The checks the one scan of the table counts for (row_count: the rows in scope, counted on the way).
+_SCANNED = ("not_null", "accepted_values", "range", "regex", "unique", "row_count", "row_count_change")
+
+
+def _proven(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope,
+            columns: dict[str, str]) -> dict[str, CheckResult]:
+    """The checks the load's rows passed as they were copied (``scope.observed``, sndw.checkstats):
+    they need no read of the table. A range's extremes are compared with its bounds by PostgreSQL,
+    with the same casts as the check's SQL; anything not proved is left to that SQL."""
+    import psycopg
+    from psycopg import sql
+
+    observed = scope.observed
+    if observed is None:
+        return {}
+    proven: dict[str, CheckResult] = {}
+    ranges: list[tuple[Check, sql.Composable]] = []
+    for check in checks:
+        if not check.columns or any(c not in columns for c in check.columns):
+            continue
+        passed = False
+        if check.kind == "not_null":
+            passed = observed.no_nulls(check.columns)
+        elif check.kind == "unique" and unique_index(cur, scope, check.columns) is None:  # else: no scan anyway
+            passed = observed.distinct(check.columns, [c for c in check.columns if _compares_bytes(cur, scope, c, columns)])
+        elif check.kind == "range":
+            extremes = observed.extremes(check.columns[0])
+            if extremes is not None and extremes[0] is None:
+                passed = True  # no value at all: nothing out of range
+            elif extremes is not None:
+                pg_type = sql.SQL(columns[check.columns[0]])
+                ends = [_row_predicate(check, scope, columns, value=sql.SQL("CAST({} AS {})").format(
+                    sql.Literal(v), pg_type)) for v in extremes]
+                ranges.append((check, sql.SQL("NOT coalesce({}, false) AND NOT coalesce({}, false)").format(*ends)))
+        if passed:
+            proven[check.label] = _proof(check, observed.rows)
+    if ranges:
+        try:
+            with cur.connection.transaction():
+                cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(e for _, e in ranges)))
+                row = cur.fetchone() or ()
+        except psycopg.Error:  # a bound the column's type refuses: the check's own SQL says so
+            row = ()
+        for (check, _), ok in zip(ranges, row, strict=False):
+            if ok:
+                proven[check.label] = _proof(check, observed.rows)
+    return proven
+
+
+def _proof(check: Check, rows: int) -> CheckResult:
+    return CheckResult(check.label, check.kind, check.severity, "pass", column=_column(check), failing_rows=0,
+                       message=f"checked on the {_n(rows)} as they were copied")
+
+
+def _compares_bytes(cur: psycopg.Cursor[Any], scope: CheckScope, column: str, columns: dict[str, str]) -> bool:
+    """Whether the warehouse column is text or varchar under a deterministic collation: equal values
+    are equal bytes (not char(n), which ignores trailing blanks, nor a nondeterministic collation)."""
+    base = columns[column].split("(")[0].strip().lower()
+    if base not in ("text", "character varying"):
+        return False
+    cur.execute("""
+        SELECT coalesce(co.collisdeterministic, true) FROM pg_attribute a
+        LEFT JOIN pg_collation co ON co.oid = a.attcollation
+        WHERE a.attrelid = to_regclass(%s) AND a.attname = %s""", (scope.target().as_string(cur), column))
+    row = cur.fetchone()
+    return bool(row and row[0])
 
 
 @dataclass
@@ -451,15 +528,17 @@ def _scalar(cur: psycopg.Cursor[Any], statement: sql.Composed | sql.SQL, params:
     return row[0] if row else None
 
 
-def _row_predicate(check: Check, scope: CheckScope, columns: dict[str, str]) -> sql.Composable:
-    """The condition a failing row meets, on the table aliased ``r``."""
+def _row_predicate(check: Check, scope: CheckScope, columns: dict[str, str],
+                   value: sql.Composable | None = None) -> sql.Composable:
+    """The condition a failing row meets, on the table aliased ``r``; ``value``: on that value
+    instead of the row's column (the extremes of a range, sndw.checkstats)."""
     from psycopg import sql
 
     kind = check.kind
     if kind == "not_null":
         return sql.SQL(" OR ").join(sql.SQL("r.{} IS NULL").format(sql.Identifier(c)) for c in check.columns)
     column = check.columns[0]
-    col = sql.SQL("r.{}").format(sql.Identifier(column))
+    col = value if value is not None else sql.SQL("r.{}").format(sql.Identifier(column))
     pg_type = sql.SQL(columns[column])
     if kind == "accepted_values":
         assert check.accepted_values is not None

@@ -11,6 +11,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from sndw import storage
+from sndw.checkstats import RowStats
 from sndw.errors import LoadError, PermanentError
 from sndw.lake import iter_file_batches
 from sndw.progress import Progress
@@ -37,12 +38,13 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
               table: str, constants: dict[str, tuple[pa.DataType, Any]], batch_rows: int = 100_000,
               progress: Progress | None = None, transform: BatchTransform | None = None,
               freeze: bool = False, only: list[str] | None = None,
-              drop: frozenset[str] = frozenset()) -> tuple[int, int]:
+              drop: frozenset[str] = frozenset(), stats: RowStats | None = None) -> tuple[int, int]:
     """Binary COPY of one Parquet file into ``target``; returns rows and NUL replacements. With a
     ``transform``, each batch goes through it first (the first batch's output is the schema).
     ``freeze``: COPY ... FREEZE, only for a table truncated or created in the current subtransaction.
     ``only``: just these columns of the file (no transform), e.g. a merge's keys. ``drop``: columns
-    left out (a schema contract's discarded ones)."""
+    left out (a schema contract's discarded ones). ``stats``: sees each batch as it is encoded, for
+    the load's quality checks (sndw.checkstats)."""
     file_schema = output_schema(transform, table, path, batch_rows) if transform else storage.read_schema(path)
     if only is None and drop & set(file_schema.names):
         only = [name for name in file_schema.names if name not in drop]
@@ -84,12 +86,16 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
                     f"{table}: transform {transform.reference} returned the columns {batch.schema.names} for "
                     f"batch {number} of {path}, but {file_schema.names} for its first batch: a transform must "
                     "return the same columns for every batch")
+            if stats is not None:
+                stats.observe(batch, plans)
             data = encoder.encode(batch)
             copy.write(data)
             rows += batch.num_rows
             if progress is not None:
                 progress.add(batch.num_rows, len(data))
         copy.write(encoder.finish())
+    if stats is not None:
+        stats.nul_replaced += encoder.nul_replaced
     if staged:
         names = encoder.column_names
         casts = {p.name: sql.SQL("{}::{}").format(sql.Identifier(p.name), sql.SQL(p.pg_type)) for p in staged}

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from sndw import storage
 from sndw.audit import AuditRecord, audit_table, ensure_audit_table, insert_audit_row
+from sndw.checkstats import RowStats
 from sndw.ddl import create_schema
 from sndw.errors import EmptyExtractError, LoadError, PartitionReplacedError, PermanentError
 from sndw.lake import Manifest, partition_rows, reading_partition
@@ -138,6 +139,7 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
                 columns = table_columns(cur, spec.schema, spec.table)
                 if spec.deletes:
                     deletes = before_write(cur, spec, partition, key_paths)
+                result.observed = _row_stats(cur, spec, exists)
                 WRITERS[spec.write_mode](cur, spec, paths, columns, partition, run_id, result, batch_rows)
                 if deletes is not None:  # before the checks: they see the rows as they will commit
                     result.rows_deleted = apply_deletes(cur, spec, partition, result, columns, deletes, batch_rows)
@@ -166,6 +168,29 @@ def load_files(conn: psycopg.Connection[Any], paths: Sequence[str], spec: LoadSp
     return result
 
 
+def _row_stats(cur: psycopg.Cursor[Any], spec: LoadSpec, exists: bool) -> RowStats | None:
+    """What the checks can learn from the rows as they are copied (sndw.checkstats); None when
+    they read everything from the table: no checks, or soft deletes (they keep rows the load did
+    not copy among the rows checked)."""
+    if not spec.checks or spec.deletes == "soft":
+        return None
+    stats = RowStats(spec.checks)
+    if not stats.wanted:
+        return None
+    if spec.write_mode in ("replace", "partition"):
+        stats.alone = True  # the rows where `unique` looks are this load's
+    elif any(c.kind == "unique" for c in spec.checks):  # append, merge: the table had no rows before
+        stats.alone = not exists or not _scalar_bool(
+            cur, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(spec.ident()))
+    return stats
+
+
+def _scalar_bool(cur: psycopg.Cursor[Any], statement: sql.Composed) -> bool:
+    cur.execute(statement)
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run_id: str | None,
                   result: LoadResult, audit: AuditRecord | None, audit_schema: str,
                   source_count: int | None = None) -> None:
@@ -179,7 +204,7 @@ def before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run
     scope = CheckScope(spec.schema, spec.table, partition, primary_key=spec.primary_key,
                        file_ids=None if mode in ("replace", "partition") else result.file_ids,
                        by_partition=mode == "partition", source_count=source_count,
-                       rows_written=result.rows_loaded)
+                       rows_written=result.rows_loaded, observed=result.observed)
     started = time.perf_counter()
     results, rejected = run_checks(cur, spec.checks, scope, audit_schema=audit_schema)
     result.checks_seconds = time.perf_counter() - started

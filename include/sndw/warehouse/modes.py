@@ -30,7 +30,7 @@ def _copy_all(cur: psycopg.Cursor[Any], target: sql.Composable, spec: LoadSpec, 
         rows, nul = copy_file(cur, target, path, columns, spec.qualified, file_constants(file_id, partition),
                               batch_rows, progress,
                               spec.transform if isinstance(spec.transform, BatchTransform) else None, freeze,
-                              drop=spec.drop_columns)
+                              drop=spec.drop_columns, stats=result.observed)
         result.rows_loaded += rows
         result.nul_replaced += nul
 

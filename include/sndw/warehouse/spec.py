@@ -9,6 +9,7 @@ from typing import Any
 from psycopg import sql
 
 from sndw.checks_config import Check
+from sndw.checkstats import RowStats
 from sndw.naming import qualified
 from sndw.transform import BatchTransform
 
@@ -60,6 +61,8 @@ class LoadResult:
     rows_deleted: int | None = None
     # The ``_file_id`` of each file this load wrote: its rows in the table, for the checks.
     file_ids: list[int] = field(default_factory=list, repr=False)
+    # What the checks learn from the rows as they are copied (set by load_files when it has checks).
+    observed: RowStats | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
