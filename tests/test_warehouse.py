@@ -13,7 +13,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 from sndw.audit import AuditRecord
-from sndw.errors import EmptyExtractError, LoadError, SchemaConflictError
+from sndw.errors import EmptyExtractError, LoadError, PermanentError, SchemaConflictError
 from sndw.lake import Manifest, write_partition
 from sndw.warehouse import LoadSpec, load_manifest, table_columns
 
@@ -214,9 +214,16 @@ def test_merge_keeps_the_last_row_of_a_key_also_without_a_unique_key_index(
 
 def test_merge_rejects_null_keys(tmp_path: Path, dw: psycopg.Connection) -> None:
     spec = LoadSpec("public", "users", "merge", ["id"])
-    with pytest.raises(Exception, match="NULL primary key"):
+    with pytest.raises(PermanentError, match=r"public.users: 1 rows have a NULL primary key \(id\)"):
         load_manifest(dw, lake(tmp_path, pa.record_batch({"id": [1, None]})), spec)
     assert rows(dw, "SELECT to_regclass('public.users')") == [(None,)]
+    # A compound key, the table there: counted over the files, a row with both parts NULL counted once.
+    spec = LoadSpec("public", "pairs", "merge", ["a", "b"])
+    load_manifest(dw, lake(tmp_path, pa.record_batch({"a": [1], "b": [1]}), table="pairs"), spec)
+    with pytest.raises(PermanentError, match=r"public.pairs: 3 rows have a NULL primary key \(a, b\)"):
+        load_manifest(dw, lake(tmp_path, pa.record_batch({"a": [1, None, None, 2], "b": [None, None, 3, 4]}),
+                               day=dt.date(2024, 3, 2), table="pairs"), spec)
+    assert rows(dw, "SELECT a, b FROM pairs") == [(1, 1)]
 
 
 def test_partition_replaces_exactly_one_date(tmp_path: Path, dw: psycopg.Connection) -> None:
