@@ -247,24 +247,27 @@ def test_unique_is_scanned_when_no_index_truly_guarantees_it(dw: psycopg.Connect
 
 def test_typical_checks_pass_on_the_copied_rows_without_reading_the_table(tmp_path: Path,
                                                                            dw: psycopg.Connection) -> None:
-    """not_null, unique and range the copied rows pass are not read back (sndw.checkstats); a check
-    the copy cannot prove (accepted_values) still runs its SQL, and `check --quality` (no copy)
-    reaches the same outcome from the table alone."""
+    """not_null, unique, range, accepted_values and regex the copied rows pass are not read back
+    (sndw.checkstats); a check the copy cannot decide (row_count) still runs its SQL, and
+    `check --quality` (no copy) reaches the same outcome from the table alone."""
     from sndw.quality import CheckScope, run_checks
 
     typical = checks({"not_null": ["id", "amount", "placed_at"]}, {"unique": ["id"]},
                      {"range": {"column": "amount", "min": 0, "max": 100}},
                      {"range": {"column": "placed_at", "min": "2000-01-01T00:00:00Z"}},
-                     {"accepted_values": {"column": "status", "values": ["open", "paid"]}})
+                     {"accepted_values": {"column": "status", "values": ["open", "paid"]}},
+                     {"accepted_values": {"column": "amount", "values": [10, 20, 30, 40]}},
+                     {"regex": {"column": "email", "pattern": "^u[0-9]+@x[.]org$"}},
+                     {"row_count": {"min": 3}})
     spec = LoadSpec("public", "orders", "append", checks=typical)
     loaded = load_manifest(dw, lake(tmp_path, GOOD), spec)
-    assert loaded.checks is not None and loaded.checks["counts"] == {"pass": 5}, loaded.checks
+    assert loaded.checks is not None and loaded.checks["counts"] == {"pass": 8}, loaded.checks
     messages = dw.execute("SELECT check_name, message FROM etl_check_results ORDER BY id").fetchall()
-    assert [m for _, m in messages[:4]] == ["checked on the 3 rows as they were copied"] * 4, messages
-    assert messages[4][1] == ""  # accepted_values: read from the table
+    assert [m for _, m in messages[:7]] == ["checked on the 3 rows as they were copied"] * 7, messages
+    assert messages[7][1] == "3 rows"  # row_count: read from the table
     with dw.cursor() as cur:
         again, _ = run_checks(cur, typical, CheckScope("public", "orders"), apply=False)
-    assert [(r.status, r.failing_rows) for r in again] == [("pass", 0)] * 5
+    assert [(r.status, r.failing_rows) for r in again][:7] == [("pass", 0)] * 7
     assert not any("copied" in r.message for r in again)
     dw.rollback()
 
@@ -310,6 +313,8 @@ UNPROVABLE = {
         1, "amount", pa.array([0.0, -0.0])), {"unique": ["amount"]}, 2),
     # Two texts that differ only by a NUL byte are the same text once the load replaces the NUL.
     "nul_text_key": (lambda: orders([1, 2], [1, 2], emails=["a\x00b", "a\ufffdb"]), {"unique": ["email"]}, 2),
+    # The copy saw a NUL byte; the table holds the U+FFFD that replaced it.
+    "nul_text_pattern": (lambda: orders([1], [1], emails=["a\x00b"]), {"regex": {"column": "email", "pattern": "^[^\ufffd]*$"}}, 1),
 }
 
 
@@ -332,6 +337,29 @@ def test_unique_under_char_n_is_checked_in_the_table(tmp_path: Path, dw: psycopg
     spec = LoadSpec("public", "orders", "replace", checks=checks({"unique": ["status"]}))
     with pytest.raises(QualityCheckError, match="2 rows repeat a value of"):
         load_manifest(dw, lake(tmp_path, orders([1, 2], [1, 2], ["a", "a "])), spec)
+
+
+def test_regex_under_a_column_collation_is_checked_in_the_table(tmp_path: Path, dw: psycopg.Connection) -> None:
+    """A pattern's character classes follow the column's collation: under "C.utf8" 'é' is a letter,
+    under the database's default "C" it is not. The copied values would pass; the table's fail."""
+    load_manifest(dw, lake(tmp_path, GOOD), LoadSpec("public", "orders", "replace"))
+    dw.execute('ALTER TABLE orders ALTER COLUMN email TYPE text COLLATE "C.utf8"')
+    dw.commit()
+    spec = LoadSpec("public", "orders", "replace", checks=checks({"regex": {"column": "email", "pattern": "^[^[:alpha:]]+$"}}))
+    with pytest.raises(QualityCheckError, match="1 row not matching the pattern"):
+        load_manifest(dw, lake(tmp_path, orders([1], [1], emails=["é"])), spec)
+
+
+def test_accepted_values_over_many_distinct_values_are_checked_in_the_table(tmp_path: Path,
+                                                                            dw: psycopg.Connection) -> None:
+    from sndw.checkstats import MAX_DISTINCT
+
+    n = MAX_DISTINCT + 1
+    spec = LoadSpec("public", "orders", "replace", checks=checks(
+        {"accepted_values": {"column": "status", "values": [f"s{i}" for i in range(n)]}}))
+    loaded = load_manifest(dw, lake(tmp_path, orders(list(range(n)), list(range(n)), [f"s{i}" for i in range(n)])), spec)
+    assert loaded.checks is not None and loaded.checks["counts"] == {"pass": 1}
+    assert dw.execute("SELECT message FROM etl_check_results").fetchone() == ("",)
 
 
 def test_not_null_on_a_column_a_file_lacks_is_checked_in_the_table(tmp_path: Path, dw: psycopg.Connection) -> None:

@@ -8,6 +8,9 @@ as the binary COPY writes them, so exactly what the table holds. From them the c
 - ``not_null``: no NULL in any of its columns, in any batch of any file;
 - ``range``: the smallest and largest value, compared with the bounds by PostgreSQL itself (its
   casts and ordering), and no NaN (which PostgreSQL orders above every number);
+- ``accepted_values``, ``regex``: the distinct values (integers or text, up to ``MAX_DISTINCT``),
+  each put to the check's own condition by PostgreSQL (text under a deterministic collation, and
+  for ``regex`` the database's default one: a pattern's classes follow the collation);
 - ``unique``: the keys of the load are all distinct and the table holds no other rows where the
   check looks (see ``alone``), on key types whose equality is byte equality in both Arrow and
   PostgreSQL (integers, decimals, dates, timestamps, text under a deterministic collation).
@@ -32,6 +35,10 @@ import pyarrow.compute as pc
 if TYPE_CHECKING:
     from sndw.checks_config import Check
     from sndw.typeplan import ColumnPlan
+
+# The distinct values a load keeps per column for ``accepted_values`` and ``regex`` proofs (a status,
+# a country code); a column with more is left to the check's SQL.
+MAX_DISTINCT = 1000
 
 # The keys a load keeps for ``unique`` proofs: beyond this the check reads them from the table
 # instead (1M bigint keys are 8 MiB; the load's peak memory stays flat with the rows).
@@ -59,6 +66,7 @@ class _Column:
     nan: bool = False
     arrow_type: pa.DataType | None = None
     unknown: bool = False  # a batch or file without it natively: nothing can be proved of it
+    values: set[Any] | None = None  # its distinct non-NULL values (accepted_values, regex); None: too many
 
 
 @dataclass
@@ -82,13 +90,16 @@ class RowStats:
 
     def __post_init__(self) -> None:
         for check in self.checks:
-            if check.kind in ("not_null", "range", "unique"):
+            if check.kind in ("not_null", "range", "unique", "accepted_values", "regex"):
                 for name in check.columns:
                     self.columns.setdefault(name, _Column())
             if check.kind == "unique" and check.columns:
                 self.keys.setdefault(tuple(check.columns), [])
                 self.rising[tuple(check.columns)] = len(check.columns) == 1
         self._ranged = {c.columns[0] for c in self.checks if c.kind == "range" and c.columns}
+        self._listed = {c.columns[0] for c in self.checks if c.kind in ("accepted_values", "regex") and c.columns}
+        for name in self._listed:
+            self.columns[name].values = set()
 
     @property
     def wanted(self) -> bool:
@@ -115,6 +126,8 @@ class RowStats:
             stats.nulls += column.null_count
             if name in self._ranged and not stats.unknown:
                 self._extend_range(stats, column)
+            if name in self._listed and stats.values is not None and not stats.unknown:
+                self._collect(stats, column)
         for key in self.keys:
             if not all(k in values for k in key):
                 continue
@@ -146,6 +159,17 @@ class RowStats:
         self.last[key] = column[len(column) - 1]
 
     @staticmethod
+    def _collect(stats: _Column, column: pa.Array) -> None:
+        if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type)
+                or pa.types.is_large_string(column.type)):
+            stats.values = None
+            return
+        assert stats.values is not None
+        stats.values.update(pc.unique(column.drop_null() if column.null_count else column).to_pylist())
+        if len(stats.values) > MAX_DISTINCT:
+            stats.values = None
+
+    @staticmethod
     def _extend_range(stats: _Column, column: pa.Array) -> None:
         if not _range_type(column.type):
             stats.unknown = True
@@ -175,6 +199,18 @@ class RowStats:
         if stats is None or stats.unknown or stats.nan or column not in self._ranged:
             return None
         return stats.low, stats.high
+
+    def values(self, column: str) -> tuple[list[Any], pa.DataType | None] | None:
+        """The distinct non-NULL values of ``column`` and their Arrow type, or None when they are not
+        all known (unknown, more than MAX_DISTINCT, a type other than integers and text, text whose
+        NUL bytes the load replaced)."""
+        stats = self.columns.get(column)
+        if stats is None or stats.unknown or stats.values is None:
+            return None
+        t = stats.arrow_type
+        if t is not None and not pa.types.is_integer(t) and self.nul_replaced:
+            return None
+        return sorted(stats.values), t
 
     def distinct(self, key: Sequence[str], text_columns: Sequence[str]) -> bool:
         """Whether every row's ``key`` (rows with a NULL in it left out, as ``unique`` does) differs

@@ -309,8 +309,9 @@ _SCANNED = ("not_null", "accepted_values", "range", "regex", "unique", "row_coun
 def _proven(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope,
             columns: dict[str, str]) -> dict[str, CheckResult]:
     """The checks the load's rows passed as they were copied (``scope.observed``, sndw.checkstats):
-    they need no read of the table. A range's extremes are compared with its bounds by PostgreSQL,
-    with the same casts as the check's SQL; anything not proved is left to that SQL."""
+    they need no read of the table. A range's extremes are compared with its bounds, and the distinct
+    values of an ``accepted_values`` or ``regex`` put to its condition, by PostgreSQL, with the same
+    casts as the check's SQL; anything not proved is left to that SQL."""
     import psycopg
     from psycopg import sql
 
@@ -318,6 +319,7 @@ def _proven(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope
     if observed is None:
         return {}
     proven: dict[str, CheckResult] = {}
+    # Checks PostgreSQL decides on what the copy saw (a range's extremes, the distinct values): one query.
     ranges: list[tuple[Check, sql.Composable]] = []
     for check in checks:
         if not check.columns or any(c not in columns for c in check.columns):
@@ -336,6 +338,11 @@ def _proven(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope
                 ends = [_row_predicate(check, scope, columns, value=sql.SQL("CAST({} AS {})").format(
                     sql.Literal(v), pg_type)) for v in extremes]
                 ranges.append((check, sql.SQL("NOT coalesce({}, false) AND NOT coalesce({}, false)").format(*ends)))
+        elif check.kind in ("accepted_values", "regex"):
+            listed = _listed_values(cur, check, scope, columns)
+            if listed is not None and not isinstance(listed, bool):
+                ranges.append((check, listed))
+            passed = listed is True
         if passed:
             proven[check.label] = _proof(check, observed.rows)
     if ranges:
@@ -343,12 +350,43 @@ def _proven(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope
             with cur.connection.transaction():
                 cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(e for _, e in ranges)))
                 row = cur.fetchone() or ()
-        except psycopg.Error:  # a bound the column's type refuses: the check's own SQL says so
+        except psycopg.Error:  # a bound or value the column's type refuses: the check's own SQL says so
             row = ()
         for (check, _), ok in zip(ranges, row, strict=False):
             if ok:
                 proven[check.label] = _proof(check, observed.rows)
     return proven
+
+
+def _listed_values(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope,
+                   columns: dict[str, str]) -> sql.Composable | bool | None:
+    """``accepted_values`` and ``regex`` on the distinct values the load copied: a condition that holds
+    when none of them fails the check's own predicate (evaluated by PostgreSQL), True when there is no
+    value at all, None when they cannot stand for the rows (too many, or text whose comparison or
+    pattern matching depends on a collation)."""
+    import pyarrow as pa
+    from psycopg import sql
+
+    assert scope.observed is not None
+    column = check.columns[0]
+    listed = scope.observed.values(column)
+    if listed is None:
+        return None
+    values, arrow_type = listed
+    if not values:
+        return True
+    if arrow_type is None:
+        return None
+    if pa.types.is_integer(arrow_type):
+        element = sql.SQL("bigint")
+    else:  # text: equal values are equal bytes, and a pattern reads them as the database's default does
+        equal, default = _text_column(cur, scope, column, columns)
+        if not equal or (check.kind == "regex" and not default):
+            return None
+        element = sql.SQL("text")
+    predicate = _row_predicate(check, scope, columns, value=sql.SQL("u.v"))
+    return sql.SQL("NOT EXISTS (SELECT 1 FROM unnest(CAST({} AS {}[])) AS u(v) WHERE {})").format(
+        sql.Literal([str(v) for v in values]), element, predicate)
 
 
 def _proof(check: Check, rows: int) -> CheckResult:
@@ -359,15 +397,22 @@ def _proof(check: Check, rows: int) -> CheckResult:
 def _compares_bytes(cur: psycopg.Cursor[Any], scope: CheckScope, column: str, columns: dict[str, str]) -> bool:
     """Whether the warehouse column is text or varchar under a deterministic collation: equal values
     are equal bytes (not char(n), which ignores trailing blanks, nor a nondeterministic collation)."""
+    return _text_column(cur, scope, column, columns)[0]
+
+
+def _text_column(cur: psycopg.Cursor[Any], scope: CheckScope, column: str,
+                 columns: dict[str, str]) -> tuple[bool, bool]:
+    """Whether the column compares bytes (``_compares_bytes``), and whether its collation is the
+    database's default (what a text value without one, the proofs' values, is matched under)."""
     base = columns[column].split("(")[0].strip().lower()
     if base not in ("text", "character varying"):
-        return False
+        return False, False
     cur.execute("""
-        SELECT coalesce(co.collisdeterministic, true) FROM pg_attribute a
+        SELECT coalesce(co.collisdeterministic, true), a.attcollation IN (0, 100) FROM pg_attribute a
         LEFT JOIN pg_collation co ON co.oid = a.attcollation
         WHERE a.attrelid = to_regclass(%s) AND a.attname = %s""", (scope.target().as_string(cur), column))
     row = cur.fetchone()
-    return bool(row and row[0])
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
 
 
 @dataclass
