@@ -126,6 +126,13 @@ def _partition(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], c
     _copy_all(cur, spec.ident(child), spec, paths, columns, partition, run_id, result, batch_rows)
 
 
+# The statistics a merge's temporary key table gets before its join with the table: its row count
+# and its keys' range are all the planner needs to walk the two key indexes in a merge join. A
+# sample of 3,000 keys takes 12 ms where the default 30,000 take 35-40 ms (250,000 keys); without
+# statistics PostgreSQL hashes the whole table instead (0.52-0.65 s against 0.25 s).
+KEY_STATISTICS = 10
+
+
 class _RepeatedKeys(Exception):
     """A merge's load holds a key more than once: merged through the staging table instead."""
 
@@ -155,9 +162,10 @@ def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colum
             cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
                 key_table, key_list, spec.ident()))
             # NOT NULL: the COPY itself refuses a NULL key, instead of a scan of the keys after it (15 ms
-            # of a 250,000-row merge).
+            # of a 250,000-row merge). STATISTICS: see KEY_STATISTICS.
             cur.execute(sql.SQL("ALTER TABLE {} {}").format(key_table, sql.SQL(", ").join(
-                sql.SQL("ALTER COLUMN {} SET NOT NULL").format(k) for k in keys)))
+                sql.SQL("ALTER COLUMN {k} SET NOT NULL, ALTER COLUMN {k} SET STATISTICS {n}").format(
+                    k=k, n=sql.Literal(KEY_STATISTICS)) for k in keys)))
             try:
                 for path in paths:
                     copy_file(cur, key_table, path, columns, spec.qualified, {}, batch_rows,
@@ -235,7 +243,11 @@ def _merge_staged(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str]
     keys = [sql.Identifier(k) for k in spec.primary_key]
     key_list = sql.SQL(", ").join(keys)
     _check_null_keys(cur, spec, staging, keys)
-    cur.execute(sql.SQL("ANALYZE {}").format(staging))  # a temporary table has no statistics: the joins need them
+    # A temporary table has no statistics: the joins on the key need its keys' (only theirs: the other
+    # columns' would cost a sample of every column and serve nothing).
+    cur.execute(sql.SQL("ALTER TABLE {} {}").format(staging, sql.SQL(", ").join(
+        sql.SQL("ALTER COLUMN {} SET STATISTICS {}").format(k, sql.Literal(KEY_STATISTICS)) for k in keys)))
+    cur.execute(sql.SQL("ANALYZE {} ({})").format(staging, key_list))
     # The key joins hash the load's keys: in memory instead of spilling at the default 4 MB (this
     # transaction only).
     cur.execute("SET LOCAL work_mem = '128MB'")
