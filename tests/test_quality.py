@@ -362,6 +362,17 @@ def test_accepted_values_over_many_distinct_values_are_checked_in_the_table(tmp_
     assert dw.execute("SELECT message FROM etl_check_results").fetchone() == ("",)
 
 
+def test_checks_of_a_table_with_soft_deletes_read_the_rows_kept(tmp_path: Path, dw: psycopg.Connection) -> None:
+    """Soft deletes keep, marked, rows the load did not copy among the rows checked (the partition):
+    the copy cannot speak for them, so the checks read the table."""
+    spec = LoadSpec("public", "orders", "partition", ["id"], deletes="soft")
+    load_manifest(dw, lake(tmp_path, orders([1, 2], [None, 5])), spec)
+    checked = LoadSpec("public", "orders", "partition", ["id"], deletes="soft",
+                       checks=checks({"not_null": ["amount"]}))
+    with pytest.raises(QualityCheckError, match="1 row NULL.*id=1"):
+        load_manifest(dw, lake(tmp_path, orders([2], [5])), checked)
+
+
 def test_not_null_on_a_column_a_file_lacks_is_checked_in_the_table(tmp_path: Path, dw: psycopg.Connection) -> None:
     """The rows of a file without the column hold NULL there: the copy saw no NULL, the table has them."""
     spec = LoadSpec("public", "orders", "append", checks=checks({"not_null": ["customer_id"]}))
