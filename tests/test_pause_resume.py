@@ -27,8 +27,9 @@ BATCH = 10
 
 
 def _source(source_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """120 wide rows (about 4 kB each, so the driver's 64 kB batches stay small) read at ~50 rows a
-    second; one non-transactional sequence per row counts how often the source read it."""
+    """120 wide rows (about 4 kB each, so the driver's 64 kB batches stay small) read at ~25 rows a
+    second (at ~50 a second, a busy machine once let the extract finish before the pause was seen);
+    one non-transactional sequence per row counts how often the source read it."""
     with psycopg.connect(source_db) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
         conn.execute("INSERT INTO items SELECT g, repeat(md5(g::text), 128) FROM generate_series(1, %s) g", (ROWS,))
@@ -37,7 +38,7 @@ def _source(source_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
         conn.execute("""CREATE FUNCTION watch(i int) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
             BEGIN
                 PERFORM nextval('read_' || i);
-                PERFORM pg_sleep(0.02);
+                PERFORM pg_sleep(0.04);
                 RETURN i;
             END $$""")
     parts = urlsplit(source_db)
@@ -146,6 +147,7 @@ def test_a_paused_pipeline_stops_at_a_batch_boundary_and_resumes_from_its_checkp
     dag_run = run(config, configs)
     pauser.join(timeout=30)
     assert pauser.error is None, pauser.error
+    assert not pauser.is_alive(), f"the run ended before the extract stopped for the pause: {pauser.seen}"
     assert set(states(dag_run).values()) == {"success"}, states(dag_run)
 
     # It stopped at a batch boundary soon after the pause, kept its checkpoint while paused, and
