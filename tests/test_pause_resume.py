@@ -106,11 +106,14 @@ class Pauser(threading.Thread):
                 time.sleep(0.01)
             # A DAG that this run created may start paused (a fresh metadata DB): the extract then runs
             # and stops only for a pause made after it saw the DAG unpaused. Unpause it, let a
-            # checkpoint see that, then pause.
+            # checkpoint see that, then pause. The extract asks right after each checkpoint, before
+            # reading the next batch: the checkpoint after the one current once the unpause committed
+            # asks after the commit, and its question is answered once the next checkpoint is written.
+            # (Pausing one checkpoint after the unpause raced with that question on a busy machine.)
             _set_paused(self.dag_id, False)
-            unpaused_at = state["rows"]
-            while (state := self.checkpoint()) is None or state["rows"] < max(2 * BATCH, unpaused_at + BATCH):
-                assert time.monotonic() < deadline, "the extract never checkpointed 2 batches"
+            unpaused_at = (self.checkpoint() or state)["rows"]
+            while (state := self.checkpoint()) is None or state["rows"] < max(2 * BATCH, unpaused_at + 2 * BATCH):
+                assert time.monotonic() < deadline, "the extract never checkpointed 2 batches after the unpause"
                 time.sleep(0.01)
             _set_paused(self.dag_id, True)
             # Every checkpoint written after this one asks after the pause was committed.
@@ -128,8 +131,12 @@ class Pauser(threading.Thread):
             _set_paused(self.dag_id, False)
 
 
+# Started paused: the DAG an earlier session left paused, or one dag.test creates paused (a fresh
+# metadata DB whose settings were read before this test set DAGS_ARE_PAUSED_AT_CREATION).
+@pytest.mark.parametrize("start_paused", [False, True], ids=["started_unpaused", "started_paused"])
 def test_a_paused_pipeline_stops_at_a_batch_boundary_and_resumes_from_its_checkpoint(
-        env: dict[str, Any], source_db: str, configs: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        start_paused: bool, env: dict[str, Any], source_db: str, configs: list[Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from sndw_airflow.operators import ExtractToParquetOperator
 
     _source(source_db, monkeypatch)
@@ -139,9 +146,10 @@ def test_a_paused_pipeline_stops_at_a_batch_boundary_and_resumes_from_its_checkp
              "write_mode": "replace", "checkpoint": True, "batch_rows": BATCH}
     config = {"name": "e2e_pause", "kind": "sql", "conn_id": "e2e_pause", "start_date": "2024-01-01",
               "retries": 0, "tables": [table]}
-    # Start unpaused: a new DAG (dag.test syncs it) and the one an earlier session left behind.
+    # Unpaused (or paused) from the start: a new DAG (dag.test syncs it, and the first case creates it
+    # for the second) and the one an earlier session left behind.
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
-    _set_paused("e2e_pause", False, must_exist=False)
+    _set_paused("e2e_pause", start_paused, must_exist=False)
     pauser = Pauser("e2e_pause", env["lake"] / "sql" / "e2e_pause" / "items")
     pauser.start()
     dag_run = run(config, configs)
