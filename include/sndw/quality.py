@@ -320,7 +320,7 @@ def _proven(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope
         return {}
     proven: dict[str, CheckResult] = {}
     # Checks PostgreSQL decides on what the copy saw (a range's extremes, the distinct values): one query.
-    ranges: list[tuple[Check, sql.Composable]] = []
+    decided: list[tuple[Check, sql.Composable]] = []
     for check in checks:
         if not check.columns or any(c not in columns for c in check.columns):
             continue
@@ -328,7 +328,7 @@ def _proven(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope
         if check.kind == "not_null":
             passed = observed.no_nulls(check.columns)
         elif check.kind == "unique" and unique_index(cur, scope, check.columns) is None:  # else: no scan anyway
-            passed = observed.distinct(check.columns, [c for c in check.columns if _compares_bytes(cur, scope, c, columns)])
+            passed = observed.distinct(check.columns, [c for c in check.columns if _text_column(cur, scope, c, columns)[0]])
         elif check.kind == "range":
             extremes = observed.extremes(check.columns[0])
             if extremes is not None and extremes[0] is None:
@@ -337,22 +337,22 @@ def _proven(cur: psycopg.Cursor[Any], checks: Sequence[Check], scope: CheckScope
                 pg_type = sql.SQL(columns[check.columns[0]])
                 ends = [_row_predicate(check, scope, columns, value=sql.SQL("CAST({} AS {})").format(
                     sql.Literal(v), pg_type)) for v in extremes]
-                ranges.append((check, sql.SQL("NOT coalesce({}, false) AND NOT coalesce({}, false)").format(*ends)))
+                decided.append((check, sql.SQL("NOT coalesce({}, false) AND NOT coalesce({}, false)").format(*ends)))
         elif check.kind in ("accepted_values", "regex"):
             listed = _listed_values(cur, check, scope, columns)
             if listed is not None and not isinstance(listed, bool):
-                ranges.append((check, listed))
+                decided.append((check, listed))
             passed = listed is True
         if passed:
             proven[check.label] = _proof(check, observed.rows)
-    if ranges:
+    if decided:
         try:
             with cur.connection.transaction():
-                cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(e for _, e in ranges)))
+                cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(e for _, e in decided)))
                 row = cur.fetchone() or ()
         except psycopg.Error:  # a bound or value the column's type refuses: the check's own SQL says so
             row = ()
-        for (check, _), ok in zip(ranges, row, strict=False):
+        for (check, _), ok in zip(decided, row, strict=False):
             if ok:
                 proven[check.label] = _proof(check, observed.rows)
     return proven
@@ -394,16 +394,12 @@ def _proof(check: Check, rows: int) -> CheckResult:
                        message=f"checked on the {_n(rows)} as they were copied")
 
 
-def _compares_bytes(cur: psycopg.Cursor[Any], scope: CheckScope, column: str, columns: dict[str, str]) -> bool:
-    """Whether the warehouse column is text or varchar under a deterministic collation: equal values
-    are equal bytes (not char(n), which ignores trailing blanks, nor a nondeterministic collation)."""
-    return _text_column(cur, scope, column, columns)[0]
-
-
 def _text_column(cur: psycopg.Cursor[Any], scope: CheckScope, column: str,
                  columns: dict[str, str]) -> tuple[bool, bool]:
-    """Whether the column compares bytes (``_compares_bytes``), and whether its collation is the
-    database's default (what a text value without one, the proofs' values, is matched under)."""
+    """Whether the warehouse column is text or varchar under a deterministic collation (equal values
+    are equal bytes: not char(n), which ignores trailing blanks, nor a nondeterministic collation),
+    and whether its collation is the database's default (what the proofs' text values are matched
+    under)."""
     base = columns[column].split("(")[0].strip().lower()
     if base not in ("text", "character varying"):
         return False, False
