@@ -668,9 +668,26 @@ class Bench:
             self.drop("wm_server")
             return sample
 
+        # The floor of a merge whose rows come from a client: the same DELETE ... USING, then psql's
+        # binary \copy of the same rows (a file dumped from them), in one transaction of one psql
+        # process. What separates it from the server's own merge is COPY against INSERT ... SELECT.
+        rows_bin = self.work / "wm_rows.bin"
+        self.psql_cmd(f"\\copy (SELECT {self.column_list} FROM {SCHEMA}.wm_rows) TO {quote(rows_bin)} (FORMAT binary)")  # noqa: S608
+
+        def psql_merge() -> Sample:
+            copy_of_base("wm_psql", key=True)
+            self.checkpoint()
+            seconds, rss, _, _ = run_process([
+                self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.url, "-c", "BEGIN",
+                "-c", f"DELETE FROM {SCHEMA}.wm_psql t USING {SCHEMA}.wm_rows r WHERE t.id = r.id",  # noqa: S608
+                "-c", f"\\copy {SCHEMA}.wm_psql ({self.column_list}) FROM {quote(rows_bin)} (FORMAT binary)",
+                "-c", "COMMIT"])
+            self.drop("wm_psql")
+            return Sample(seconds, slice_rows, rss, process_seconds=seconds)
+
         samples = self.interleave({"append": append, "append_keyed": append_keyed, "partition": partition,
                                    "merge": merge, "replace": replace, "server_append_keyed": server_append_keyed,
-                                   "server_merge": server_merge}, warmup={"append"})
+                                   "server_merge": server_merge, "psql_merge": psql_merge}, warmup={"append"})
         base_rows = self.s.rows
         notes = {
             "append": f"into a plain table of {base_rows:,} rows",
@@ -706,6 +723,15 @@ class Bench:
         own = [m.seconds / f.seconds for m, f in zip(samples["merge"], samples["server_merge"], strict=True)]
         self.results["write_modes"]["server_merge"].update({
             "sndw_ratio": round(statistics.median(own), 3), "sndw_ratio_range": [round(min(own), 3), round(max(own), 3)]})
+        # The client-fed floor (psql) against the server's own, and sndw against that floor.
+        fed = [p.seconds / f.seconds for p, f in zip(samples["psql_merge"], samples["server_merge"], strict=True)]
+        sndw_fed = [m.seconds / p.seconds for m, p in zip(samples["merge"], samples["psql_merge"], strict=True)]
+        self.results["write_modes"]["server_merge"].update({
+            "psql_merge_seconds": round(statistics.median(s.seconds for s in samples["psql_merge"]), 3),
+            "psql_ratio": round(statistics.median(fed), 3), "psql_ratio_range": [round(min(fed), 3), round(max(fed), 3)],
+            "sndw_psql_ratio": round(statistics.median(sndw_fed), 3),
+            "sndw_psql_ratio_range": [round(min(sndw_fed), 3), round(max(sndw_fed), 3)]})
+        rows_bin.unlink(missing_ok=True)
         self.drop("wm_append", "wm_partition", "wm_rows")
 
     # ---------------------------------------------------------------------- end to end

@@ -203,6 +203,14 @@ def render(results: dict[str, Any]) -> str:
                 own = floor["sndw_ratio_range"]
                 lines += ["", f"sndw's merge against the server's own merge of the same rows: {floor['sndw_ratio']:.2f}x"
                               f"{f' ({own[0]:.2f}-{own[1]:.2f})' if floor['rounds'] > 1 else ''} (paired per round)."]
+            if "psql_ratio" in floor:
+                fed, mine = floor["psql_ratio_range"], floor["sndw_psql_ratio_range"]
+                lines += ["", f"A merge whose rows come from a client at best: the same DELETE ... USING, then psql's binary "
+                              f"\\copy of the same rows, one transaction: {floor['psql_merge_seconds']:.2f} s, "
+                              f"{floor['psql_ratio']:.2f}x{f' ({fed[0]:.2f}-{fed[1]:.2f})' if floor['rounds'] > 1 else ''} "
+                              f"the server's own merge; sndw's merge is {floor['sndw_psql_ratio']:.2f}x"
+                              f"{f' ({mine[0]:.2f}-{mine[1]:.2f})' if floor['rounds'] > 1 else ''} this psql merge "
+                              "(paired per round)."]
         lines.append("")
     for block in results.get("replace") or []:
         lines += [f"Replace: N rows into a table of N rows, wal_level = {block['wal_level']}", ""]

@@ -94,8 +94,9 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
             assert e2e[name]["peak_rss_mib"] > 0, e2e[name]
         assert e2e["psql_pipe"]["ratio"] == 1.0
         assert 0 < e2e["sndw_steps"]["extract_seconds"] + e2e["sndw_steps"]["load_seconds"] <= e2e["sndw_steps"]["seconds"] + 0.002
-        # The pipe's figure is both psql processes together, each ~10-20 MiB.
-        assert e2e["psql_pipe"]["peak_rss_mib"] > 15
+        # The pipe's figure is both psql processes together (26 MiB at 1,000,000 rows). At 2,000 rows
+        # the pipe lives ~30 ms: the 20 ms sampler may see its processes still starting (14.5 MiB once).
+        assert e2e["psql_pipe"]["peak_rss_mib"] > 5
         peers = [m for m in block["methods"] if m["method"] in ("sling", "dlt_pyarrow", "dlt_connectorx")]
         assert peers
         for peer in peers:
@@ -108,6 +109,10 @@ def test_bench_harness_smoke(pg_url: str, tmp_path: Path) -> None:
         assert targets_by_name[f"end to end {table}: sndw's copy exact"]["result"] == "PASS"
         assert targets_by_name[f"end to end {table}: etl.cli run peak RSS"]["result"] in ("PASS", "MISS")
     assert server_merge["sndw_ratio"] > 0
+    # The client-fed floor: psql's DELETE + binary \copy of the same rows, paired with both merges.
+    assert server_merge["psql_merge_seconds"] > 0
+    assert server_merge["psql_ratio_range"][0] <= server_merge["psql_ratio"] <= server_merge["psql_ratio_range"][1]
+    assert server_merge["sndw_psql_ratio_range"][0] <= server_merge["sndw_psql_ratio"] <= server_merge["sndw_psql_ratio_range"][1]
     assert targets_by_name["merge vs the server's own merge"]["result"] in ("PASS", "MISS")
 
     assert [m["step"] for m in data["memory"]] == ["extract", "load", "etl.cli run"]
