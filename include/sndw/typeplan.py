@@ -120,7 +120,11 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
         if pa.types.is_decimal(t) or t == pa.uint64():
             return "numeric"  # BIGINT -> NUMERIC keeps every value exactly
     elif base in _FLOAT_TARGET:
-        if pa.types.is_floating(t) or pa.types.is_integer(t):
+        if base == "real" and pa.types.is_floating(t) and t.bit_width > 32:
+            # A double cast to real is rounded (0.30000000000000004 -> 0.3) and Arrow's cast does not
+            # object; every real is exactly a double, so the column widens instead.
+            return "double precision"
+        if pa.types.is_floating(t) or pa.types.is_integer(t):  # integers: a cast that checks exactness
             return ColumnPlan(name, pg_type, _FLOAT_TARGET[base], "native")
     elif base == "numeric":
         if pa.types.is_decimal256(t):  # no binary encoder for it: its exact text, cast by PostgreSQL
@@ -138,7 +142,9 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
     elif base in ("timestamp with time zone", "timestamp without time zone"):
         if pa.types.is_timestamp(t) and t.tz is None and base == "timestamp without time zone":
             return ColumnPlan(name, pg_type, pa.timestamp("us"), "native")  # wall-clock time as is
-        if pa.types.is_timestamp(t):
+        # Instants into wall-clock times of an unknown zone would be written as UTC clock times
+        # beside them: a change of meaning no cast can undo (refused below, by name).
+        if pa.types.is_timestamp(t) and not (t.tz is not None and base == "timestamp without time zone"):
             return ColumnPlan(name, pg_type, pa.timestamp("us", tz="UTC"), "native")
         if pa.types.is_date(t):
             return ColumnPlan(name, pg_type, pa.timestamp("us", tz="UTC"), "native")
