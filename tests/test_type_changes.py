@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pyarrow as pa
 import pytest
-from sndw.errors import PermanentError
+from sndw.errors import LoadError, PermanentError
 from sndw.lake import Manifest, write_partition
 from sndw.typeplan import PG_TYPE_KEY
 from sndw.warehouse import LoadSpec, load_manifest, table_columns
@@ -83,3 +83,24 @@ def test_instants_into_a_wall_clock_timestamp_column_are_refused_by_name(tmp_pat
     dates = pa.record_batch({"id": [3], "at": pa.array([dt.date(2024, 1, 3)], pa.date32())})
     load_manifest(dw, lake(tmp_path, dates, DAY + dt.timedelta(days=2)), spec)
     assert dw.execute("SELECT at FROM raw.readings WHERE id = 3").fetchone() == (dt.datetime(2024, 1, 3),)
+
+
+@pytest.mark.parametrize(("arrow_type", "value"), [
+    (pa.timestamp("us"), -(1 << 63) + 946_684_800_000_000),  # micros since 1970 -> since 2000 = int64 min
+    (pa.date32(), -(1 << 31) + 10_957),  # days since 1970 -> since 2000 = int32 min
+])
+def test_the_finite_value_that_shifts_onto_minus_infinity_is_refused(tmp_path: Path, dw: psycopg.Connection,
+                                                                     arrow_type: pa.DataType, value: int) -> None:
+    """A Parquet file's date or timestamp that PostgreSQL's epoch shift makes its -infinity marker is
+    a value far out of its range: refused like any other, not loaded as '-infinity'."""
+    storage = pa.int64() if pa.types.is_timestamp(arrow_type) else pa.int32()
+    spec = LoadSpec("raw", "readings", "append")
+    for others in ([], [0]):  # alone, and beside an ordinary value (the batch's other extreme)
+        column = pa.array([value, *others], storage).view(arrow_type)
+        with pytest.raises(LoadError, match="out of PostgreSQL's range"):
+            load_manifest(dw, lake(tmp_path, pa.record_batch({"id": list(range(len(column))), "at": column})), spec)
+        dw.rollback()
+    # The lake's own -infinity (the type's minimum) still loads as -infinity.
+    column = pa.array([-(1 << (storage.bit_width - 1))], storage).view(arrow_type)
+    load_manifest(dw, lake(tmp_path, pa.record_batch({"id": [9], "at": column})), spec)
+    assert dw.execute("SELECT at::text FROM raw.readings").fetchall() == [("-infinity",)]

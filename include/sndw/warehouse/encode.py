@@ -79,9 +79,16 @@ def _postgres_epoch(name: str, column: pa.Array, storage: pa.DataType, offset: i
     raw = column.view(storage)
     top, bottom = pa.scalar((1 << (storage.bit_width - 1)) - 1, storage), pa.scalar(-(1 << (storage.bit_width - 1)), storage)
     bounds = pc.min_max(raw)
+    # The one finite value that the shift would make PostgreSQL's -infinity: out of its range
+    # (year -290,000), refused as any other value out of range is, not loaded as -infinity.
+    collides = bottom.as_py() + offset
     try:
         if bounds["max"].as_py() != top.as_py() and bounds["min"].as_py() != bottom.as_py():
+            if bounds["min"].as_py() == collides:
+                raise pa.ArrowInvalid(f"{bounds['min'].as_py()} is PostgreSQL's -infinity once shifted to its epoch")
             return pc.subtract_checked(raw, pa.scalar(offset, storage))
+        if pc.any(pc.equal(raw, pa.scalar(collides, storage))).as_py():
+            raise pa.ArrowInvalid(f"{collides} is PostgreSQL's -infinity once shifted to its epoch")
         infinite = pc.or_(pc.equal(raw, top), pc.equal(raw, bottom))
         shifted = pc.subtract_checked(pc.if_else(infinite, pa.scalar(0, storage), raw), pa.scalar(offset, storage))
         return pc.if_else(infinite, raw, shifted)
