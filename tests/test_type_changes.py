@@ -104,3 +104,20 @@ def test_the_finite_value_that_shifts_onto_minus_infinity_is_refused(tmp_path: P
     column = pa.array([-(1 << (storage.bit_width - 1))], storage).view(arrow_type)
     load_manifest(dw, lake(tmp_path, pa.record_batch({"id": [9], "at": column})), spec)
     assert dw.execute("SELECT at::text FROM raw.readings").fetchall() == [("-infinity",)]
+
+
+def test_a_value_a_column_cannot_hold_exactly_is_refused_naming_table_column_and_file(
+        tmp_path: Path, dw: psycopg.Connection) -> None:
+    """A column made double precision by an earlier load; the source's column now holds integers a
+    double cannot hold exactly (2**53 + 1): refused with the table, the column and the lake file."""
+    spec = LoadSpec("raw", "readings", "append")
+    load_manifest(dw, lake(tmp_path, declared(pa.record_batch({"id": [1], "v": [0.5]}), "v", "double precision")), spec)
+    big = lake(tmp_path, declared(pa.record_batch({"id": [2], "v": [2**53 + 1]}), "v", "bigint"),
+               DAY + dt.timedelta(days=1))
+    with pytest.raises(LoadError) as info:
+        load_manifest(dw, big, spec)
+    message = str(info.value)
+    assert "raw.readings: column v:" in message and "double precision" in message, message
+    assert big.paths[0] in message and "9007199254740993" in message, message
+    dw.rollback()
+    assert dw.execute("SELECT id, v FROM raw.readings").fetchall() == [(1, 0.5)]

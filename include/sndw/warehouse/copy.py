@@ -88,7 +88,10 @@ def copy_file(cur: psycopg.Cursor[Any], target: sql.Composable, path: str, colum
                     "return the same columns for every batch")
             if stats is not None:
                 stats.observe(batch, plans)
-            data = encoder.encode(batch)
+            try:
+                data = encoder.encode(batch)
+            except LoadError as exc:  # the value's column: the table and the lake file it came from
+                raise LoadError(f"{table}: {exc} in {path}") from None
             copy.write(data)
             rows += batch.num_rows
             if progress is not None:

@@ -137,7 +137,11 @@ class BatchEncoder:
                 self.nul_replaced += hits
             else:
                 if column.type != plan.arrow_type:
-                    column = column.cast(plan.arrow_type)
+                    try:  # a checked cast: a value the column's type cannot hold exactly fails here
+                        column = column.cast(plan.arrow_type)
+                    except pa.ArrowInvalid as exc:
+                        raise LoadError(f"column {plan.name}: a {column.type} value does not fit its warehouse "
+                                        f"type {plan.pg_type} exactly ({exc})") from None
                 if pa.types.is_string(plan.arrow_type):
                     column, hits = _replace_nul(column, escaped=False)
                     self.nul_replaced += hits
