@@ -15,6 +15,7 @@ Layers, each usable on its own:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -500,11 +501,14 @@ def requests_client(base_url: str, table: HttpTable, *, login: str | None = None
 
 
 def page_records(document: Any, records_path: str | None, where: str) -> list[dict[str, Any]]:
-    """The records of one response: the list at ``records_path`` (a single object is one record)."""
-    records = get_path(document, records_path)
-    if records is None:
-        if records_path and document is not None and not isinstance(document, (dict, list)):
-            raise SourceDataError(f"{where}: the response is not a JSON object or list")
+    """The records of one response: the list at ``records_path`` (a single object is one record).
+
+    Only an explicit ``[]``, ``null`` or ``{}`` (PHP's empty list) is no record: a body without
+    ``records_path`` (an error answered with status 200) fails, as taking it for the last page
+    would lose the pages after it.
+    """
+    records = _records_at(document, records_path, where) if records_path else document
+    if records is None or records == {}:
         return []
     if isinstance(records, dict):
         return [records]
@@ -515,6 +519,37 @@ def page_records(document: Any, records_path: str | None, where: str) -> list[di
     if bad is not None:
         return [{"value": r} if not isinstance(r, dict) else r for r in records]
     return records
+
+
+def _records_at(document: Any, records_path: str, where: str) -> Any:
+    """The value at ``records_path``; an error naming where the path breaks and the keys found there
+    (not their values: an error body may echo a credential)."""
+    node = document
+    reached: list[str] = []
+    for part in records_path.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            inside = ".".join(reached) or "the body"
+            if document is None:
+                found = "the body is empty or JSON null"
+            elif node is None:
+                found = f"{inside} is null"
+            elif isinstance(node, Mapping):
+                keys = [repr(str(k)[:40]) for k in list(node)[:10]]
+                found = f"{inside} has the keys {', '.join(keys)}{', ...' if len(node) > 10 else ''}" if keys \
+                    else f"{inside} is an empty object"
+            else:
+                found = f"{inside} is a {type(node).__name__}"
+            raise SourceDataError(
+                f"{where}: the response has no {part!r} (records_path {records_path}): {found}. An API that "
+                "answers an error with status 200 (a rate limit, an expired token) sends such a body; the "
+                "extract stops rather than take it for the last page and lose the pages after it (nothing "
+                "of this extract was published). Check records_path, or run again later")
+        reached.append(part)
+    return node
 
 
 _LINK = re.compile(r"<([^>]*)>([^<]*)")
@@ -601,10 +636,12 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None, *,
     """Each page, following the table's pagination until a stop condition.
 
     Every style stops at an empty page, once ``total_path``'s count is read, and after
-    ``max_pages`` (a warning); page_number/offset also stop at a short page, next_link, cursor and
-    link_header when there is no next. A next link or cursor that repeats, or a page with the same
-    records as the page before, is an error (the API ignores the pagination: going on would load
-    the same records page after page, up to ``max_pages``).
+    ``max_pages`` (a warning); page_number/offset without a total also stop at a short page (with
+    a total, a short page is a server's own page size cap: paging goes on), next_link, cursor and
+    link_header when there is no next. An empty page before the total is reached is an error (the
+    rest would be lost), as are a next link or cursor that repeats, or a page with the same
+    records as the page before (the API ignores the pagination: going on would load the same
+    records page after page, up to ``max_pages``).
     """
     pagination = table.pagination
     label = table_label(table, source)
@@ -614,6 +651,8 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None, *,
     seen = 0
     page_no = pagination.start_page if isinstance(pagination, PageNumberPagination) else 0
     offset = 0
+    total: int | None = None
+    total_path = getattr(pagination, "total_path", None)
     previous: set[str] = set()
     last_digest = b""
     while True:
@@ -629,30 +668,40 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None, *,
             params[pagination.limit_param] = pagination.limit
         response = fetch(endpoint, params)
         document = response.body
-        records = page_records(document, table.records_path, f"{label} page {page + 1}")
+        shown = page_url(pagination, response.url)
+        records = page_records(document, table.records_path, f"{label} page {page + 1} ({shown})")
         page += 1
         seen += len(records)
         paged = getattr(pagination, "type", "none") != "none"
+        if paged and total_path:  # each page's own total: a live API's shrinks when records are deleted
+            current = _total(document, total_path)
+            total = total if current is None else current
+        if paged and not records and total is not None and seen < total:
+            raise ExtractError(
+                f"{label}: page {page} ({shown}) is empty after {seen} records, but the API's total of {total} "
+                f"(total_path {total_path}) says more exist: the API stopped paging early (some cap how deep "
+                "paging goes) or the total counts something else; stopped so the missing records are not lost "
+                "under a successful run (nothing of this extract was published). Narrow each run (params, "
+                "incremental) below the API's paging limit, or point total_path at the record count")
         if paged and records:
             digest = page_digest(records)
             if digest and digest == last_digest:
                 raise HttpRefusedError(
-                    f"{label}: page {page} ({page_url(pagination, response.url)}) has the same records as page "
+                    f"{label}: page {page} ({shown}) has the same records as page "
                     f"{page - 1}: the API ignores the pagination settings; stopped so the same records are not "
                     "loaded again (nothing of this extract was published)")
             last_digest = digest
         yield Page(page, response.url, records)
         if not records or not paged:
             return
-        total = _total(document, getattr(pagination, "total_path", None))
         if total is not None and seen >= total:
             return
         if isinstance(pagination, PageNumberPagination):
-            if pagination.page_size and len(records) < pagination.page_size:
+            if total is None and pagination.page_size and len(records) < pagination.page_size:
                 return
             page_no += 1
         elif isinstance(pagination, OffsetPagination):
-            if len(records) < pagination.limit:
+            if total is None and len(records) < pagination.limit:
                 return
             offset += len(records)
         else:
@@ -763,7 +812,8 @@ def iter_http_batches(fetch: Fetch, table: HttpTable, *, watermark: str | None =
 
     ``watermark``: the incremental table's last loaded cursor value (sent as ``incremental.param``).
     ``children``: receives the batches of each ``unnest`` child table (rows linked to their parent
-    by ``parent__<key>`` and ``parent__index``); needed when the table unnests lists.
+    by ``parent__<key>`` and ``parent__index``; an item field named like one is an error, as its value
+    would replace the link); needed when the table unnests lists.
     ``source``: the source's name, for errors.
     """
     child_tables = table.child_tables
@@ -773,6 +823,8 @@ def iter_http_batches(fetch: Fetch, table: HttpTable, *, watermark: str | None =
     kids = {c.name: _Buffer(c.name, table, source) for c in child_tables}
     keys = [normalize_identifier(k) for k in table.primary_key]
     seen_keys = _KeysSeen(keys, table_label(table, source), table.pagination) if keys else None
+    link_names = {f"{CHILD_PARENT_PREFIX}{k}" for k in keys} | {CHILD_INDEX_COLUMN}
+    link_name = functools.lru_cache(maxsize=4096)(lambda name: normalize_identifier(name) in link_names)
     total = 0
     for page in iter_pages(fetch, table, watermark, source=source):
         first = len(parent.rows)
@@ -786,11 +838,20 @@ def iter_http_batches(fetch: Fetch, table: HttpTable, *, watermark: str | None =
             parent.rows.append(flat)
             if not lists:
                 continue
-            link = _parent_link(flat, keys, table, total + len(parent.rows))
+            position = total + len(parent.rows)
+            link = _parent_link(flat, keys, table, position)
             for child, items in lists:
                 buffer = kids[child.name]
                 for index, item in enumerate(items if isinstance(items, list) else [items]):
                     row = flatten_record(item if isinstance(item, dict) else {"value": item}, table.max_depth)
+                    clash = next((name for name in row if link_name(name)), None)
+                    if clash is not None:
+                        raise SourceDataError(
+                            f"{f'{source}.' if source else ''}{child.name}: record {position} item {index} "
+                            f"(unnest {child.path!r}) has a field {clash!r}, named like the link column "
+                            f"{normalize_identifier(clash)!r}: its value would replace the link to the parent "
+                            f"row; leave {child.path!r} out of unnest to keep the list whole as jsonb (nothing "
+                            "of this extract was published)")
                     buffer.rows.append({**link, CHILD_INDEX_COLUMN: index, **row})
                 if len(buffer.rows) >= table.batch_rows:
                     assert children is not None
