@@ -122,6 +122,11 @@ def test_lists_stay_jsonb_unless_unnested(dw: psycopg.Connection, tmp_path: Path
 def test_unnest_needs_a_primary_key_and_a_value_for_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unnest .* needs primary_key"):
         table(unnest=["comments"])
+    # A key named index would link child rows as parent__index, the items' position column.
+    for key in ("index", "Index"):
+        with pytest.raises(ConfigError, match="primary_key column named 'index' links child rows as 'parent__index'"):
+            table(primary_key=[key], unnest=["comments"])
+    assert table(primary_key=["index"]).key_columns == ["index"]  # without unnest: no link columns
     with TestApi({"/posts": pages([{"title": "no id", "comments": [{"x": 1}]}])}) as api:
         with pytest.raises(SourceDataError, match="record 1 has no 'id'"):
             extract(api, table(primary_key=["id"], unnest=["comments"]), tmp_path)

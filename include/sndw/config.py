@@ -377,6 +377,10 @@ class HttpTable(TableBase):
                              "its own to compare the rows with; use row_count or row_count_change")
         if self.unnest and not self.primary_key:
             raise ValueError("unnest links child rows to their parent row: it needs primary_key")
+        if self.unnest and f"{CHILD_PARENT_PREFIX}index" in {f"{CHILD_PARENT_PREFIX}{k}" for k in self.key_columns}:
+            # The key's link column would be the item's position column: one would replace the other.
+            raise ValueError(f"unnest: a primary_key column named 'index' links child rows as {CHILD_INDEX_COLUMN!r}, "
+                             "the column of each item's position; rename it in a query or leave the lists out of unnest")
         names = [c.name for c in self.child_tables]
         if len(set(names)) != len(names):
             raise ValueError("unnest names the same list twice")
