@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -22,8 +23,11 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[1]
 PG_LOCAL = ROOT / "scripts" / "pg-local"
 TEST_PG_DIR = Path(os.environ.get("SNDW_TEST_PG_DIR", ROOT / ".local" / "pg-test"))
-TEMPLATE_DB = "sndw_test_template"
-TEST_DB_PREFIX = "sndw_t_"
+# Each test session's databases carry its pid: a session starting beside another one (two local runs
+# on the one test cluster) drops only the databases of sessions that have ended.
+TEST_DB_PREFIX = f"sndw_t{os.getpid()}_"
+TEMPLATE_DB = f"{TEST_DB_PREFIX}template"
+_SESSION_DB = re.compile(r"^sndw_t(\d+)_")
 
 # The tests' own Airflow home and DAG folder, so test runs never show up in the project's UI.
 # Airflow reads these when it is first imported, which happens after this module.
@@ -91,16 +95,30 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
+def _session_alive(database: str) -> bool:
+    """Whether the test session that made ``database`` still runs (older names carry no pid)."""
+    match = _SESSION_DB.match(database)
+    if match is None:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL server of the test session's own (scripts/pg-local in .local/pg-test)."""
     url = _start_test_cluster()
     with psycopg.connect(url, autocommit=True) as conn:
-        stale = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                             (TEST_DB_PREFIX + "%",)).fetchall()
-        for (name,) in stale:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE_DB)))
+        names = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'sndw\\_t%' "
+                             "OR datname = 'sndw_test_template'").fetchall()
+        for (name,) in names:
+            if not _session_alive(name):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
     yield url
 

@@ -75,10 +75,10 @@ def site(pg_url: str, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory
     """A warehouse after a demo-like run (one CSV source through dag.test, one failed run of a
     second source), and Airflow's API server with the plugin; users: admin, a user with no role,
     and a viewer of team_b, which does not own plugin_csv's DAG bundle."""
-    from tests.conftest import TEMPLATE_DB, with_database
+    from tests.conftest import TEMPLATE_DB, TEST_DB_PREFIX, with_database
 
     tmp = tmp_path_factory.mktemp("plugin")
-    name = f"sndw_t_plugin_{os.getpid()}"
+    name = f"{TEST_DB_PREFIX}plugin"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
@@ -614,9 +614,9 @@ def test_an_echoed_password_never_reaches_the_api(site: dict[str, Any], configs:
 def test_a_second_warehouse_connection_is_served(site: dict[str, Any], pg_url: str) -> None:
     """A source whose dw_conn_id names another warehouse (a second database on the test cluster):
     its tables, health, stats and rows come from there, beside the sources of ``dw``."""
-    from tests.conftest import TEMPLATE_DB, with_database
+    from tests.conftest import TEMPLATE_DB, TEST_DB_PREFIX, with_database
 
-    name = f"sndw_t_plugin2_{os.getpid()}"
+    name = f"{TEST_DB_PREFIX}plugin2"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
@@ -806,9 +806,9 @@ def test_the_etl_page_with_100_sources_and_a_year_of_runs(site: dict[str, Any], 
     """100 sources of three tables, a year of daily runs each (bench/etl_page.py, as `make bench`
     times it): failing sources first, the filters, relative times, gaps, quality and state."""
     from bench.etl_page import fill, write_sources
-    from tests.conftest import TEMPLATE_DB, with_database
+    from tests.conftest import TEMPLATE_DB, TEST_DB_PREFIX, with_database
 
-    name = f"sndw_t_plugin100_{os.getpid()}"
+    name = f"{TEST_DB_PREFIX}plugin100"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
