@@ -29,7 +29,13 @@ import pyarrow.parquet as pq
 
 from sndw import storage
 from sndw.errors import ExtractError, PartitionValidationError, SchemaConflictError, SourceDataError
-from sndw.naming import lake_partition_dir, lake_table_dir, normalize_identifier, unique_column_names
+from sndw.naming import (
+    COLUMN_KEY,
+    lake_partition_dir,
+    lake_table_dir,
+    normalize_identifier,
+    unique_column_names,
+)
 from sndw.typeplan import PG_TYPE_KEY, plan_column, warehouse_type
 
 log = logging.getLogger(__name__)
@@ -183,7 +189,8 @@ def normalize_batch(batch: pa.RecordBatch, names: list[str] | None = None, where
         if target != column.type:
             column = _exact_cast(column, target, fld.name, where)
         arrays.append(column)
-        fields.append(pa.field(name, target, nullable=True, metadata=fld.metadata))
+        metadata = {k: v for k, v in (fld.metadata or {}).items() if k != COLUMN_KEY} or None
+        fields.append(pa.field(name, target, nullable=True, metadata=metadata))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -492,6 +499,11 @@ class PartitionWriter:
                 yield from storage.open_parquet(str(path)).iter_batches(columns=names)
 
     def _names(self, schema: pa.Schema) -> list[str]:
+        """The fields' columns: the ones the extractor decided for the whole extract (``COLUMN_KEY``,
+        file and http sources), else the names normalised in order (a database table's columns)."""
+        decided = [(f.metadata or {}).get(COLUMN_KEY) for f in schema]
+        if all(decided):
+            return [d.decode() for d in decided if d]
         key = tuple(schema.names)
         if key not in self._names_cache:
             self._names_cache[key] = unique_column_names(schema.names, context=self.manifest.table)

@@ -27,6 +27,9 @@ LAKE_FILES_TABLE = "etl_lake_files"
 # Tables with ``deletes: soft``: when the source stopped having the row's key (NULL: it has it).
 DELETED_AT = "_deleted_at"
 
+# Field metadata: the column an extractor decided for a source field (ColumnNames); the lake uses it.
+COLUMN_KEY = b"sndw.column"
+
 # Separator between the levels of a flattened nested object: address.geo.lat -> address__geo__lat
 NESTED_SEPARATOR = "__"
 
@@ -62,23 +65,47 @@ def _truncate(text: str, limit: int = MAX_IDENTIFIER_BYTES) -> str:
 
 
 def unique_column_names(names: Sequence[str], context: str = "") -> list[str]:
-    """Normalise each name; make collisions unique with ``_2``, ``_3`` ... and log them."""
-    result: list[str] = []
+    """Normalise each name; make collisions unique with ``_2``, ``_3`` ... in order of appearance, and log them."""
     taken: set[str] = set()
-    for original in names:
-        candidate = normalize_identifier(original)
-        base = candidate
-        n = 1
-        while candidate in taken or candidate in META_COLUMNS or candidate in LEGACY_META_COLUMNS:
-            n += 1
-            suffix = f"_{n}"
-            candidate = _truncate(base, MAX_IDENTIFIER_BYTES - len(suffix)) + suffix
-        if candidate != base:
-            log.warning("column %r%s normalises to %r, already taken: renamed to %r",
-                        original, f" in {context}" if context else "", base, candidate)
-        taken.add(candidate)
-        result.append(candidate)
-    return result
+    return [_unique(original, taken, context) for original in names]
+
+
+def _unique(original: str, taken: set[str], context: str) -> str:
+    candidate = normalize_identifier(original)
+    base = candidate
+    n = 1
+    while candidate in taken or candidate in META_COLUMNS or candidate in LEGACY_META_COLUMNS:
+        n += 1
+        suffix = f"_{n}"
+        candidate = _truncate(base, MAX_IDENTIFIER_BYTES - len(suffix)) + suffix
+    if candidate != base:
+        log.warning("column %r%s normalises to %r, already taken: renamed to %r",
+                    original, f" in {context}" if context else "", base, candidate)
+    taken.add(candidate)
+    return candidate
+
+
+class ColumnNames:
+    """The column of each source name of one extract (JSON keys, CSV headers): decided once, kept for
+    every later record, batch and file.
+
+    Names first seen together (in one record, one header) are not taken in the order they come in,
+    which changes from record to record and file to file, but in a fixed one: a name that is its own
+    normal form first (``name`` keeps ``name``, ``Name`` gets ``name_2``), then by the name itself.
+    """
+
+    def __init__(self, context: str = "") -> None:
+        self.context = context
+        self.columns: dict[str, str] = {}
+        self._taken: set[str] = set()
+
+    def add(self, names: Iterable[str]) -> None:
+        new = {name for name in names if name not in self.columns}
+        for original in sorted(new, key=lambda name: (normalize_identifier(name) != name, name)):
+            self.columns[original] = _unique(original, self._taken, self.context)
+
+    def __getitem__(self, name: str) -> str:
+        return self.columns[name]
 
 
 def validate_source_name(name: str) -> str:

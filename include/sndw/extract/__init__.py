@@ -15,26 +15,48 @@ from typing import Any
 import pyarrow as pa
 
 from sndw.errors import ExtractError, SchemaConflictError, SourceDataError
-from sndw.naming import NESTED_SEPARATOR, normalize_identifier
+from sndw.naming import COLUMN_KEY, NESTED_SEPARATOR, ColumnNames, normalize_identifier
 from sndw.typeplan import PG_TYPE_KEY
 
 JSON_TYPE = pa.json_()
 
 
-def flatten_record(record: Mapping[str, Any], max_depth: int = 10) -> dict[str, Any]:
-    """Nested objects become ``parent__child`` columns; lists stay whole (stored as JSON)."""
+def flatten_record(record: Mapping[str, Any], max_depth: int = 10, where: str = "a record") -> dict[str, Any]:
+    """Nested objects become ``parent__child`` columns; lists stay whole (stored as JSON).
+
+    Two fields of one record that flatten to one name (``{"a": {"b": 1}, "a__b": 2}``) would leave
+    one value behind: a SourceDataError naming both fields and the name (``where`` starts it).
+    """
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any, depth: int) -> None:
         if isinstance(value, Mapping) and depth < max_depth and value:
             for key, inner in value.items():
                 walk(f"{prefix}{NESTED_SEPARATOR}{key}" if prefix else str(key), inner, depth + 1)
+        elif prefix in flat:
+            fields = " and ".join(repr(p) for p in _fields_flattened_to(record, prefix, max_depth))
+            raise SourceDataError(f"{where}: fields {fields} both flatten to the column {prefix!r}, which holds "
+                                  "only one value; nothing was loaded. Rename one of the fields at the source")
         else:
             flat[prefix] = value
 
     for key, value in record.items():
         walk(str(key), value, 1)
     return flat
+
+
+def _fields_flattened_to(record: Mapping[str, Any], name: str, max_depth: int) -> list[str]:
+    """The dot paths of the fields of ``record`` that ``flatten_record`` names ``name``."""
+    found: list[str] = []
+    stack: list[tuple[str, str, Any, int]] = [(str(k), str(k), v, 1) for k, v in reversed(list(record.items()))]
+    while stack:
+        prefix, path, value, depth = stack.pop()
+        if isinstance(value, Mapping) and depth < max_depth and value:
+            stack.extend((f"{prefix}{NESTED_SEPARATOR}{k}" if prefix else str(k), f"{path}.{k}", v, depth + 1)
+                         for k, v in reversed(list(value.items())))
+        elif prefix == name:
+            found.append(path)
+    return found
 
 
 def _json_default(value: Any) -> Any:
@@ -396,6 +418,8 @@ class TypedBatchBuilder:
     Any other change is a type change: ``on_type_change="fail"`` raises SchemaDriftError naming
     table, column, old and new type; ``"variant"`` keeps the column and puts those values into a
     column ``<column>__v_<kind>`` (NULL in the original column), so no value is lost or altered.
+    Each field names its warehouse column (``COLUMN_KEY``, from ``names``), decided record by record
+    for the whole extract, so two fields that normalise alike (``Name``, ``name``) never swap columns.
     """
 
     def __init__(self, table: str, *, on_type_change: str = "fail",
@@ -405,6 +429,7 @@ class TypedBatchBuilder:
         self.on_type_change = on_type_change
         self.declared = {normalize_identifier(k): v for k, v in (column_types or {}).items()}
         self.kinds: dict[str, str] = {}
+        self.names = ColumnNames(self.label)
         self.records = 0
         self.changes: list[dict[str, Any]] = []
         # where record numbers in errors count from: files set "<path> " and the records before it
@@ -457,6 +482,11 @@ class TypedBatchBuilder:
         for row in rows:
             for key in row:
                 names.setdefault(key, None)
+        pending = {name for name in names if name not in self.names.columns}
+        for row in rows if pending else ():  # record by record: the same names whatever batch_rows is
+            if not pending.isdisjoint(row):
+                self.names.add(row)
+                pending.difference_update(row)
         columns: dict[str, pa.Array] = {}
         variants: dict[str, list[Any]] = {}
         for name in names:
@@ -469,9 +499,19 @@ class TypedBatchBuilder:
                 array = kind_array("text", [_as_text(v) for v in values])
             assert array is not None
             columns[name] = array
+        self.names.add(variants)
         self.records += len(rows)
-        fields = [kind_field(name, self.kinds.get(name), array) for name, array in columns.items()]
+        fields = [self._marked(kind_field(name, self.kinds.get(name), array)) for name, array in columns.items()]
         return pa.RecordBatch.from_arrays(list(columns.values()), schema=pa.schema(fields))
+
+    def name_columns(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """A batch of a file with a header or schema (CSV, Parquet), its fields marked with their columns."""
+        self.names.add(batch.schema.names)
+        fields = [self._marked(f) for f in batch.schema]
+        return pa.RecordBatch.from_arrays(batch.columns, schema=pa.schema(fields, metadata=batch.schema.metadata))
+
+    def _marked(self, fld: pa.Field) -> pa.Field:
+        return fld.with_metadata({**(fld.metadata or {}), COLUMN_KEY: self.names[fld.name].encode()})
 
     def _column(self, name: str, values: list[Any], variants: dict[str, list[Any]]) -> pa.Array:
         kind = self._established(name)

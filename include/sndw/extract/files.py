@@ -173,10 +173,12 @@ def _csv(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[p
     is_utf8 = codecs.lookup(options.encoding).name == "utf-8"
     if not is_utf8:
         source = _utf8_copy(path, options.encoding)
+    # null_values names exactly the values read as NULL: an empty field only when it lists ""
+    empty_is_null = "" in options.null_values
     common: dict[str, Any] = {
         "separator": options.delimiter, "quote_char": options.quote_char, "has_header": options.has_header,
-        "skip_rows": options.skip_rows, "null_values": options.null_values, "encoding": "utf8",
-        "raise_if_empty": False,
+        "skip_rows": options.skip_rows, "null_values": options.null_values, "empty_string_is_null": empty_is_null,
+        "encoding": "utf8", "raise_if_empty": False,
     }
     try:
         if _lone_cr(source):
@@ -184,22 +186,25 @@ def _csv(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[p
             if source != path:
                 os.unlink(source)
             source = copy
-        # whole-file inference: a late odd value must not fail the read
-        inferred = pl.scan_csv(source, infer_schema_length=None, try_parse_dates=True, **common).collect_schema()
+        short = ({}, 0) if empty_is_null else _short_rows(source, options)
+        # whole-file inference: a late odd value must not fail the read; an empty field that is not
+        # NULL is caught by the exact check below (it is no number), a missing one is NULL
+        inferred = pl.scan_csv(source, infer_schema_length=None, try_parse_dates=True,
+                               **{**common, "empty_string_is_null": True}).collect_schema()
         found = list(inferred)
         names = _header_names(source, options, found) or found
         declared = _declared(table, names)
-        raw = pl.scan_csv(source, infer_schema=False, **common)
+        raw = _missing_as_null(pl.scan_csv(source, infer_schema=False, **common), short, f"{table.name}: {path}")
         schema, wide = exact_csv_schema(raw, dict(inferred), {f: declared[n] for f, n in zip(found, names, strict=True)
                                                               if n in declared})
-        frame = pl.scan_csv(source, schema=schema, **common)
+        frame = _missing_as_null(pl.scan_csv(source, schema=schema, **common), short, f"{table.name}: {path}")
         if names != found:
             frame = frame.rename(dict(zip(found, names, strict=True)))
             wide = {n for f, n in zip(found, names, strict=True) if f in wide}
         row = 0
         for chunk in frame.collect_batches(chunk_size=table.batch_rows):
             for batch in chunk.to_arrow().to_batches():
-                yield _typed(batch, table, path, row, declared, wide)
+                yield builder.name_columns(_typed(batch, table, path, row, declared, wide))
                 row += batch.num_rows
     except pl.exceptions.PolarsError as exc:
         problem = csv_problem(source, options)
@@ -209,6 +214,45 @@ def _csv(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[p
     finally:
         if source != path:
             os.unlink(source)
+
+
+def _short_rows(path: Path, options: CsvOptions) -> tuple[dict[int, int], int]:
+    """The data rows (from 0) with fewer fields than the first record (a blank line has none) with
+    how many they have, and the number of data rows. Polars reads a missing field as "" when an empty
+    field is not NULL (``null_values`` without ""), like an empty one; a missing field is NULL."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    with open(path, encoding="utf-8", newline="") as handle:
+        if options.quote_char:
+            reader = csv.reader(handle, delimiter=options.delimiter, quotechar=options.quote_char)
+        else:
+            reader = csv.reader(handle, delimiter=options.delimiter, quoting=csv.QUOTE_NONE)
+        records = itertools.islice(reader, options.skip_rows, None)
+        first = next(records, None)
+        if first is None:
+            return {}, 0
+        short: dict[int, int] = {}
+        row = -1
+        for row, record in enumerate(records if options.has_header else itertools.chain([first], records)):
+            if len(record) < len(first):
+                short[row] = len(record)
+        return short, row + 1
+
+
+def _missing_as_null(frame: pl.LazyFrame, short: tuple[dict[int, int], int], where: str) -> pl.LazyFrame:
+    """``frame`` with the fields that short rows lack (see _short_rows) NULL."""
+    rows, count = short
+    if not rows:
+        return frame
+    if frame.select(pl.len()).collect().item() != count:  # both readers must see the same rows
+        raise SourceDataError(f"{where}: cannot tell the missing fields of its short rows from empty ones: set csv "
+                              'null_values to [""] (an empty field is NULL) or give every row all its fields')
+    names = frame.collect_schema().names()
+    index = "row"
+    while index in names:
+        index += "_"
+    fixed = [pl.when(pl.col(index).is_in([r for r, n in rows.items() if n <= j])).then(None)
+             .otherwise(pl.col(name)).alias(name) for j, name in enumerate(names)]
+    return frame.with_row_index(index).select(fixed)
 
 
 _LONE_CR = re.compile(r"\r(?!\n)")
@@ -420,12 +464,12 @@ def _records(path: Path, table: FileTable, builder: TypedBatchBuilder,
             if not isinstance(record, Mapping):
                 raise SourceDataError(f"{table.name}: {path} record {number} is not an object: "
                                       f"{type(record).__name__}")
-            rows.append(flatten_record(record))
+            rows.append(flatten_record(record, where=f"{table.name}: {path} record {number}"))
         yield builder.build(rows)
 
 
 def _json(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[pa.RecordBatch]:
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # a leading byte order mark is skipped, as in CSV files
         try:
             document = json.load(handle, parse_float=exact_float)
         except RecursionError:
@@ -440,7 +484,7 @@ def _json(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[
 
 def _ndjson(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[pa.RecordBatch]:
     def rows() -> Iterator[Any]:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
@@ -459,7 +503,7 @@ def _parquet(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterat
         declared = _declared(table, parquet.schema_arrow.names)
         row = 0
         for batch in parquet.iter_batches(batch_size=table.batch_rows):
-            yield _typed(batch, table, path, row, declared, set())
+            yield builder.name_columns(_typed(batch, table, path, row, declared, set()))
             row += batch.num_rows
     finally:
         parquet.close()
