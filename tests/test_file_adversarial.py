@@ -92,8 +92,9 @@ def test_http_records_with_a_nested_and_a_flat_key_of_one_name_fail(record: dict
     assert isinstance(spec, HttpTable)
     with TestApi({"/posts": route}) as api, requests_client(api.url, spec) as client:
         with pytest.raises(SourceDataError) as info:
-            list(iter_http_batches(client, spec))
+            list(iter_http_batches(client, spec, source="blog"))
     assert "'a.b'" in str(info.value) and "'a__b'" in str(info.value)
+    assert str(info.value).startswith("blog.posts: page 1 record 1: fields"), str(info.value)
 
 
 # ------------------------------------------------ names that collide once normalised (H2)

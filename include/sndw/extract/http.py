@@ -834,7 +834,9 @@ def iter_http_batches(fetch: Fetch, table: HttpTable, *, watermark: str | None =
                 record, items = _pop_path(record, child.path)
                 if items is not None:
                     lists.append((child, items))
-            flat = flatten_record(record, table.max_depth)
+            label = f"{f'{source}.' if source else ''}{table.name}"
+            flat = flatten_record(record, table.max_depth,
+                                  where=f"{label}: page {page.number} record {len(parent.rows) - first + 1}")
             parent.rows.append(flat)
             if not lists:
                 continue
@@ -843,7 +845,8 @@ def iter_http_batches(fetch: Fetch, table: HttpTable, *, watermark: str | None =
             for child, items in lists:
                 buffer = kids[child.name]
                 for index, item in enumerate(items if isinstance(items, list) else [items]):
-                    row = flatten_record(item if isinstance(item, dict) else {"value": item}, table.max_depth)
+                    row = flatten_record(item if isinstance(item, dict) else {"value": item}, table.max_depth,
+                                         where=f"{f'{source}.' if source else ''}{child.name}: record {position} item {index}")
                     clash = next((name for name in row if link_name(name)), None)
                     if clash is not None:
                         raise SourceDataError(
