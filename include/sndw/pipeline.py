@@ -255,12 +255,9 @@ def plan_ranges(request: ExtractRequest, access: SourceAccess, cursor: Any = Non
 @contextmanager
 def _planning_cursor(access: SourceAccess) -> Iterator[Any]:
     if access.postgres_conninfo is not None:
-        import psycopg
+        from sndw.extract.sql import connect_source
 
-        from sndw.extract.sql import make_client_conninfo
-
-        with psycopg.connect(make_client_conninfo(access.postgres_conninfo), autocommit=True) as conn, \
-                conn.cursor() as cur:
+        with connect_source(access.postgres_conninfo) as conn, conn.cursor() as cur:
             yield cur
         return
     if access.dbapi_connect is None:
@@ -285,12 +282,9 @@ def _exported_snapshot(access: SourceAccess) -> Iterator[tuple[SourceAccess, Any
         return
     import dataclasses
 
-    import psycopg
+    from sndw.extract.sql import connect_source
 
-    from sndw.extract.sql import make_client_conninfo
-
-    with psycopg.connect(make_client_conninfo(access.postgres_conninfo), autocommit=True) as conn, \
-            conn.cursor() as cur:
+    with connect_source(access.postgres_conninfo) as conn, conn.cursor() as cur:
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cur.execute("SELECT pg_export_snapshot()")
         row = cur.fetchone()
@@ -380,7 +374,7 @@ def source_count(request: ExtractRequest, access: SourceAccess, low: Any, rows_r
         return rows_read
     if not isinstance(spec, SqlTable):
         raise PermanentError(f"{request.source}.{spec.name}: source_count is not available for a {request.kind} table")
-    from sndw.extract.sql import incremental_query, table_query
+    from sndw.extract.sql import connect_source, incremental_query, table_query
 
     postgres = access.postgres_conninfo is not None
     query = (spec.query or table_query(spec.table or "")).strip().rstrip(";")
@@ -389,10 +383,8 @@ def source_count(request: ExtractRequest, access: SourceAccess, low: Any, rows_r
     statement = f"SELECT count(*) FROM ({query}) AS sndw_source_count"  # noqa: S608  # the config's own query
     label = sql_label(request.source, spec)
     try:
-        if postgres:
-            import psycopg
-
-            with psycopg.connect(access.postgres_conninfo or "") as conn:
+        if postgres:  # in the extract's session: a query that reads a value's text counts what it read
+            with connect_source(access.postgres_conninfo or "") as conn:
                 row = conn.execute(statement).fetchone()
         else:
             if access.dbapi_connect is None:

@@ -212,15 +212,13 @@ def render(table: TableBase, partition: date, where: str = "", field: str = "") 
 
 def source_count(source: Source, table: TableBase, access: Any) -> int | None:
     """The source's row count of one table: sql (``count(*)`` of its query) and file sources; None for http."""
-    from sndw.extract.sql import table_query
+    from sndw.extract.sql import connect_source, table_query
 
     if isinstance(source, SqlSource):
         query = getattr(table, "query", None) or table_query(getattr(table, "table", None) or "")
         statement = f"SELECT count(*) FROM ({query}) AS sndw_count"  # noqa: S608 - the config's own query
-        if access.postgres_conninfo is not None:
-            import psycopg
-
-            with psycopg.connect(access.postgres_conninfo) as conn:
+        if access.postgres_conninfo is not None:  # in the extract's session, as the load's source_count check
+            with connect_source(access.postgres_conninfo) as conn:
                 row = conn.execute(statement).fetchone()
         else:
             conn = access.dbapi_connect()

@@ -20,15 +20,15 @@ from psycopg import sql
 from sndw.audit import redact
 from sndw.config import SqlSource, SqlTable
 from sndw.errors import PermanentError
+from sndw.extract.sql import SOURCE_SESSION_SETTINGS
 from sndw.naming import normalize_identifier
 
 log = logging.getLogger(__name__)
 
-# The text form of every value, whatever the server's defaults: ISO dates, UTC offsets, the
-# shortest exact float text, hex bytea. pgoutput runs the output functions in the session that
-# reads the slot.
-SESSION_SETTINGS = {"DateStyle": "ISO", "IntervalStyle": "postgres", "TimeZone": "UTC",
-                    "extra_float_digits": "3", "bytea_output": "hex"}
+# The text form of every value, whatever the server's defaults: the extract's (ISO dates, the
+# shortest exact float text, hex bytea) and UTC offsets. pgoutput runs the output functions in the
+# session that reads the slot.
+SESSION_SETTINGS = {**SOURCE_SESSION_SETTINGS, "TimeZone": "UTC"}
 
 
 class CdcError(PermanentError):

@@ -63,7 +63,20 @@ def incremental_query(query: str, cursor: str, low: Any, dialect: str = "postgre
     if dialect == "postgres":
         from psycopg import sql as pgsql
 
-        literal = pgsql.Literal(low).as_string(None)  # typed: '...'::timestamptz, numbers bare
+        if hasattr(low, "isoformat"):
+            # An untyped literal takes the cursor column's own type: a timestamp its wall-clock as read
+            # (stored with +00:00, which timestamp input ignores), a date its day, a timestamptz its
+            # instant. A '...'::timestamptz literal was compared in the source's TimeZone: a timestamp
+            # cursor under Asia/Tokyo skipped the rows of the 9 hours past the watermark.
+            literal = pgsql.Literal(low.isoformat()).as_string(None)
+        elif isinstance(low, str):
+            # The watermark is the byte-order maximum of the lake's text (MaxTracker): compared in the
+            # same order ("C"), not the column's collation ('B2' > 'a1' under en-US, so 'B2' was read
+            # on every run). A non-collatable cursor (uuid, enum) ignores it. The cost: an index on a
+            # text cursor under another collation does not serve this comparison (one COLLATE "C" does).
+            literal = pgsql.Literal(low).as_string(None) + ' COLLATE "C"'
+        else:
+            literal = pgsql.Literal(low).as_string(None)  # numbers bare
     elif isinstance(low, (int, decimal.Decimal)):
         literal = str(low)
     else:
@@ -282,6 +295,35 @@ def register_connection_password(conninfo: str) -> None:
     register_secret(str(password) if password else None)
 
 
+# The text form of the values read as text (arrays, ranges, intervals, timetz, composites), whatever
+# the source database's or role's own settings: under `ALTER DATABASE ... SET datestyle = 'SQL, DMY'`
+# a date[] {2024-01-02} printed as {02/01/2024} loaded as {2024-02-01}, extra_float_digits = 0 rounded
+# 0.30000000000000004 to 0.3, intervalstyle = sql_standard turned '-1 day -02:00:00' into '-1 days
+# +02:00:00', bytea_output = escape put escaped bytes into a composite's text. TimeZone stays the
+# source's: a query may rely on it (created_at::date = current_date), and under DateStyle ISO a
+# timestamptz prints its exact offset in any zone ('IST' of DateStyle SQL was read as Israel's).
+# DateStyle ISO keeps the session's input order (DMY, MDY): the query's own literals read as before.
+SOURCE_SESSION_SETTINGS = {"DateStyle": "ISO", "IntervalStyle": "postgres", "extra_float_digits": "3",
+                           "bytea_output": "hex"}
+# One round trip, after connecting: a pooler such as PgBouncer refuses libpq's `options` parameter.
+SOURCE_SESSION_SQL = "SELECT " + ", ".join(f"set_config('{name}', '{value}', false)"
+                                           for name, value in SOURCE_SESSION_SETTINGS.items())
+
+
+def connect_source(uri: str, encoding: str = "UTF8") -> Any:
+    """A psycopg connection (autocommit) to a PostgreSQL source, in the session every extract reads in
+    (``make_client_conninfo``, ``SOURCE_SESSION_SETTINGS``): its queries see what the extract sees."""
+    import psycopg
+
+    conn = psycopg.connect(make_client_conninfo(uri, encoding), autocommit=True)
+    try:
+        conn.execute(SOURCE_SESSION_SQL)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def make_client_conninfo(conninfo: str, encoding: str = "UTF8") -> str:
     """``conninfo`` with ``client_encoding``: UTF8 makes a database of another encoding (LATIN1,
     WIN1252) send its text converted to UTF-8 by the server, exactly, and a SQL_ASCII one send only
@@ -330,6 +372,8 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
     total = 0
     statement = adbc_driver_manager.AdbcStatement(conn)
     try:
+        statement.set_sql_query(SOURCE_SESSION_SQL)  # before the snapshot's transaction begins
+        statement.execute_update()
         if snapshot is not None:
             _use_snapshot(conn, statement, snapshot)
         statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(batch_bytes)})
@@ -379,7 +423,7 @@ def _encoding_problem(uri: str, query: str, columns: list[PgColumn], table: str,
     found: tuple[str, Any] | None = None
     encoding = "unknown"
     try:
-        with psycopg.connect(make_client_conninfo(uri, "SQL_ASCII"), autocommit=True) as conn:
+        with connect_source(uri, "SQL_ASCII") as conn:
             encoding = conn.info.parameter_status("server_encoding") or encoding
             if encoding == "SQL_ASCII":
                 items = ", ".join(f"convert_to(c{i}::text, 'SQL_ASCII')" for i in range(1, len(columns) + 1))
@@ -535,7 +579,7 @@ def describe_postgres(uri: str, query: str, table: str = "query",
 
     overrides = {normalize_identifier(k): v for k, v in (column_types or {}).items()}
     try:
-        conn = psycopg.connect(make_client_conninfo(uri), autocommit=True)
+        conn = connect_source(uri)
     except psycopg.Error as exc:  # libpq may echo the connection string: never pass it on
         raise ExtractError(f"cannot connect to the PostgreSQL source: {redact(str(exc))}") from None
     try:
