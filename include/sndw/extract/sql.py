@@ -721,10 +721,14 @@ def normalize_adbc_batch(batch: pa.RecordBatch, columns: list[PgColumn] | None =
         elif pa.types.is_date32(column.type):
             column = _fix_infinities(column, _DATE_WRAPPED, pa.int32())
         elif pa.types.is_timestamp(column.type):
+            # int64's maximum is the lake's 'infinity' (which ADBC delivers wrapped around): the same
+            # value arriving unwrapped is a real timestamp, 294247-01-10 04:00:54.775807, refused below
+            at_max = pc.max(column.view(pa.int64())).as_py() == _INT64 - 1
             column = _fix_infinities(column, _TS_WRAPPED, pa.int64())
             raw = column.view(pa.int64())
             low = pc.min(raw).as_py()
-            if low is not None and low < _TS_MIN and (pc.min(raw.filter(pc.not_equal(raw, -_INT64))).as_py() or 0) < _TS_MIN:
+            if at_max or low is not None and low < _TS_MIN and \
+                    (pc.min(raw.filter(pc.not_equal(raw, -_INT64))).as_py() or 0) < _TS_MIN:
                 raise ExtractError(f"{table}: column {fld.name!r}: a timestamp after 294246 AD overflows Arrow's "
                                    f"microseconds: set column_types: {{{fld.name}: text}}")
         elif column.type == pa.month_day_nano_interval():
