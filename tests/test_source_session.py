@@ -168,3 +168,23 @@ def test_a_sqlite_text_cursor_compares_as_sqlite_does(tmp_path: Path, dw_url: st
         conn.execute("INSERT INTO ev VALUES (3, '2024-01-01 10:00:00.5')")
     assert sync(dw_url, tmp_path / "lake", table, access, date(2024, 1, 2))["rows_loaded"] == 1
     assert sync(dw_url, tmp_path / "lake", table, access, date(2024, 1, 3))["rows_loaded"] == 0
+
+
+def test_an_unconstrained_numeric_cursor_compares_as_numbers(source_db: str, dw_url: str, tmp_path: Path) -> None:
+    """A `numeric` without a precision Arrow holds travels as its text: its watermark is the largest
+    number ('10'), not the largest text ('9'), which read 10 again on every run."""
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE seqs (id int PRIMARY KEY, seq numeric NOT NULL)")
+    access = postgres(source_db, dw_url)
+    table = {"name": "seqs", "table": "public.seqs", "write_mode": "append", "incremental": {"cursor": "seq"}}
+    batches = [[(1, "9"), (2, "10")], [(3, "10.5"), (4, "100000000000000000000000000000000000000001")], []]
+    for number, rows in enumerate(batches, 1):
+        with psycopg.connect(source_db, autocommit=True) as conn:
+            for row in rows:
+                conn.execute("INSERT INTO seqs VALUES (%s, %s::numeric)", row)
+        assert sync(dw_url, tmp_path / "lake", table, access, date(2024, 1, number))["rows_loaded"] == len(rows)
+    with psycopg.connect(dw_url) as dw:
+        assert dw.execute("SELECT id, seq::text FROM raw.seqs ORDER BY id").fetchall() == [
+            (1, "9"), (2, "10"), (3, "10.5"), (4, "100000000000000000000000000000000000000001")]
+        assert dw.execute("SELECT value, value_type FROM etl_state WHERE table_name = 'seqs'").fetchone() == (
+            "100000000000000000000000000000000000000001", "number")
