@@ -205,3 +205,46 @@ def test_json_files_with_a_byte_order_mark_load(name: str, text: str, dw: psycop
     extract_and_load(dw, file_table(name), tmp_path / "in", tmp_path / "lake")
     assert columns(dw) == ["id", "v"]
     assert rows(dw, "id", "v") == [(1, "a"), (2, "b")]
+
+
+# ------------------------------------------------ numbers inside lists and objects (jsonb)
+
+def test_numbers_inside_lists_and_objects_stay_numbers_with_their_digits(dw: psycopg.Connection,
+                                                                         tmp_path: Path) -> None:
+    """A number no double holds, inside a list or object, was written into jsonb as a string
+    ("0.1000000000000000055511"); jsonb's numbers are numeric and hold any of them exactly."""
+    path = tmp_path / "in" / "n.ndjson"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"id": 1, "arr": [0.1000000000000000055511, 1e400, 12345678901234567890123456789012345678901, '
+                    '0.1, "1e400"], "obj": {"k": [{"p": 0.1000000000000000055511}]}}\n', encoding="utf-8")
+    extract_and_load(dw, file_table("n.ndjson"), tmp_path / "in", tmp_path / "lake")
+    got = dw.execute("SELECT jsonb_typeof(arr -> 0), arr ->> 0, jsonb_typeof(arr -> 1), (arr ->> 1)::numeric = 1e400, "
+                     "arr ->> 2, arr ->> 3, jsonb_typeof(arr -> 4), obj__k #>> '{0,p}' FROM adv_t").fetchone()
+    assert got == ("number", "0.1000000000000000055511", "number", True,
+                   "12345678901234567890123456789012345678901", "0.1", "string", "0.1000000000000000055511")
+
+
+@pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])
+def test_nan_or_infinity_inside_a_list_fails_the_extract_naming_the_record(word: str, dw: psycopg.Connection,
+                                                                          tmp_path: Path) -> None:
+    """Python reads JSON's NaN and Infinity words, jsonb has no number for them: the extract fails
+    naming the file, the record and the field, instead of publishing a partition whose load fails."""
+    path = tmp_path / "in" / "n.ndjson"
+    path.parent.mkdir(parents=True)
+    path.write_text(f'{{"id": 1, "arr": [1.5]}}\n{{"id": 2, "arr": [2.5, {word}]}}\n', encoding="utf-8")
+    with pytest.raises(SourceDataError) as info:
+        extract_and_load(dw, file_table("n.ndjson"), tmp_path / "in", tmp_path / "lake")
+    message = str(info.value)
+    for part in (TABLE, str(path), "record 2", "field 'arr'", "NaN or Infinity"):
+        assert part in message, (part, message)
+    assert_nothing_loaded(dw, tmp_path / "lake")
+
+
+def test_nan_and_infinity_read_as_text_keep_their_spelling(dw: psycopg.Connection, tmp_path: Path) -> None:
+    """A field whose values mix numbers and NaN is text: NaN is written as JSON spells it, not 'nan'."""
+    write_path = tmp_path / "in" / "t.ndjson"
+    write_path.parent.mkdir(parents=True)
+    write_path.write_text('{"id": 1, "x": NaN}\n{"id": 2, "x": Infinity}\n{"id": 3, "x": -Infinity}\n{"id": 4, "x": "a"}\n',
+                          encoding="utf-8")
+    extract_and_load(dw, file_table("t.ndjson"), tmp_path / "in", tmp_path / "lake")
+    assert rows(dw, "x") == [("NaN",), ("Infinity",), ("-Infinity",), ("a",)]

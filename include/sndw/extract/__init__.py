@@ -71,8 +71,68 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
+class NotJsonError(SourceDataError):
+    """A value Python reads as JSON but JSON cannot write: NaN or Infinity inside a list or object."""
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+class JsonNumber(str):
+    """A JSON number neither a double nor numeric(38) holds (``1e400``), as its own text: a string
+    where it is a column's value (stored as text), a number again inside JSON (jsonb keeps it)."""
+
+    __slots__ = ()
+
+
+# JsonNumbers made so far in this process: to_json_text looks for them in a value only then.
+_json_numbers = [0]
+# Where an exact number goes in the JSON text: a placeholder string, replaced by the digits after.
+_NUMBER_MARK = f"sndw-number-{uuid.uuid4().hex}-"
+_MARKED = re.compile(f'"{_NUMBER_MARK}(\\d+)"')
+
+
 def to_json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=_json_default, ensure_ascii=False)
+    """``value`` as JSON text. Numbers stay numbers with their exact digits: a Decimal
+    (``0.1000000000000000055511``) and a JsonNumber (``1e400``) are written as written, not as the
+    strings json.dumps would make of them (jsonb holds any of them as numeric). NaN and Infinity,
+    which Python reads but JSON and jsonb have not, are a SourceDataError."""
+    if value is None:
+        return None
+    numbers: list[str] = []
+
+    def mark(text: str) -> str:
+        numbers.append(text)
+        return f"{_NUMBER_MARK}{len(numbers) - 1}"
+
+    def default(item: Any) -> Any:
+        if isinstance(item, decimal.Decimal) and item.is_finite():
+            return mark(str(item))
+        return _json_default(item)
+
+    if _json_numbers[0] and isinstance(value, (dict, list, tuple)):
+        value = _mark_numbers(value, mark)
+    try:
+        text = json.dumps(value, default=default, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or Infinity
+        raise NotJsonError("a list or object holds NaN or Infinity, which JSON and PostgreSQL's jsonb have no "
+                           "number for (nothing was loaded)") from None
+    return _MARKED.sub(lambda m: numbers[int(m.group(1))], text) if numbers else text
+
+
+def _mark_numbers(value: Any, mark: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _mark_numbers(v, mark) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mark_numbers(v, mark) for v in value]
+    return mark(str(value)) if isinstance(value, JsonNumber) else value
 
 
 def column_array(values: Sequence[Any], type_hint: pa.DataType | None = None) -> pa.Array:
@@ -117,6 +177,8 @@ def _as_text(value: Any) -> str | None:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):  # as JSON and PostgreSQL spell them, not 'nan'
+        return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (int, float, decimal.Decimal)):
         return str(value)
     return to_json_text(value)
@@ -239,7 +301,10 @@ def exact_float(text: str) -> float | decimal.Decimal | str:
     exact = decimal.Decimal(text)
     if number == number and number not in (float("inf"), float("-inf")) and decimal.Decimal(repr(number)) == exact:
         return number
-    return exact if fits_numeric(exact) else text
+    if fits_numeric(exact):
+        return exact
+    _json_numbers[0] += 1
+    return JsonNumber(text)
 
 
 def value_kind(value: Any) -> str | None:
@@ -467,6 +532,16 @@ class TypedBatchBuilder:
                         f"holds a lone UTF-16 surrogate ({shown_text(found[1])}, an escape without its pair), "
                         "which UTF-8 cannot carry: it cannot be stored exactly; nothing was loaded. Fix the "
                         "value at the source") from None
+            raise
+        except NotJsonError:
+            for number, row in enumerate(rows, first):
+                name = next((name for name, value in row.items()
+                             if isinstance(value, (dict, list, tuple)) and _non_finite(value)), None)
+                if name is not None:
+                    raise SourceDataError(
+                        f"{self.label}: {self.origin}record {number}, field '{shown_text(name)}': a list or object "
+                        "holds NaN or Infinity, which JSON and PostgreSQL's jsonb have no number for: it cannot be "
+                        "stored exactly; nothing was loaded. Fix the value at the source") from None
             raise
         except RecursionError:
             # the deepest field, the first record of that depth
