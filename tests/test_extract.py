@@ -251,6 +251,19 @@ def test_a_broken_csv_row_is_named_by_its_line(tmp_path: Path) -> None:
         list(iter_file_batches(file_table(path="latin.csv", csv={"encoding": "latin-1"}), str(tmp_path)))
 
 
+def test_a_quote_inside_an_unquoted_csv_field_is_named_by_its_line(tmp_path: Path) -> None:
+    """Python's reader keeps 5" screen as text, polars takes its quote for the start of a quoted
+    field and fails with "expected 2 rows, actual 3 rows": the error names the line and the field."""
+    (tmp_path / "inches.csv").write_text('id,name\n0,"a ""quoted"" one\non two lines"\n1,5" screen\n2,7" screen\n',
+                                         encoding="utf-8")
+    with pytest.raises(SourceDataError, match=r"inches\.csv: line 4: the field '5\" screen' holds the quote "
+                                              r"character \" without being quoted: .*quote_char"):
+        list(iter_file_batches(file_table(path="inches.csv"), str(tmp_path)))
+    # What it says to do: no quote character, and the field is read as it is.
+    batches = list(iter_file_batches(file_table(path="inches.csv", csv={"quote_char": None}), str(tmp_path)))
+    assert pa.Table.from_batches(batches).column("name").to_pylist()[-2:] == ['5" screen', '7" screen']
+
+
 @pytest.mark.skipif(not (SHARED / "fivethirtyeight-mayweather-mcgregor").exists(), reason="shared datasets absent")
 def test_messy_real_csv_with_embedded_newlines_and_emoji() -> None:
     spec = file_table(path="tweets.csv")

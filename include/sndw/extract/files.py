@@ -207,7 +207,7 @@ def _csv(path: Path, table: FileTable, builder: TypedBatchBuilder) -> Iterator[p
                 yield builder.name_columns(_typed(batch, table, path, row, declared, wide))
                 row += batch.num_rows
     except pl.exceptions.PolarsError as exc:
-        problem = csv_problem(source, options)
+        problem = csv_problem(source, options) or _stray_quote(source, options)
         if problem is None:
             raise
         raise SourceDataError(f"{table.name}: cannot read {path}: {problem}") from exc
@@ -314,6 +314,43 @@ def _header_names(path: Path, options: CsvOptions, found: list[str]) -> list[str
         return None
     unique = unique_column_names(header)
     return [name if name not in header[:i] else unique[i] for i, name in enumerate(header)]
+
+
+def _stray_quote(path: Path, options: CsvOptions) -> str | None:
+    """The first field holding the quote character without being quoted (``5" screen``), by its
+    line. Python's reader keeps such a field as text; polars takes the quote for the start of a
+    quoted field and fails far from it ("expected 2 rows, actual 3 rows")."""
+    quote, delimiter = options.quote_char, options.delimiter
+    if not quote:
+        return None
+    line, field_start, quoted, in_field = 1, True, False, ""
+    with open(path, encoding="utf-8", newline="") as handle:
+        text = handle.read()
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if quoted:
+            if char == quote and text[i + 1:i + 2] == quote:
+                i += 1
+            elif char == quote:
+                quoted = False
+        elif char == delimiter or char in "\r\n":
+            field_start, in_field = True, ""
+        elif field_start and char == quote:
+            quoted, field_start = True, False
+        elif char == quote:
+            rest = re.split(f"[{re.escape(delimiter)}\r\n]", text[i:], maxsplit=1)[0]
+            shown = (in_field + rest)[:40]
+            return (f"line {line}: the field {shown!r} holds the quote character {quote} without being quoted: "
+                    f"quote the field, the quote doubled inside it ({quote}{shown.replace(quote, quote * 2)}{quote}), "
+                    "or set csv quote_char to another character or to null")
+        else:
+            field_start = False
+            in_field += char
+        if char == "\n" or (char == "\r" and text[i + 1:i + 2] != "\n"):
+            line += 1
+        i += 1
+    return None
 
 
 def csv_problem(path: Path, options: CsvOptions) -> str | None:
