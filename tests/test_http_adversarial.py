@@ -101,6 +101,26 @@ def test_an_empty_page_before_the_total_is_an_error_and_publishes_nothing(tmp_pa
     assert not published(tmp_path)
 
 
+@pytest.mark.parametrize("style", ["next_link", "cursor"])
+def test_a_missing_next_page_before_the_total_is_an_error(style: str, tmp_path: Path) -> None:
+    """A link or cursor API that stops giving the next page while its total says more exist."""
+    def linked(req: Req) -> Resp:
+        page = int(req.arg("cursor", 1) if style == "cursor" else req.arg("page", 1))
+        following = page + 1 if page < 2 else None
+        link = {"next": f"/posts?page={following}" if following else None} if style == "next_link" else \
+            {"next_cursor": str(following) if following else None}
+        return Resp(body={"total": TOTAL, "data": items(page * 3 - 2, page * 3 + 1), **link})
+
+    pagination = {"type": style, "total_path": "total"}
+    with TestApi({"/posts": linked}) as api:
+        with pytest.raises(ExtractError) as info:
+            extract(api, table(pagination=pagination), tmp_path)
+    message = str(info.value)
+    for text in ("src.posts", "page 2", "has no next page", "after 6 records", f"total of {TOTAL}"):
+        assert text in message, (text, message)
+    assert not published(tmp_path)
+
+
 def test_a_total_that_shrinks_while_paging_ends_at_the_empty_page() -> None:
     """Records deleted while paging: the empty page's own total is what counts."""
     def shrinking(req: Req) -> Resp:

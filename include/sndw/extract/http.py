@@ -677,12 +677,7 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None, *,
             current = _total(document, total_path)
             total = total if current is None else current
         if paged and not records and total is not None and seen < total:
-            raise ExtractError(
-                f"{label}: page {page} ({shown}) is empty after {seen} records, but the API's total of {total} "
-                f"(total_path {total_path}) says more exist: the API stopped paging early (some cap how deep "
-                "paging goes) or the total counts something else; stopped so the missing records are not lost "
-                "under a successful run (nothing of this extract was published). Narrow each run (params, "
-                "incremental) below the API's paging limit, or point total_path at the record count")
+            raise _short_of_total(f"{label}: page {page} ({shown}) is empty", seen, total, total_path)
         if paged and records:
             digest = page_digest(records)
             if digest and digest == last_digest:
@@ -707,6 +702,8 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None, *,
         else:
             following = _following(pagination, response)
             if following is None:
+                if total is not None and seen < total:
+                    raise _short_of_total(f"{label}: page {page} ({shown}) has no next page", seen, total, total_path)
                 return
             if following in previous:
                 # a link's query may carry credentials under any name: show its path only
@@ -719,6 +716,15 @@ def iter_pages(fetch: Fetch, table: HttpTable, watermark: str | None = None, *,
                 params[pagination.cursor_param] = following
             else:
                 endpoint, params = following, {}  # a next link carries its own query
+
+
+def _short_of_total(what: str, seen: int, total: int, total_path: str | None) -> ExtractError:
+    return ExtractError(
+        f"{what} after {seen} records, but the API's total of {total} (total_path {total_path}) says more "
+        "exist: the API stopped paging early (some cap how deep paging goes) or the total counts something "
+        "else; stopped so the missing records are not lost under a successful run (nothing of this extract "
+        "was published). Narrow each run (params, incremental) below the API's paging limit, or point "
+        "total_path at the record count")
 
 
 def _following(pagination: Any, response: HttpResponse) -> str | None:
