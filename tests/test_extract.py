@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from sndw.config import FileTable, HttpTable, table_spec
 from sndw.demo.api import DemoApi, todos, users
-from sndw.errors import ExtractError, SourceDataError
+from sndw.errors import ExtractError, PermanentError, SourceDataError
 from sndw.extract import flatten_record, records_to_batch
 from sndw.extract.files import iter_file_batches
 from sndw.extract.http import HttpResponse, iter_http_batches
@@ -116,6 +116,24 @@ def test_adbc_connection_errors_never_show_the_password(typed_source: str) -> No
     with pytest.raises(ExtractError) as info:
         list(iter_postgres_batches(wrong, "SELECT 1"))
     assert password not in str(info.value) and "no_such_database" in str(info.value)
+
+
+def test_a_source_backend_terminated_mid_read_fails_naming_the_table(source_db: str) -> None:
+    """The driver's own message names no table ("terminating connection due to administrator
+    command"): the error says which table and how far it read, and stays retryable."""
+    query = "SELECT g AS sndw_terminate_me, pg_sleep(0.0005) AS pause FROM generate_series(1, 20000) g"
+    killed: list[Any] = []
+    with pytest.raises(ExtractError) as info:
+        for _batch in iter_postgres_batches(source_db, query, batch_bytes=1 << 16, table="src.slow"):
+            if not killed:  # after the first batch: the read is under way
+                with psycopg.connect(source_db, autocommit=True) as admin:
+                    killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+                                           "'%sndw_terminate_me%' AND pid <> pg_backend_pid()").fetchall()
+                assert killed == [(True,)], killed
+    message = str(info.value)
+    assert message.startswith("src.slow: reading the PostgreSQL source failed after "), message
+    assert "terminating connection" in message, message
+    assert not isinstance(info.value, PermanentError)
 
 
 def test_postgres_empty_result_keeps_its_columns(source_db: str) -> None:

@@ -394,7 +394,10 @@ def iter_postgres_batches(uri: str, query: str, batch_bytes: int = 16 << 20,
             raise ExtractError(_encoding_problem(uri, query, columns, table, str(exc))) from None
         scaled = [c for c in columns if c.decimal is not None]
         if not scaled or "cannot convert NaN to bigint" not in str(exc):
-            raise
+            # the query's own failure (a terminated backend, a lost connection, a statement timeout):
+            # named by its table, as the driver's message names none (a retry may succeed)
+            raise ExtractError(f"{table}: reading the PostgreSQL source failed after {total} rows: "
+                               f"{redact(str(exc))}") from None
         raise ExtractError(
             f"{table}: " + " or ".join(f"column {c.name!r} ({c.warehouse})" for c in scaled) + " holds NaN, which an "
             f"exact decimal cannot carry: set column_types: {{{scaled[0].name}: numeric}} (unconstrained numeric, "
