@@ -248,3 +248,15 @@ def test_nan_and_infinity_read_as_text_keep_their_spelling(dw: psycopg.Connectio
                           encoding="utf-8")
     extract_and_load(dw, file_table("t.ndjson"), tmp_path / "in", tmp_path / "lake")
     assert rows(dw, "x") == [("NaN",), ("Infinity",), ("-Infinity",), ("a",)]
+
+
+def test_a_json_number_read_as_text_keeps_its_digits_as_written(dw: psycopg.Connection, tmp_path: Path) -> None:
+    """column_types: {x: text} asks for the text: 1.50 stays '1.50' (it was Python's '1.5'), 1E2 '1E2'."""
+    path = tmp_path / "in" / "d.ndjson"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"id": 1, "x": 1.50, "y": 1.50}\n{"id": 2, "x": 1E2, "y": 2.5e3}\n{"id": 3, "x": 0.1, "y": 7}\n',
+                    encoding="utf-8")
+    extract_and_load(dw, file_table("d.ndjson", column_types={"x": "text"}), tmp_path / "in", tmp_path / "lake")
+    assert rows(dw, "x") == [("1.50",), ("1E2",), ("0.1",)]
+    # Undeclared, the same numbers are doubles: their values, as a double holds them.
+    assert dw.execute("SELECT y FROM adv_t ORDER BY id").fetchall() == [(1.5,), (2500.0,), (7.0,)]

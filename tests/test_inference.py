@@ -379,10 +379,13 @@ def test_a_file_source_loads_zip_codes_big_integers_and_declared_types(env: dict
     ("1e400", "1e400"), ("1e-400", "1e-400"),
 ])
 def test_a_json_number_is_a_float_only_when_a_float_holds_it(text: str, expected: Any) -> None:
-    from sndw.extract import JsonNumber, exact_float
+    from sndw.extract import JsonFloat, JsonNumber, exact_float
 
     if isinstance(expected, str):  # wider than numeric(38): its own text, marked as a number for JSON
         expected = JsonNumber(expected)
+    if isinstance(expected, float) and repr(expected) != text:  # the double, and its text as written
+        expected = JsonFloat(text)
 
     got = exact_float(text)
     assert type(got) is type(expected) and got == expected
+    assert getattr(got, "text", text) == text

@@ -85,6 +85,20 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+class JsonFloat(float):
+    """A JSON number a double holds, written otherwise than the double's shortest form (``2.50``,
+    ``1E2``): the double, and its text for a column that is text (``column_types: {c: text}``, or
+    beside other kinds), where it keeps its digits as written."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> JsonFloat:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 class JsonNumber(str):
     """A JSON number neither a double nor numeric(38) holds (``1e400``), as its own text: a string
     where it is a column's value (stored as text), a number again inside JSON (jsonb keeps it)."""
@@ -177,6 +191,8 @@ def _as_text(value: Any) -> str | None:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, JsonFloat):
+        return value.text
     if isinstance(value, float) and not math.isfinite(value):  # as JSON and PostgreSQL spell them, not 'nan'
         return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, (int, float, decimal.Decimal)):
@@ -297,10 +313,12 @@ def exact_float(text: str) -> float | decimal.Decimal | str:
     """
     number = float(text)
     if len(text) <= 16 and "e" not in text and "E" not in text:
-        return number  # at most 15 significant digits: every such decimal is its own double (DBL_DIG)
+        # at most 15 significant digits: every such decimal is its own double (DBL_DIG); only
+        # trailing zeros ('2.50') make its text other than the double's shortest form
+        return JsonFloat(text) if text.endswith("0") and repr(number) != text else number
     exact = decimal.Decimal(text)
     if number == number and number not in (float("inf"), float("-inf")) and decimal.Decimal(repr(number)) == exact:
-        return number
+        return number if repr(number) == text else JsonFloat(text)
     if fits_numeric(exact):
         return exact
     _json_numbers[0] += 1
