@@ -287,6 +287,26 @@ def test_a_column_added_at_the_source_is_added_in_the_warehouse(cli: Any, cdc: C
     assert types["colour"] == "character varying(12)" and types["weight"] == "numeric(6,3)"
 
 
+def test_a_column_retyped_at_the_source_fails_the_apply_and_changes_nothing(cli: Any, cdc: Cdc) -> None:
+    """ALTER TABLE ... TYPE ... USING rewrites every row at the source and sends none of them: widening
+    the warehouse column and applying the changes would keep old values beside new ones."""
+    cdc.source(*ITEMS, "INSERT INTO items SELECT g, 'i' || g, g + 0.25, NULL, NULL FROM generate_series(1, 3) g")
+    cdc.config(TABLES, KEYS)
+    sync(cli, cdc)
+    cdc.source("ALTER TABLE items ALTER COLUMN price TYPE numeric(12,1) USING price * 10",
+               "UPDATE items SET name = 'touched' WHERE id = 2")
+    code, out, err = cli("sync", str(cdc.path), "--lake", str(cdc.lake), "--date", "2024-01-03", env=cdc.env)
+    assert code == 1
+    text = err + json.dumps(out)
+    assert "the source retyped column 'price' (the warehouse's numeric(10,2) would become numeric(13,2))" in text, text
+    assert "sndw cdc reset" in text, text
+    with psycopg.connect(cdc.dw_url) as dw:
+        assert dw.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                          "'raw.items'::regclass AND attname = 'price'").fetchone() == ("numeric(10,2)",)
+        assert dw.execute("SELECT id, name, price::text FROM raw.items ORDER BY id").fetchall() == [
+            (1, "i1", "1.25"), (2, "i2", "2.25"), (3, "i3", "3.25")]
+
+
 def test_a_table_without_a_key_is_refused_by_name_before_anything_runs(cli: Any, cdc: Cdc) -> None:
     cdc.source(*ITEMS, "CREATE TABLE events (at timestamptz, what text)")
     cdc.config([*TABLES, {"name": "events", "table": "events"}], KEYS)
@@ -299,9 +319,16 @@ def test_a_table_without_a_key_is_refused_by_name_before_anything_runs(cli: Any,
         assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
     with psycopg.connect(cdc.dw_url) as dw:
         assert dw.execute("SELECT to_regclass('raw.items')").fetchone() == (None,)
-    # REPLICA IDENTITY FULL and a primary_key in the config: followed
+    # REPLICA IDENTITY FULL and a primary_key in the config that nothing keeps unique: two source rows
+    # of one key would become one warehouse row; refused by name
     cdc.source("ALTER TABLE events REPLICA IDENTITY FULL", "INSERT INTO events VALUES ('2024-01-01', 'a')")
     cdc.config([*TABLES, {"name": "events", "table": "events", "primary_key": ["at"]}], {**KEYS, "events": "at"})
+    code, out, err = cli("sync", str(cdc.path), "--lake", str(cdc.lake), "--date", DAY, env=cdc.env)
+    assert code == 1 and "REPLICA IDENTITY FULL and primary_key ['at'], but no unique index" in err, err
+    assert 'CREATE UNIQUE INDEX ON "events" ("at")' in err, err
+    assert cdc.slot_lsn() is None
+    # ... and with a unique index on it: followed
+    cdc.source("CREATE UNIQUE INDEX ON events (at)")
     sync(cli, cdc)
     cdc.source("UPDATE events SET what = 'b'", "INSERT INTO events VALUES ('2024-01-02', 'c')",
                "DELETE FROM events WHERE at = '2024-01-01'")

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from sndw import storage
 from sndw.cdc.changes import CHANGE_COLUMNS
-from sndw.errors import LoadError
+from sndw.errors import LoadError, PermanentError
 from sndw.naming import FILE_ID, PARTITION_DATE
 from sndw.warehouse import LoadSpec, copy_file, evolve_table, register_file, table_columns
 
@@ -63,6 +63,14 @@ def apply_changes(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str]
     schemas = data_schema(paths)
     for schema in schemas:  # a column added at the source arrives in a later relation message
         _, changes = evolve_table(cur, spec, schema)
+        retyped = [c for c in changes if c["change"] == "widen_column"]
+        if retyped:  # the caller's transaction rolls the widening back
+            raise PermanentError(
+                f"{spec.qualified}: the source retyped " + ", ".join(
+                    f"column {c['column']!r} (the warehouse's {c['from']} would become {c['to']})" for c in retyped)
+                + ": an ALTER TABLE ... TYPE may rewrite every row at the source (USING, a new scale), and change "
+                "capture carries none of that, so the table would keep old values beside new ones. Nothing was "
+                "applied; take a new snapshot: sndw cdc reset <the source's config>")
         applied.schema_changes.extend(changes)
     columns = table_columns(cur, spec.schema, spec.table)
     names: list[str] = []

@@ -79,7 +79,12 @@ SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident,
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
          WHERE i.indrelid = c.oid AND i.indisreplident),
        (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
-         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '')
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''),
+       (SELECT json_agg(u.cols) FROM (SELECT array_agg(a.attname::text) AS cols FROM pg_index i
+          CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+         GROUP BY i.indexrelid) u)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass(%s)
 """
@@ -100,7 +105,7 @@ def source_tables(conn: psycopg.Connection[Any], source: SqlSource) -> list[CdcT
         if row is None:
             problems.append(f"{label}: no such table on the source")
             continue
-        relid, schema, name, relkind, identity, primary, index_key, generated = row
+        relid, schema, name, relkind, identity, primary, index_key, generated, uniques = row
         if relkind not in ("r", "p"):
             problems.append(f"{label}: not a table (relkind {relkind}); change capture follows tables only")
             continue
@@ -113,6 +118,15 @@ def source_tables(conn: psycopg.Connection[Any], source: SqlSource) -> list[CdcT
             key = tuple(normalize_identifier(k) for k in primary)
         elif identity == "i" and index_key:
             key = tuple(normalize_identifier(k) for k in index_key)
+        elif identity == "f" and configured and not any(
+                {normalize_identifier(c) for c in cols} <= set(configured) for cols in uniques or []):
+            # Changes are applied by this key: two source rows of one key would become one row.
+            columns = ", ".join(f'"{k}"' for k in configured)
+            problems.append(f"{label}: REPLICA IDENTITY FULL and primary_key {list(configured)}, but no unique index "
+                            "of the source holds these columns unique: two source rows with one key would become "
+                            f"one warehouse row. Add one (CREATE UNIQUE INDEX ON {quoted_name(spec.table or '')} "
+                            f"({columns})) or a primary key")
+            continue
         elif identity == "f" and configured:
             key = configured
         elif identity == "f":
