@@ -62,6 +62,9 @@ def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
         (VALID_SQL.replace("start_date: 2024-01-01", "start_date: yesterday"), "start_date", "date"),
         (VALID_SQL.replace("name: crm", "name: Bad-Name"), "name", "lower-case"),
         (VALID_SQL.replace("tables:", "tables: []\nx:"), "tables", "crm.yaml: x: unknown key"),  # every error
+        # a second run of a date would replace its rows with only the rows past the watermark
+        (VALID_SQL.replace("write_mode: merge", "write_mode: partition") + "    incremental: {cursor: updated_at}\n",
+         "tables[0]", "incremental with write_mode 'partition'"),
     ],
 )
 def test_invalid_configs_name_file_and_field(tmp_path: Path, text: str, field: str, words: str) -> None:

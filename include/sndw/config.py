@@ -223,6 +223,11 @@ class TableBase(_Model):
     def _keys(self) -> TableBase:
         if self.write_mode == "merge" and not self.primary_key:
             raise ValueError("write_mode 'merge' needs primary_key: the columns that identify a row")
+        if self.incremental and self.write_mode == "partition":
+            raise ValueError("incremental with write_mode 'partition': a load replaces its date's rows with the "
+                             "extract, and an incremental extract holds only the rows past the watermark, so a "
+                             "second run of a date would leave only its new rows. Use merge (or append), or "
+                             "select the date's rows in the query ({{ partition_date }}) without incremental")
         if self.incremental and self.incremental.lookback and self.write_mode != "merge":
             raise ValueError("incremental.lookback re-reads rows: it needs write_mode 'merge' to deduplicate them")
         if self.elasticsearch and not (self.elasticsearch.id_columns or self.primary_key):
