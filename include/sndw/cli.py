@@ -99,7 +99,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     tables = [find_table(source, args.table)] if args.table else list(source.tables)
     with _dw() as conn:
         for table in tables:
-            results = replay_table(conn, source, table, args.lake or lake_root(), args.date_from, args.date_to)
+            try:
+                results = replay_table(conn, source, table, args.lake or lake_root(), args.date_from, args.date_to)
+            except Exception as exc:  # the table is as it was (one transaction); the attempt leaves its row
+                _audit_replay_failure(conn, source, table, exc)
+                raise
             if isinstance(source, SqlSource) and source.cdc is not None:  # the snapshot, then the changes
                 print(f"{source.name}.{table.name}: snapshot ({results[0].rows_loaded} rows) and {len(results) - 1} "
                       f"change partitions replayed into {source.target_schema}.{table.target}")
@@ -108,6 +112,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"{source.name}.{table.name}: {len(results)} partitions, {rows} rows replayed into "
                   f"{source.target_schema}.{table.target}")
     return 0
+
+
+def _audit_replay_failure(conn: Any, source: Any, table: Any, exc: Exception) -> None:
+    """The failure row of a replay of ``table`` that changed nothing (its transaction rolled back)."""
+    from datetime import UTC, datetime
+
+    from sndw.audit import AuditRecord, error_text, write_audit_record
+    from sndw.naming import qualified
+
+    conn.rollback()
+    now = datetime.now(UTC)
+    write_audit_record(conn, AuditRecord(
+        pipeline_name=source.name, source_name=source.name, protocol=source.kind,
+        target_table=qualified(source.target_schema, table.target), status="failure", started_at=now,
+        finished_at=now, step="replay", error_message=error_text(exc), dag_id=source.name,
+        task_id=f"replay_{table.name}", try_number=1))
+    conn.commit()
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from sndw.audit import AuditRecord
 from sndw.config import FileSource, HttpSource, SqlSource, TableBase
 from sndw.errors import LoadError, SndwError
 from sndw.lake import file_manifest_id, file_run_id, partition_dates, partition_files, partition_key_files
-from sndw.naming import qualified
+from sndw.naming import LAKE_FILES_TABLE, qualified
 from sndw.warehouse import LoadResult, LoadSpec, before_commit, load_files
+from sndw.warehouse.lineage import lake_files_table
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,12 @@ def find_table(source: Source, name: str) -> TableBase:
 def replay_table(conn: psycopg.Connection[Any], source: Source, table: TableBase, lake_root: str | Path,
                  date_from: date | None = None, date_to: date | None = None,
                  run_label: str = "replay") -> list[LoadResult]:
-    """Load the lake's partitions of one table in date order, as its write mode would have.
+    """Load the lake's partitions of one table, as its write mode would have, in one transaction.
 
     ``partition`` and ``merge`` replay every partition in the range; ``append`` replaces each
-    replayed date's rows; ``replace`` loads the newest partition in the range (a full refresh).
-    The result equals what the original runs produced, ``_loaded_at`` aside.
+    replayed date's rows; ``replace`` loads the partition loaded last (a full refresh). The order is
+    the live loads' (``_load_order``), so the result equals what the original runs produced,
+    ``_loaded_at`` aside; a partition that fails leaves the table as it was.
     """
     if isinstance(source, SqlSource) and source.cdc is not None:
         if date_from is not None:
@@ -47,8 +50,6 @@ def replay_table(conn: psycopg.Connection[Any], source: Source, table: TableBase
     if not dates:
         raise SndwError(f"the lake has no partition of {source.name}.{table.name} in the range "
                         f"{date_from or 'start'}..{date_to or 'end'} under {lake_root}")
-    if table.write_mode == "replace":
-        dates = dates[-1:]
     mode = "append_partition" if table.write_mode == "append" else table.write_mode
     # The table's transform as the config names it now: the lake holds the data as extracted.
     spec = LoadSpec(source.target_schema, table.target, mode, table.key_columns, allow_empty=table.allow_empty,
@@ -58,22 +59,57 @@ def replay_table(conn: psycopg.Connection[Any], source: Source, table: TableBase
                     checks=[c for c in table.checks if c.kind != "source_count"])
     results = []
     replay_id = uuid.uuid4().hex[:12]
-    for day in dates:
-        paths = [str(p) for p in partition_files(lake_root, source.kind, source.name, table.name, day)]
-        run_id = file_run_id(paths[0]) if paths else None
-        audit = AuditRecord(
-            pipeline_name=source.name, source_name=source.name, protocol=source.kind,
-            target_table=qualified(spec.schema, spec.table), status="success",
-            started_at=datetime.now(UTC), step="replay", partition_date=day, lake_paths=paths,
-            dag_id=source.name, task_id=f"replay_{table.name}", airflow_run_id=f"{run_label}:{replay_id}:{day}",
-            try_number=1,
-        )
-        # An incremental table's deletes replay with the key set its extract kept beside the rows.
-        key_paths = partition_key_files(lake_root, source.kind, source.name, table.name, day) if table.deletes else []
-        result = load_files(conn, paths, spec, partition=day, run_id=run_id, audit=audit, key_paths=key_paths)
-        log.info("replayed %s partition %s: %d rows", spec.qualified, day, result.rows_loaded)
-        results.append(result)
+    with conn.transaction():  # all of the table's partitions or none: a failed date leaves the table as it was
+        dates = _load_order(conn, source, table, lake_root, dates)
+        for day in dates[-1:] if table.write_mode == "replace" else dates:
+            results.append(_replay_partition(conn, source, table, spec, lake_root, day, run_label, replay_id))
     return results
+
+
+def _load_order(conn: psycopg.Connection[Any], source: Source, table: TableBase, lake_root: str | Path,
+                dates: list[date]) -> list[date]:
+    """``dates`` in the order the live runs first loaded their current files (``etl_lake_files``), which
+    is what the table shows: a backfill of an older date after a newer one was loaded last, and wins
+    in a merge or a replace. Dates whose files no load registered (a lake replayed into a new
+    warehouse) come first, by date."""
+    row = conn.execute("SELECT to_regclass(%s)", (f"public.{LAKE_FILES_TABLE}",)).fetchone()
+    if not row or row[0] is None:
+        return dates
+    registered = {(_name(path), day): at for path, day, at in conn.execute(
+        sql.SQL("SELECT lake_path, partition_date, registered_at FROM {} WHERE target_table = %s").format(
+            lake_files_table()), (qualified(source.target_schema, table.target),)).fetchall()}
+    loaded: dict[date, Any] = {}
+    for day in dates:
+        times = [registered.get((_name(p), day)) for p in partition_files(lake_root, source.kind, source.name,
+                                                                          table.name, day)]
+        found = [t for t in times if t is not None]
+        if found and len(found) == len(times):
+            loaded[day] = max(found)
+    return sorted(dates, key=lambda d: (d in loaded, loaded.get(d) or datetime.min.replace(tzinfo=UTC), d))
+
+
+def _name(path: str) -> str:
+    """A lake file's name (local path or object-store URL): unique, it carries its extract's id."""
+    return str(path).rsplit("/", 1)[-1]
+
+
+def _replay_partition(conn: psycopg.Connection[Any], source: Source, table: TableBase, spec: LoadSpec,
+                      lake_root: str | Path, day: date, run_label: str, replay_id: str) -> LoadResult:
+    """One partition loaded as its write mode would, with its audit row."""
+    paths = [str(p) for p in partition_files(lake_root, source.kind, source.name, table.name, day)]
+    run_id = file_run_id(paths[0]) if paths else None
+    audit = AuditRecord(
+        pipeline_name=source.name, source_name=source.name, protocol=source.kind,
+        target_table=qualified(spec.schema, spec.table), status="success",
+        started_at=datetime.now(UTC), step="replay", partition_date=day, lake_paths=paths,
+        dag_id=source.name, task_id=f"replay_{table.name}", airflow_run_id=f"{run_label}:{replay_id}:{day}",
+        try_number=1,
+    )
+    # An incremental table's deletes replay with the key set its extract kept beside the rows.
+    key_paths = partition_key_files(lake_root, source.kind, source.name, table.name, day) if table.deletes else []
+    result = load_files(conn, paths, spec, partition=day, run_id=run_id, audit=audit, key_paths=key_paths)
+    log.info("replayed %s partition %s: %d rows", spec.qualified, day, result.rows_loaded)
+    return result
 
 
 def replay_cdc_table(conn: psycopg.Connection[Any], source: SqlSource, table: TableBase, lake_root: str | Path,
