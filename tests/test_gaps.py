@@ -66,3 +66,29 @@ def test_a_source_without_catchup_is_expected_from_its_first_load_and_replace_sh
     assert capsys.readouterr().out.splitlines()[-1] == "loaded: 3, missing: 2"
     assert cli_main([*args, "--to", FIRST.isoformat(), "--strict"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "loaded: 2"
+
+
+def test_the_counts_tell_an_emptied_date_a_quarantine_and_a_command_line_extract(tmp_path: Path,
+                                                                                 dw: psycopg.Connection) -> None:
+    lake = tmp_path / "lake"
+    spec = parse_source(source(False), "gapsrc.yaml")
+    later = FIRST + dt.timedelta(days=1)
+    load(dw, lake, "days", "partition", FIRST)
+    # A load as `sndw sync` records it: rows_extracted on its load row; 2 rows quarantined of 5.
+    manifest = write_partition([pa.record_batch({"id": [1, 2, 3, 4, 5]})], lake, "sql", "gapsrc", "days", later,
+                               run_id="rq")
+    audit = AuditRecord(pipeline_name="gapsrc", source_name="gapsrc", protocol="sql", target_table="public.days",
+                        status="success", started_at=dt.datetime.now(dt.UTC), step="load", partition_date=later,
+                        rows_extracted=5)
+    load_manifest(dw, manifest, LoadSpec("public", "days", "partition"), audit=audit)
+    dw.execute("DELETE FROM days WHERE _partition_date = %s AND id > 3", (later,))  # as if 2 were quarantined
+    dw.execute("UPDATE etl_audit_log SET rows_loaded = 3, rows_rejected = 2 WHERE partition_date = %s", (later,))
+    report = {r.partition: r for r in reconcile(dw, spec, lake, date_to=later) if r.table == "days"}
+    quarantined = report[later]
+    assert (quarantined.rows_extracted, quarantined.rows_in_lake, quarantined.rows_loaded,
+            quarantined.rows_in_warehouse, quarantined.counts_agree) == (5, 5, 3, 3, True)
+    # A date whose rows left the warehouse since its load: 0 rows there, not a blank, and NO.
+    dw.execute("DELETE FROM days WHERE _partition_date = %s", (FIRST,))
+    emptied = {r.partition: r for r in reconcile(dw, spec, lake, date_to=later) if r.table == "days"}[FIRST]
+    assert (emptied.rows_in_lake, emptied.rows_loaded, emptied.rows_in_warehouse, emptied.counts_agree) == (
+        2, 2, 0, False)

@@ -84,10 +84,13 @@ def _audit_by_partition(conn: psycopg.Connection[Any], source: Source, target: s
             SELECT partition_date,
                    count(*) FILTER (WHERE step = 'load') AS attempts,
                    bool_or(step IN ('load', 'replay') AND status = 'success') AS loaded,
-                   (array_agg(rows_extracted ORDER BY id DESC) FILTER (WHERE step = 'extract' AND status = 'success'))[1],
+                   (array_agg(rows_extracted ORDER BY id DESC) FILTER (WHERE step IN ('extract', 'load')
+                        AND status = 'success' AND rows_extracted IS NOT NULL))[1],
                    (array_agg(rows_loaded ORDER BY id DESC) FILTER (WHERE step IN ('load', 'replay') AND status = 'success'))[1],
                    (array_agg(status ORDER BY id DESC))[1] AS last_status,
-                   (array_agg(error_message ORDER BY id DESC) FILTER (WHERE status = 'failure'))[1]
+                   (array_agg(error_message ORDER BY id DESC) FILTER (WHERE status = 'failure'))[1],
+                   (array_agg(coalesce(rows_rejected, 0) ORDER BY id DESC)
+                        FILTER (WHERE step IN ('load', 'replay') AND status = 'success'))[1]
             FROM {} WHERE pipeline_name = %s AND target_table IN (%s, %s)
               AND partition_date IS NOT NULL
             GROUP BY partition_date
@@ -95,14 +98,15 @@ def _audit_by_partition(conn: psycopg.Connection[Any], source: Source, target: s
         (source.name, target, lake_target),
     ).fetchall()
     return {r[0]: {"attempts": r[1], "loaded": r[2], "rows_extracted": r[3], "rows_loaded": r[4],
-                   "last_status": r[5], "last_error": r[6]} for r in rows}
+                   "last_status": r[5], "last_error": r[6], "rows_rejected": r[7]} for r in rows}
 
 
-def _warehouse_counts(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[date, int]:
+def _warehouse_counts(conn: psycopg.Connection[Any], schema: str, table: str) -> dict[date, int] | None:
+    """Rows per date in the warehouse table; None when it has none to count (no such table)."""
     exists = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
                           "AND column_name = %s", (schema, table, PARTITION_DATE)).fetchone()
     if not exists:
-        return {}
+        return None
     rows = conn.execute(sql.SQL("SELECT {c}, count(*) FROM {t} GROUP BY {c}").format(
         c=sql.Identifier(PARTITION_DATE), t=sql.Identifier(schema, table))).fetchall()
     return {r[0]: int(r[1]) for r in rows}
@@ -127,7 +131,7 @@ def reconcile(conn: psycopg.Connection[Any], source: Source, lake_root: str | Pa
         audit = _audit_by_partition(conn, source, target, lake_target) if has_audit and has_audit[0] else {}
         dated = has_dated_partitions(table)
         # Per-date warehouse counts mean something where rows stay with their partition.
-        in_dw = _warehouse_counts(conn, source.target_schema, table.target) if dated else {}
+        in_dw = _warehouse_counts(conn, source.target_schema, table.target) if dated else None
         lake = set(partition_dates(lake_root, source.kind, source.name, table.name))
         seen = lake | set(audit)
         start = date_from or (source.start_date if source.catchup else min(seen, default=None))
@@ -149,13 +153,19 @@ def reconcile(conn: psycopg.Connection[Any], source: Source, lake_root: str | Pa
                 status = "extracted"
             else:
                 status = "missing" if day in expected else "unscheduled"
-            counts = [c for c in (info.get("rows_extracted"), lake_rows, info.get("rows_loaded"), in_dw.get(day))
-                      if c is not None]
+            # A dated table that exists holds 0 rows of a date it has none of (emptied since its load).
+            in_warehouse = None if in_dw is None else in_dw.get(day, 0)
+            loaded = info.get("rows_loaded")
+            # What reached the source side: extracted and in the lake; what the load accounted for: the
+            # rows loaded plus those its quality checks quarantined; and the loaded rows are the table's.
+            taken = None if loaded is None else loaded + int(info.get("rows_rejected") or 0)
+            sides = [{c for c in (info.get("rows_extracted"), lake_rows, taken) if c is not None},
+                     {c for c in (loaded, in_warehouse) if c is not None}]
             report.append(PartitionStatus(
                 table=table.name, partition=day, status=status, rows_extracted=info.get("rows_extracted"),
-                rows_in_lake=lake_rows, rows_loaded=info.get("rows_loaded"), rows_in_warehouse=in_dw.get(day),
+                rows_in_lake=lake_rows, rows_loaded=loaded, rows_in_warehouse=in_warehouse,
                 attempts=int(info.get("attempts") or 0), last_error=info.get("last_error"),
-                counts_agree=(len(set(counts)) <= 1) if status == "loaded" and counts else None))
+                counts_agree=all(len(side) <= 1 for side in sides) if status == "loaded" and any(sides) else None))
     return report
 
 
