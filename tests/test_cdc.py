@@ -319,6 +319,11 @@ def test_a_table_without_a_key_is_refused_by_name_before_anything_runs(cli: Any,
         assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
     with psycopg.connect(cdc.dw_url) as dw:
         assert dw.execute("SELECT to_regclass('raw.items')").fetchone() == (None,)
+        # the refused attempt leaves one failure row per table, saying why
+        audits = dw.execute("SELECT target_table, status, error_message LIKE '%%no primary key or replica identity%%' "
+                            "FROM etl_audit_log WHERE pipeline_name = %s ORDER BY id", (cdc.name,)).fetchall()
+        assert audits == [("raw.items", "failure", True), ("raw.lines", "failure", True),
+                          ("raw.events", "failure", True)], audits
     # REPLICA IDENTITY FULL and a primary_key in the config that nothing keeps unique: two source rows
     # of one key would become one warehouse row; refused by name
     cdc.source("ALTER TABLE events REPLICA IDENTITY FULL", "INSERT INTO events VALUES ('2024-01-01', 'a')")

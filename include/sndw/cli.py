@@ -214,9 +214,14 @@ def _print_sync(result: dict[str, Any], name: str) -> None:
 
 
 def _sync_cdc(source: SqlSource, access: Any, url: str, lake: str, partition: date) -> list[dict[str, Any]]:
-    from sndw.cdc.run import sync_cdc
+    from sndw.audit import error_text
+    from sndw.cdc.run import audit_refused_run, sync_cdc
 
-    return sync_cdc(source, access, url=url, lake=lake, partition=partition)
+    try:
+        return sync_cdc(source, access, url=url, lake=lake, partition=partition)
+    except Exception as exc:  # before any change was read: nothing changed; the attempt leaves its rows
+        print(f"error: {error_text(exc)}", file=sys.stderr)
+        return audit_refused_run(source, url, lake, partition, exc)
 
 
 def cmd_cdc(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ from sndw.cdc.slot import (
     slot_names,
     source_tables,
 )
-from sndw.config import SqlSource
+from sndw.config import SqlSource, SqlTable
 from sndw.ddl import create_schema
 from sndw.errors import LoadError
 from sndw.naming import advisory_lock_key, qualified
@@ -76,10 +76,10 @@ def _save_position(cur: psycopg.Cursor[Any], pipeline: str, slot: str, position:
         save_watermark(cur, pipeline, tables_key, Watermark("tables", json.dumps(tables), "text"), run_id)
 
 
-def _result(source: SqlSource, table: CdcTable, **values: Any) -> dict[str, Any]:
+def _result(source: SqlSource, spec: SqlTable, **values: Any) -> dict[str, Any]:
     result: dict[str, Any] = {
         "status": "success", "pipeline": source.name, "source": source.name, "protocol": "sql",
-        "target_table": qualified(source.target_schema, table.spec.target), "write_mode": "cdc",
+        "target_table": qualified(source.target_schema, spec.target), "write_mode": "cdc",
         "rows_extracted": 0, "rows_loaded": 0, "rows_deleted": 0, "changes": 0, "schema_changes": [],
         "error": None, "seconds": 0.0}
     result.update(values)
@@ -181,7 +181,7 @@ def _changes(source: SqlSource, tables: list[CdcTable], conninfo: str, slot: str
                                        started_at=started, step="extract", partition_date=partition, run_id=run_id,
                                        attempt_id=f"cdc|{run_id}|{t.spec.name}")
               for t in tables}
-    results = {t.spec.name: _result(source, t) for t in tables}
+    results = {t.spec.name: _result(source, t.spec) for t in tables}
     try:
         read = read_changes(conninfo, slot, publication, tables, position, lake_root=lake, source=source.name,
                             partition=partition, run_id=run_id)
@@ -245,6 +245,20 @@ def _changes(source: SqlSource, tables: list[CdcTable], conninfo: str, slot: str
     seconds = round(time.perf_counter() - clock, 3)
     for result in results.values():
         result.update(seconds=seconds, position=read.position)
+    return list(results.values())
+
+
+def audit_refused_run(source: SqlSource, url: str, lake: str, partition: date, exc: Exception) -> list[dict[str, Any]]:
+    """The failure rows (spooled when the warehouse is down) and results of a run that failed before
+    it read a change: a table refused, a lost slot, an unreachable source or warehouse. The command
+    line's; a DAG run's task callbacks record its attempts."""
+    started, run_id = datetime.now(UTC), uuid.uuid4().hex
+    audits = [AuditRecord(pipeline_name=source.name, source_name=source.name, protocol="sql",
+                          target_table=qualified(source.target_schema, t.target), status="failure", started_at=started,
+                          step="extract", partition_date=partition, run_id=run_id, attempt_id=f"cdc|{run_id}|{t.name}")
+              for t in source.tables]
+    results = {t.name: _result(source, t) for t in source.tables}
+    _audit_failure(url, lake, audits, results, exc, 0.0)
     return list(results.values())
 
 
