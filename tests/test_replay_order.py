@@ -83,3 +83,24 @@ def test_a_failed_replay_on_the_command_line_leaves_one_failure_row(dw: psycopg.
     rows = dw.execute("SELECT status, step, target_table, error_message IS NOT NULL FROM etl_audit_log").fetchall()
     assert rows == [("failure", "replay", "raw.m", True)]
     assert values(dw, "m") == [(1, "first"), (2, "first")]
+
+
+def test_a_replayed_append_date_replaces_its_quarantined_rows_too(dw: psycopg.Connection, tmp_path: Path) -> None:
+    """Replay replaces an append table's date with its lake partition (the latest extract): the rows an
+    earlier extract of that date quarantined go with the rows it loaded."""
+    source = parse_source({"name": "q", "kind": "sql", "conn_id": "src", "start_date": "2024-01-01",
+                           "target_schema": "raw", "tables": [{
+                               "name": "pay", "table": "public.pay", "write_mode": "append",
+                               "checks": [{"range": {"column": "amount", "max": 10}, "on_fail": "quarantine"}]}]},
+                          "q.yaml")
+    table = source.tables[0]
+    lake = tmp_path / "lake"
+    for amounts in ([1, 2, 20], [1, 2, 30]):  # the date extracted twice: append loads both
+        manifest = write_partition([pa.record_batch({"id": [1, 2, 3], "amount": amounts})], lake, "sql", "q", "pay",
+                                   OLDER, run_id=f"run-{amounts[-1]}")
+        load_manifest(dw, manifest, LoadSpec("raw", "pay", "append", checks=table.checks))
+    dw.commit()
+    assert dw.execute("SELECT amount FROM raw._rejected_pay ORDER BY 1").fetchall() == [(20,), (30,)]
+    replay_table(dw, source, table, lake)
+    assert dw.execute("SELECT amount FROM raw.pay ORDER BY 1").fetchall() == [(1,), (2,)]
+    assert dw.execute("SELECT amount FROM raw._rejected_pay ORDER BY 1").fetchall() == [(30,)]

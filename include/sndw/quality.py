@@ -130,6 +130,8 @@ class CheckScope:
     # What the load saw of its rows as it copied them (sndw.checkstats): checks it proves pass are not
     # read back from the table. None: every check reads the table.
     observed: RowStats | None = None
+    # The load replaced the partition's rows (a replay of an append table's date): so are its rejections.
+    replaces_partition: bool = False
 
     @property
     def qualified(self) -> str:
@@ -874,6 +876,11 @@ def _prepare_rejected(cur: psycopg.Cursor[Any], scope: CheckScope, columns: dict
                 cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                     rejected, sql.Identifier(name), sql.SQL(pg_type)))
     cur.execute(sql.SQL("DELETE FROM {} r WHERE {}").format(rejected, scope.condition()))
+    if scope.replaces_partition and scope.partition is not None:  # an earlier extract's rejections of the date
+        from sndw.naming import PARTITION_DATE
+
+        cur.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(rejected, sql.Identifier(PARTITION_DATE)),
+                    (scope.partition,))
 
 
 def _quarantine(cur: psycopg.Cursor[Any], check: Check, scope: CheckScope, columns: dict[str, str],

@@ -204,7 +204,8 @@ def before_commit(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, run
     scope = CheckScope(spec.schema, spec.table, partition, primary_key=spec.primary_key,
                        file_ids=None if mode in ("replace", "partition") else result.file_ids,
                        by_partition=mode == "partition", source_count=source_count,
-                       rows_written=result.rows_loaded, observed=result.observed)
+                       rows_written=result.rows_loaded, observed=result.observed,
+                       replaces_partition=mode == "append_partition")
     started = time.perf_counter()
     results, rejected = run_checks(cur, spec.checks, scope, audit_schema=audit_schema)
     result.checks_seconds = time.perf_counter() - started
