@@ -104,3 +104,22 @@ def test_a_replayed_append_date_replaces_its_quarantined_rows_too(dw: psycopg.Co
     replay_table(dw, source, table, lake)
     assert dw.execute("SELECT amount FROM raw.pay ORDER BY 1").fetchall() == [(1,), (2,)]
     assert dw.execute("SELECT amount FROM raw._rejected_pay ORDER BY 1").fetchall() == [(30,)]
+
+
+def test_replay_takes_several_tables(dw: psycopg.Connection, dw_url: str, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--table` repeated replays each (only the last one was, silently)."""
+    from sndw.cli import main as cli_main
+
+    lake = tmp_path / "lake"
+    live_run(dw, lake, OLDER, "only")
+    dw.execute("DROP TABLE raw.m")
+    dw.execute("DROP TABLE raw.r")
+    dw.commit()
+    config = tmp_path / "kv.yaml"
+    config.write_text("name: kv\nkind: sql\nconn_id: src\nstart_date: 2024-01-01\ntarget_schema: raw\ntables:\n"
+                      "  - {name: m, table: public.kv, write_mode: merge, primary_key: [id]}\n"
+                      "  - {name: r, table: public.kv, write_mode: replace}\n")
+    monkeypatch.setenv("AIRFLOW_CONN_DW", dw_url)
+    assert cli_main(["replay", str(config), "--lake", str(lake), "--table", "m", "--table", "r"]) == 0
+    assert values(dw, "m") == values(dw, "r") == [(1, "only"), (2, "only")]

@@ -96,7 +96,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from sndw.settings import lake_root
 
     source = _source(args.config)
-    tables = [find_table(source, args.table)] if args.table else list(source.tables)
+    tables = [find_table(source, name) for name in args.table] if args.table else list(source.tables)
     with _dw() as conn:
         for table in tables:
             try:
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="rebuild warehouse tables from the lake, without the source")
     replay.add_argument("config", help="the source's config file")
-    replay.add_argument("--table", help="one table (default: all of the source's tables)")
+    replay.add_argument("--table", action="append", help="only this table (repeatable; default: all of the source's tables)")
     replay.add_argument("--from", dest="date_from", type=_date, help="first partition date (YYYY-MM-DD)")
     replay.add_argument("--to", dest="date_to", type=_date, help="last partition date")
     replay.add_argument("--lake", help="lake root (default: SNDW_LAKE_ROOT)")
