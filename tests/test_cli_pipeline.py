@@ -393,3 +393,22 @@ def test_sync_names_an_unset_variable_of_base_path(cli: Any, tmp_path: Path) -> 
     code, _, err = cli("sync", str(path), "--lake", "lake", drop=("SNDW_TEST_NOPE_UNSET",))
     assert code == 2 and f"{path}: base_path: ${{SNDW_TEST_NOPE_UNSET}} is not set in the environment" in err, err
     assert not (tmp_path / "lake").exists()
+
+
+@pytest.mark.parametrize("command", [["gaps", "CONFIG"], ["state", "list"], ["replay", "CONFIG"]])
+def test_a_warehouse_that_cannot_be_reached_is_one_line_not_a_traceback(cli: Any, tmp_path: Path, dw_url: str,
+                                                                        command: list[str]) -> None:
+    parts = urlsplit(dw_url)
+    closed = dw_url.replace(f":{parts.port}/", ":1/")  # nothing listens on port 1
+    config = tmp_path / "src.yaml"
+    config.write_text("name: src\nkind: sql\nconn_id: src\nstart_date: 2024-01-01\n"
+                      "tables:\n  - {name: t, table: public.t}\n")
+    (tmp_path / "lake" / "sql" / "src" / "t" / "2024-01-02").mkdir(parents=True)
+    args = [str(config) if a == "CONFIG" else a for a in command]
+    if "CONFIG" in command:
+        args += ["--lake", str(tmp_path / "lake")]
+    code, out, err = cli(*args, env={"AIRFLOW_CONN_DW": closed}, module="sndw.cli")
+    assert code == 1, err
+    assert err.strip().splitlines()[-1].startswith("error: PostgreSQL: "), err
+    assert "Traceback" not in err, err
+    no_secret(parts.password or "", err)

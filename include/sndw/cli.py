@@ -434,6 +434,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a warehouse that cannot be reached: its message, not a traceback
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        from sndw.audit import redact
+
+        print(f"error: PostgreSQL: {' '.join(redact(str(exc)).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
