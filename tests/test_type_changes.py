@@ -121,3 +121,24 @@ def test_a_value_a_column_cannot_hold_exactly_is_refused_naming_table_column_and
     assert big.paths[0] in message and "9007199254740993" in message, message
     dw.rollback()
     assert dw.execute("SELECT id, v FROM raw.readings").fetchall() == [(1, 0.5)]
+
+
+def test_wall_clock_times_into_an_instant_column_are_refused_by_name(tmp_path: Path, dw: psycopg.Connection) -> None:
+    """A PostgreSQL source's column retyped from timestamptz to timestamp: its wall-clock times would
+    be read as UTC instants beside the instants already loaded."""
+    spec = LoadSpec("raw", "readings", "append")
+    aware = declared(pa.record_batch({"id": [1], "at": pa.array([dt.datetime(2024, 1, 2, 1, 0, tzinfo=dt.UTC)],
+                                                               pa.timestamp("us", tz="UTC"))}),
+                     "at", "timestamp with time zone")
+    load_manifest(dw, lake(tmp_path, aware), spec)
+    naive = declared(pa.record_batch({"id": [2], "at": pa.array([dt.datetime(2024, 1, 2, 10, 0)], pa.timestamp("us"))}),
+                     "at", "timestamp without time zone")
+    with pytest.raises(PermanentError) as info:
+        load_manifest(dw, lake(tmp_path, naive, DAY + dt.timedelta(days=1)), spec)
+    assert "raw.readings.at" in str(info.value) and "timestamp with time zone" in str(info.value), str(info.value)
+    dw.rollback()
+    assert dw.execute("SELECT count(*) FROM raw.readings").fetchone() == (1,)
+    # A file's timestamps without a zone (no source type) are read as UTC, as documented.
+    files = pa.record_batch({"id": [3], "at": pa.array([dt.datetime(2024, 1, 3, 10, 0)], pa.timestamp("us"))})
+    load_manifest(dw, lake(tmp_path, files, DAY + dt.timedelta(days=2)), spec)
+    assert dw.execute("SELECT count(*) FROM raw.readings").fetchone() == (2,)

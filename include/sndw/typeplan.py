@@ -143,8 +143,11 @@ def plan_column(table: str, name: str, pg_type: str, incoming: pa.DataType,
         if pa.types.is_timestamp(t) and t.tz is None and base == "timestamp without time zone":
             return ColumnPlan(name, pg_type, pa.timestamp("us"), "native")  # wall-clock time as is
         # Instants into wall-clock times of an unknown zone would be written as UTC clock times
-        # beside them: a change of meaning no cast can undo (refused below, by name).
-        if pa.types.is_timestamp(t) and not (t.tz is not None and base == "timestamp without time zone"):
+        # beside them, and a source's wall-clock times (a column retyped to `timestamp`) into instants
+        # would be read as UTC: changes of meaning no cast can undo (refused below, by name).
+        wall_clock = declared is not None and base_pg_type(declared) == "timestamp without time zone"
+        if pa.types.is_timestamp(t) and not (t.tz is not None and base == "timestamp without time zone") \
+                and not (wall_clock and base == "timestamp with time zone"):
             return ColumnPlan(name, pg_type, pa.timestamp("us", tz="UTC"), "native")
         if pa.types.is_date(t):
             return ColumnPlan(name, pg_type, pa.timestamp("us", tz="UTC"), "native")
