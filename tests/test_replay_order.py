@@ -123,3 +123,18 @@ def test_replay_takes_several_tables(dw: psycopg.Connection, dw_url: str, tmp_pa
     monkeypatch.setenv("AIRFLOW_CONN_DW", dw_url)
     assert cli_main(["replay", str(config), "--lake", str(lake), "--table", "m", "--table", "r"]) == 0
     assert values(dw, "m") == values(dw, "r") == [(1, "only"), (2, "only")]
+
+
+def test_a_replay_of_several_partitions_through_the_staged_merge(dw: psycopg.Connection, tmp_path: Path) -> None:
+    """Every partition's merge in the one transaction: a key repeated within a load takes the staging
+    table, which the second partition's merge made again ("already exists", live runs commit between)."""
+    lake = tmp_path / "lake"
+    merge = SOURCE.tables[0]
+    for day, value in ((OLDER, "a"), (NEWER, "b")):
+        batch = pa.record_batch({"id": [1, 1, 2], "v": [f"{value}-first", value, value]})
+        manifest = write_partition([batch], lake, "sql", "kv", "m", day, run_id=f"run-{day}")
+        load_manifest(dw, manifest, LoadSpec("raw", "m", "merge", merge.key_columns))
+    dw.execute("DROP TABLE raw.m")
+    dw.commit()
+    assert [r.rows_loaded for r in replay_table(dw, SOURCE, merge, lake)] == [3, 3]
+    assert values(dw, "m") == [(1, "b"), (2, "b")]

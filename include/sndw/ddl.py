@@ -47,3 +47,12 @@ def ensure_table(conn: psycopg.Connection[Any], schema: str, name: str, statemen
         create_schema(cur, schema)
         for statement in statements:
             cur.execute(statement)
+
+
+def drop_temp(cur: psycopg.Cursor[Any], name: pgsql.Composable) -> None:
+    """Drop a load's temporary table of that name if an earlier load of the same transaction left it:
+    ``ON COMMIT DROP`` drops it at the commit, and a replay loads a table's partitions in one
+    transaction (a second merge failed on ``_sndw_stage_<table> already exists``)."""
+    from psycopg import sql
+
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))

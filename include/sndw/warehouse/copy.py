@@ -12,6 +12,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from sndw import storage
 from sndw.checkstats import RowStats
+from sndw.ddl import drop_temp
 from sndw.errors import LoadError, PermanentError
 from sndw.lake import iter_file_batches
 from sndw.progress import Progress
@@ -122,6 +123,7 @@ def _staging_table(cur: psycopg.Cursor[Any], plans: list[ColumnPlan], constants:
     items += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(columns.get(c) or pg_type_for(t)))
               for c, (t, _) in constants.items()]
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))
+    drop_temp(cur, name)
     cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(name, sql.SQL(", ").join(items)))
     return name
 

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from sndw import storage
+from sndw.ddl import drop_temp
 from sndw.errors import PermanentError
 from sndw.naming import DELETED_AT, FILE_ID, PARTITION_DATE, partition_child_table
 from sndw.warehouse.copy import copy_file
@@ -85,6 +86,7 @@ def before_write(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, key_
     scope.previous = sql.Identifier(f"_sndw_previous_{spec.table[:40]}")
     columns = sql.SQL("*") if spec.deletes == "soft" else sql.SQL(", ").join(
         sql.Identifier(k) for k in spec.primary_key)
+    drop_temp(cur, scope.previous)
     cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}").format(
         scope.previous, columns, spec.ident(child)))
     return scope
@@ -165,6 +167,7 @@ def _source_keys(cur: psycopg.Cursor[Any], spec: LoadSpec, partition: date, resu
     this load wrote (they passed its transform, so they are named and typed as the table's)."""
     keys = sql.Identifier(f"_sndw_source_keys_{spec.table[:40]}")
     key_list = sql.SQL(", ").join(sql.Identifier(k) for k in spec.primary_key)
+    drop_temp(cur, keys)
     cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
         keys, key_list, spec.ident()))
     if scope.key_paths:

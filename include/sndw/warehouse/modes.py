@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from sndw.ddl import drop_temp
 from sndw.errors import PermanentError
 from sndw.naming import LOADED_AT, PARTITION_DATE, partition_child_table
 from sndw.progress import Progress
@@ -91,6 +92,7 @@ def _replace_referenced(cur: psycopg.Cursor[Any], spec: LoadSpec, key: list[str]
     a key still in use fails the load), the others are updated in place or inserted. TRUNCATE
     would fail, and TRUNCATE ... CASCADE would empty the referencing tables."""
     staging = f"_sndw_replace_{spec.table[:40]}"
+    drop_temp(cur, sql.Identifier(staging))
     cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
         sql.Identifier(staging), spec.ident()))
     _copy_all(cur, sql.Identifier(staging), spec, paths, columns, partition, run_id, result, batch_rows)
@@ -160,6 +162,7 @@ def _merge(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str], colum
     key_table = sql.Identifier(f"_sndw_keys_{spec.table[:40]}")
     try:
         with cur.connection.transaction():  # a savepoint: repeated keys roll the key table back
+            drop_temp(cur, key_table)
             cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
                 key_table, key_list, spec.ident()))
             # NOT NULL: the COPY itself refuses a NULL key, instead of a scan of the keys after it (15 ms
@@ -210,6 +213,7 @@ def _merge_staged(cur: psycopg.Cursor[Any], spec: LoadSpec, paths: Sequence[str]
     then the keys are deleted from the table and the rows inserted. A table that other tables'
     foreign keys point at keeps its rows as the same rows: it is updated in place with ON CONFLICT."""
     staging = sql.Identifier(f"_sndw_stage_{spec.table[:40]}")
+    drop_temp(cur, staging)
     cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
         staging, spec.ident()))
     cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint GENERATED ALWAYS AS IDENTITY").format(
