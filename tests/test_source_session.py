@@ -47,6 +47,18 @@ def postgres(source_db: str, dw_url: str) -> SourceAccess:
     return SourceAccess(postgres_conninfo=source_db, warehouse=warehouse_factory(dw_url))
 
 
+def sync_each_day(source_db: str, dw_url: str, tmp_path: Path, table: dict[str, Any], insert: str,
+                  days: list[list[tuple[Any, ...]]]) -> None:
+    """Day by day from 2024-01-01: the day's rows inserted at the source, then one sync that loads
+    exactly them."""
+    access = postgres(source_db, dw_url)
+    for number, rows in enumerate(days, 1):
+        with psycopg.connect(source_db, autocommit=True) as conn:
+            for row in rows:
+                conn.execute(insert, row)
+        assert sync(dw_url, tmp_path / "lake", table, access, date(2024, 1, number))["rows_loaded"] == len(rows)
+
+
 # The defaults, on both sides of a comparison.
 DEFAULTS = "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=1 -c bytea_output=hex -c timezone=UTC"
 
@@ -142,13 +154,9 @@ def test_a_text_cursor_under_a_linguistic_collation_reads_each_row_once(source_d
         conn.execute(sql.SQL("CREATE TABLE codes (id int PRIMARY KEY, code text COLLATE {} NOT NULL)").format(
             sql.Identifier(found[0])))
         assert conn.execute(sql.SQL("SELECT 'B2' COLLATE {} > 'a1'").format(sql.Identifier(found[0]))).fetchone() == (True,)
-    access = postgres(source_db, dw_url)
     table = {"name": "codes", "table": "public.codes", "write_mode": "append", "incremental": {"cursor": "code"}}
-    for number, rows in enumerate([[(1, "a1"), (2, "B2")], [(3, "c3"), (4, "a10")], []], 1):
-        with psycopg.connect(source_db, autocommit=True) as conn:
-            for row in rows:
-                conn.execute("INSERT INTO codes VALUES (%s, %s)", row)
-        assert sync(dw_url, tmp_path / "lake", table, access, date(2024, 1, number))["rows_loaded"] == len(rows)
+    sync_each_day(source_db, dw_url, tmp_path, table, "INSERT INTO codes VALUES (%s, %s)",
+                  [[(1, "a1"), (2, "B2")], [(3, "c3"), (4, "a10")], []])
     with psycopg.connect(dw_url) as dw:
         assert dw.execute("SELECT id, code FROM raw.codes ORDER BY id").fetchall() == [
             (1, "a1"), (2, "B2"), (3, "c3"), (4, "a10")]
@@ -175,14 +183,9 @@ def test_an_unconstrained_numeric_cursor_compares_as_numbers(source_db: str, dw_
     number ('10'), not the largest text ('9'), which read 10 again on every run."""
     with psycopg.connect(source_db, autocommit=True) as conn:
         conn.execute("CREATE TABLE seqs (id int PRIMARY KEY, seq numeric NOT NULL)")
-    access = postgres(source_db, dw_url)
     table = {"name": "seqs", "table": "public.seqs", "write_mode": "append", "incremental": {"cursor": "seq"}}
-    batches = [[(1, "9"), (2, "10")], [(3, "10.5"), (4, "100000000000000000000000000000000000000001")], []]
-    for number, rows in enumerate(batches, 1):
-        with psycopg.connect(source_db, autocommit=True) as conn:
-            for row in rows:
-                conn.execute("INSERT INTO seqs VALUES (%s, %s::numeric)", row)
-        assert sync(dw_url, tmp_path / "lake", table, access, date(2024, 1, number))["rows_loaded"] == len(rows)
+    sync_each_day(source_db, dw_url, tmp_path, table, "INSERT INTO seqs VALUES (%s, %s::numeric)",
+                  [[(1, "9"), (2, "10")], [(3, "10.5"), (4, "100000000000000000000000000000000000000001")], []])
     with psycopg.connect(dw_url) as dw:
         assert dw.execute("SELECT id, seq::text FROM raw.seqs ORDER BY id").fetchall() == [
             (1, "9"), (2, "10"), (3, "10.5"), (4, "100000000000000000000000000000000000000001")]

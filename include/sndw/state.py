@@ -143,17 +143,15 @@ class MaxTracker:
         self.value_type = value_type_of(column.type)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             self.value_type = "text"
-            declared = (batch.schema.field(self.cursor).metadata or {}).get(PG_TYPE_KEY, b"").decode()
-            if base_pg_type(declared) == "numeric":
-                # A numeric wider than Arrow's decimals travels as its text: its largest value is the
-                # largest number ('10'), not the largest text ('9', which read 10 again every run).
-                self.value_type = "number"
-                numbers = (Decimal(v) for v in column.to_pylist() if v is not None)
-                batch_max = max((n for n in numbers if n.is_finite()), default=None)
-                if batch_max is not None and (self.value is None or _compare(batch_max, self.value) > 0):
-                    self.value = batch_max
-                return
-        batch_max = pc.max(column).as_py()
+        declared = (batch.schema.field(self.cursor).metadata or {}).get(PG_TYPE_KEY, b"").decode()
+        if self.value_type == "text" and base_pg_type(declared) == "numeric":
+            # A numeric wider than Arrow's decimals travels as its text: its largest value is the
+            # largest number ('10'), not the largest text ('9', which read 10 again every run).
+            self.value_type = "number"
+            numbers = (Decimal(v) for v in column.to_pylist() if v is not None)
+            batch_max = max((n for n in numbers if n.is_finite()), default=None)
+        else:
+            batch_max = pc.max(column).as_py()
         if batch_max is None:
             return
         if self.value is None or _compare(batch_max, self.value) > 0:
